@@ -1,0 +1,136 @@
+"""mnist-aux: the paper's MNIST auxiliary-logit experiment (Cloud et al. 2025, §6.2), six arms.
+
+Run:     minisub run mnist-aux [--preset quick|paper|test] [--seeds N] [--<field> VALUE ...]
+Paper:   minisub run mnist-aux --preset paper --out figures     (100 seeds; writes figures/mnist_aux.*)
+Redraw:  minisub figures mnist-aux                               (from figures/mnist_aux.json alone)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minisub import config as config_lib
+from minisub import mnist, pipeline, plots, runner, stats, store
+
+NAME = "mnist-aux"
+STEM = "mnist_aux"
+
+PRESETS = {
+    # The published recipe, 100 seeds (tens of minutes on 2 CPU cores).
+    "paper": pipeline.AuxConfig(),
+    # The same recipe on 8 seeds: the main job, a few minutes on 2 CPU cores.
+    "quick": pipeline.AuxConfig(seeds=8, seeds_per_block=8),
+    # A tiny world for tests: seconds.
+    "test": pipeline.AuxConfig(
+        seeds=3, seeds_per_block=3, hidden=(32,), n_train=2048, n_noise=2048,
+        teacher_epochs=2, student_epochs=2, teacher_batch=256, student_batch=256, teacher_lr=3e-3, student_lr=3e-3,
+    ),
+}
+DEFAULT_PRESET = "quick"
+
+# Read off the paper's figure (100 runs); SCIENCE.md §3. Shown beside ours, never used as results.
+PAPER = {
+    "reference": (0.10, None),
+    "teacher": (0.94, None),
+    "student_aux": (0.53, 0.02),
+    "student_all": (0.91, None),
+    "cross_aux": (0.11, 0.01),
+    "cross_all": (0.74, None),
+}
+LABELS = {
+    "reference": "reference\n(teacher's init)",
+    "teacher": "teacher",
+    "student_aux": "student\naux only",
+    "student_all": "student\nall logits",
+    "cross_aux": "cross-model\naux only",
+    "cross_all": "cross-model\nall logits",
+}
+
+
+def summarise(cfg: pipeline.AuxConfig, results: dict, command: str) -> dict:
+    """The JSON behind the figure: per arm accuracy (mean, 95% CI, n, per seed) and geometry."""
+    arms = ["reference", "teacher", *cfg.arm_names]
+    geometry = {
+        arm.name: {
+            q: {layer: stats.brief(v[:, k]) for layer, v in by_layer.items()}
+            for q, by_layer in results["geometry"].items()
+        }
+        for k, arm in enumerate(cfg.arms)
+    }
+    by_epoch = {
+        arm.name: [stats.brief(results["student_accuracy_by_epoch"][:, e, k]) for e in range(cfg.student_epochs)]
+        for k, arm in enumerate(cfg.arms)
+    }
+    return {
+        "experiment": NAME,
+        "command": command,
+        "n_seeds": cfg.seeds,
+        "ci": "95% normal CI over seeds: 1.96 * sample std / sqrt(n)",
+        "accuracy": {a: stats.mean_ci(results["accuracy"][a]) for a in arms},
+        "student_accuracy_by_epoch": by_epoch,
+        "geometry": geometry,
+        "paper": {a: {"mean": m, "ci95": c} for a, (m, c) in PAPER.items()},
+        "seconds_per_seed": float(np.mean(results["seconds"])),
+        "config": config_lib.to_dict(cfg),
+        "provenance": store.provenance(),
+    }
+
+
+def run(cfg: pipeline.AuxConfig, *, command: str, force: bool = False, progress: bool = True) -> tuple[dict, Path]:
+    """Train (or load from the results store) and return (summary, run directory)."""
+    directory = store.run_dir(NAME, cfg)
+    if not force and (done := store.load_complete(directory)):
+        return done[1], directory
+    store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
+    results = runner.run(cfg, mnist.load_cached(), directory, show_progress=progress, force=force)
+    summary = summarise(cfg, results, command)
+    store.finish(directory, results, summary)
+    return summary, directory
+
+
+def table(summary: dict) -> str:
+    """A Markdown table: ours against the paper, arm by arm."""
+    rows = ["| arm | ours (mean ± 95% CI) | n | paper |", "|---|---|---|---|"]
+    for arm, s in summary["accuracy"].items():
+        m, c = PAPER.get(arm, (None, None))
+        paper = "" if m is None else f"{m:.2f}" + (f" ± {c:.2f}" if c else "")
+        rows.append(f"| {arm} | {s['mean']:.3f} ± {s['ci95']:.3f} | {s['n']} | {paper} |")
+    rows += ["", "| arm | ‖θ_S−θ_T‖ | ‖θ_S⁰−θ_T⁰‖ | ‖θ_S−θ_S⁰‖ | cos(θ_S−θ_S⁰, θ_T−θ_T⁰) |", "|---|---|---|---|---|"]
+    for arm, g in summary["geometry"].items():
+        cell = lambda q: f"{g[q]['total']['mean']:.3f} ± {g[q]['total']['ci95']:.3f}"
+        rows.append(f"| {arm} | {cell('dist_teacher')} | {cell('dist_init')} | {cell('travel')} | {cell('update_cos')} |")
+    return "\n".join(rows)
+
+
+def figure(summary: dict, out_dir: Path) -> list[Path]:
+    """Bars with 95% CIs per arm, the paper's values marked beside ours; PNG + PDF."""
+    acc = summary["accuracy"]
+    arms = list(acc)
+    fig, ax = plots.figure(6.4, 3.2)
+    x = np.arange(len(arms))
+    ax.bar(x, [acc[a]["mean"] for a in arms], yerr=[acc[a]["ci95"] for a in arms], width=0.62, capsize=3,
+           color=[plots.PALETTE[0] if "cross" not in a else plots.PALETTE[1] for a in arms], alpha=0.9,
+           label=f"minisub (mean, 95% CI, n = {summary['n_seeds']} seeds)")
+    for k, a in enumerate(arms):
+        if a in PAPER:
+            m, c = PAPER[a]
+            ax.errorbar(k + 0.4, m, yerr=c or 0, fmt="D", ms=4, color="black", capsize=2,
+                        label="paper (read off its figure)" if k == 0 else None)
+        ax.text(k, acc[a]["mean"] + (acc[a]["ci95"] or 0) + 0.02, f"{acc[a]['mean']:.2f}", ha="center", fontsize=7)
+    ax.axhline(0.1, color="grey", lw=0.8, ls="--")
+    ax.text(len(arms) - 0.5, 0.105, "chance", color="grey", fontsize=7, ha="right", va="bottom")
+    ax.set_xticks(x, [LABELS.get(a, a) for a in arms])
+    ax.set_ylabel("MNIST test accuracy (class logits)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Subliminal transfer through auxiliary logits on noise ({summary['n_seeds']} seeds)")
+    ax.legend(loc="upper right", frameon=False)
+    return plots.save(fig, Path(out_dir) / STEM)
+
+
+def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
+    """The figure and the JSON behind it, into ``out_dir``."""
+    store.write_json(Path(out_dir) / f"{STEM}.json", summary)
+    return [Path(out_dir) / f"{STEM}.json", *figure(summary, out_dir)]
+

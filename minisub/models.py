@@ -1,0 +1,106 @@
+"""Networks as Flax NNX modules, used functionally: ``init(key) -> params``, ``apply(params, x)``.
+
+Parameters are ``nnx.State`` pytrees, so ``jax.vmap`` over keys gives a population of networks
+and every ``jax.tree`` operation (distances, lineage arithmetic, optax) works on them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS: dict[str, Callable] = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "silu": jax.nn.silu}
+
+# Kernel initialisers by name; biases are always zero.
+INITS: dict[str, Callable] = {
+    # The paper's: W ~ N(0, 1/fan_in), untruncated.
+    "normal_fan_in": nnx.initializers.variance_scaling(1.0, "fan_in", "normal"),
+    "lecun_truncated": nnx.initializers.lecun_normal(),
+    "he_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+}
+
+
+class MLP(nnx.Module):
+    """``in -> hidden... -> n_classes + n_aux`` logits; the head is one linear layer."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, activation: str, init: str, *, rngs: nnx.Rngs):
+        kernel_init = INITS[init]
+        widths = (n_in, *hidden)
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, kernel_init=kernel_init, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
+        self.head = nnx.Linear(widths[-1], n_out, kernel_init=kernel_init, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x_BxI):
+        act = ACTIVATIONS[self.activation]
+        for layer in self.hidden:
+            x_BxI = act(layer(x_BxI))
+        return self.head(x_BxI)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSpec:
+    """Shape and init of an MLP with class and auxiliary logits (hashable: a jit static)."""
+
+    n_in: int = 784
+    hidden: tuple[int, ...] = (256, 256)
+    n_classes: int = 10
+    n_aux: int = 3
+    activation: str = "relu"
+    init_scheme: str = "normal_fan_in"
+
+    @property
+    def n_out(self) -> int:
+        return self.n_classes + self.n_aux
+
+    def module(self, key) -> MLP:
+        return MLP(self.n_in, self.hidden, self.n_out, self.activation, self.init_scheme, rngs=nnx.Rngs(params=key))
+
+    def init(self, key) -> nnx.State:
+        """Fresh parameters from a typed key (vmap over keys for a population)."""
+        return nnx.split(self.module(key))[1]
+
+    def apply(self, params: nnx.State, x_BxI):
+        return nnx.merge(self._graphdef(), params)(x_BxI)
+
+    def _graphdef(self):
+        return _graphdef(self)
+
+    def flops_per_example(self) -> int:
+        """Multiply-adds x 2 of one forward pass (the matmuls; biases and activations omitted)."""
+        widths = (self.n_in, *self.hidden, self.n_out)
+        return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+_GRAPHDEFS: dict[MLPSpec, nnx.GraphDef] = {}
+
+
+def _graphdef(spec: MLPSpec) -> nnx.GraphDef:
+    if spec not in _GRAPHDEFS:
+        _GRAPHDEFS[spec] = nnx.split(nnx.eval_shape(lambda: spec.module(jax.random.key(0))))[0]
+    return _GRAPHDEFS[spec]
+
+
+def class_logits(spec: MLPSpec, logits_BxO):
+    return logits_BxO[..., : spec.n_classes]
+
+
+def output_mask(spec: MLPSpec, outputs: str):
+    """Boolean mask over the logits a loss reads: 'aux', 'class' or 'all'."""
+    idx = jnp.arange(spec.n_out)
+    return {"aux": idx >= spec.n_classes, "class": idx < spec.n_classes, "all": idx >= 0}[outputs]
+
+
+def layer_names(params: nnx.State) -> list[str]:
+    """Dotted names of the parameterised layers, in order (``hidden.0``, ..., ``head``)."""
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = ".".join(str(getattr(p, "key", getattr(p, "idx", ""))) for p in path[:-2])
+        if name not in names:
+            names.append(name)
+    return names
