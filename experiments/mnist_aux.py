@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import mnist, pipeline, plots, runner, stats, store
+from minisub import mnist, parallel, pipeline, plots, runner, stats, store
 
 NAME = "mnist-aux"
 STEM = "mnist_aux"
@@ -21,10 +21,10 @@ PRESETS = {
     # The published recipe, 100 seeds (tens of minutes on 2 CPU cores).
     "paper": pipeline.AuxConfig(),
     # The same recipe on 8 seeds: the main job, a few minutes on 2 CPU cores.
-    "quick": pipeline.AuxConfig(seeds=8, seeds_per_block=8),
+    "quick": pipeline.AuxConfig(seeds=8),
     # A tiny world for tests: seconds.
     "test": pipeline.AuxConfig(
-        seeds=3, seeds_per_block=3, hidden=(32,), n_train=2048, n_noise=2048,
+        seeds=3, hidden=(32,), n_train=2048, n_noise=2048,
         teacher_epochs=2, student_epochs=2, teacher_batch=256, student_batch=256, teacher_lr=3e-3, student_lr=3e-3,
     ),
 }
@@ -50,25 +50,30 @@ LABELS = {
 
 
 def summarise(cfg: pipeline.AuxConfig, results: dict, command: str) -> dict:
-    """The JSON behind the figure: per arm accuracy (mean, 95% CI, n, per seed) and geometry."""
+    """The JSON behind the figure: per arm accuracy (mean, 95% CI, n, per seed) and geometry.
+
+    Seeds flagged non-finite (``--on-nonfinite mark``) are left out of every statistic and counted.
+    """
+    ok = np.asarray(results.get("finite", np.ones(cfg.seeds, bool)), bool)
     arms = ["reference", "teacher", *cfg.arm_names]
     geometry = {
         arm.name: {
-            q: {layer: stats.brief(v[:, k]) for layer, v in by_layer.items()}
+            q: {layer: stats.brief(v[ok, k]) for layer, v in by_layer.items()}
             for q, by_layer in results["geometry"].items()
         }
         for k, arm in enumerate(cfg.arms)
     }
     by_epoch = {
-        arm.name: [stats.brief(results["student_accuracy_by_epoch"][:, e, k]) for e in range(cfg.student_epochs)]
+        arm.name: [stats.brief(results["student_accuracy_by_epoch"][ok, e, k]) for e in range(cfg.student_epochs)]
         for k, arm in enumerate(cfg.arms)
     }
     return {
         "experiment": NAME,
         "command": command,
-        "n_seeds": cfg.seeds,
+        "n_seeds": int(ok.sum()),
+        "nonfinite_seeds": [int(s) for s in np.flatnonzero(~ok)],
         "ci": "95% normal CI over seeds: 1.96 * sample std / sqrt(n)",
-        "accuracy": {a: stats.mean_ci(results["accuracy"][a]) for a in arms},
+        "accuracy": {a: stats.mean_ci(results["accuracy"][a][ok]) for a in arms},
         "student_accuracy_by_epoch": by_epoch,
         "geometry": geometry,
         "paper": {a: {"mean": m, "ci95": c} for a, (m, c) in PAPER.items()},
@@ -78,15 +83,20 @@ def summarise(cfg: pipeline.AuxConfig, results: dict, command: str) -> dict:
     }
 
 
-def run(cfg: pipeline.AuxConfig, *, command: str, force: bool = False, progress: bool = True) -> tuple[dict, Path]:
-    """Train (or load from the results store) and return (summary, run directory)."""
+def run(cfg: pipeline.AuxConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
+    """Train (or load from the results store); (summary, run directory), summary None while shards remain."""
+    ex = execution or runner.Execution(experiment=NAME)
     directory = store.run_dir(NAME, cfg)
-    if not force and (done := store.load_complete(directory)):
+    if not ex.force and (done := store.load_complete(directory)):
         return done[1], directory
-    store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
-    results = runner.run(cfg, mnist.load_cached(), directory, show_progress=progress, force=force)
+    if ex.compute:
+        store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
+    results = runner.run(cfg, mnist.load_cached() if ex.compute else None, directory, execution=ex)
+    if results is None:
+        return None, directory
     summary = summarise(cfg, results, command)
-    store.finish(directory, results, summary)
+    if parallel.is_writer():
+        store.finish(directory, results, summary)
     return summary, directory
 
 
@@ -120,12 +130,12 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
                         label="paper (read off its figure)" if k == 0 else None)
         ax.text(k, acc[a]["mean"] + (acc[a]["ci95"] or 0) + 0.02, f"{acc[a]['mean']:.2f}", ha="center", fontsize=7)
     ax.axhline(0.1, color="grey", lw=0.8, ls="--")
-    ax.text(len(arms) - 0.5, 0.105, "chance", color="grey", fontsize=7, ha="right", va="bottom")
+    ax.text(len(arms) - 0.45, 0.1, "chance", color="grey", fontsize=7, ha="left", va="center", clip_on=False)
     ax.set_xticks(x, [LABELS.get(a, a) for a in arms])
     ax.set_ylabel("MNIST test accuracy (class logits)")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Subliminal transfer through auxiliary logits on noise ({summary['n_seeds']} seeds)")
-    ax.legend(loc="upper right", frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return plots.save(fig, Path(out_dir) / STEM)
 
 
@@ -134,3 +144,36 @@ def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
     store.write_json(Path(out_dir) / f"{STEM}.json", summary)
     return [Path(out_dir) / f"{STEM}.json", *figure(summary, out_dir)]
 
+
+
+PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
+
+
+def readme(summary: dict) -> str:
+    """The figures/README.md section: figure, ours vs the paper, geometry, and how to regenerate."""
+    acc = summary["accuracy"]
+    notes = []
+    for arm, (m, c) in PAPER.items():
+        if arm in acc:
+            ours = acc[arm]
+            gap = ours["mean"] - m
+            notes.append(f"{arm} {ours['mean']:.3f} vs {m:.2f} ({gap:+.3f})")
+    return "\n".join([
+        f"## {NAME}: auxiliary-logit transfer on MNIST ({summary['n_seeds']} seeds)",
+        "",
+        f"![{NAME}]({STEM}.png) ([PDF]({STEM}.pdf), numbers: [{STEM}.json]({STEM}.json))",
+        "",
+        "Published recipe (Cloud et al. 2025, §6.2): 784-256-256-13 MLP, W ~ N(0, 1/fan_in), pixels in",
+        "[-1, 1]; teacher: CE on the 10 class logits, Adam 3e-4, batch 1024, 5 epochs; students: KL on",
+        "the 3 auxiliary logits (or all 13) on a fixed per-seed set of 60 000 Uniform[-1, 1] noise",
+        "images, Adam 3e-4, batch 1024, 5 epochs; cross-model students start from another seed's init",
+        "(a derangement). Accuracy: argmax of the class logits on the 10k test set. CI: 1.96·std/√n.",
+        "",
+        table(summary),
+        "",
+        "Differences from the paper's values (read off its figure): " + "; ".join(notes) + ".",
+        "",
+        f"Redraw the figure from the committed JSON (no training): `minisub figures {NAME}`",
+        "",
+        f"Recompute the JSON and the figure from scratch: `{summary.get('command') or PAPER_COMMAND}`",
+    ])

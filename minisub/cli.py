@@ -1,4 +1,4 @@
-"""Command line: ``minisub run|figures|list|bench``."""
+"""Command line: ``minisub run|merge|figures|report|list|bench``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from minisub.config import ConfigError, override
+from minisub.mnist import MnistUnavailable
 
 FIGURES = Path("figures")
 
@@ -43,16 +44,61 @@ def build_config(module, preset: str, extra: list[str]):
     return override(module.PRESETS[preset], _overrides(extra))
 
 
-def cmd_run(args, extra) -> int:
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"shard={text!r} is not allowed: shard must be i/n with 0 <= i < n") from None
+    return (i, n)
+
+
+def _execution(args, module, compute: bool = True):
+    from minisub.runner import Execution
+
+    return Execution(block=args.block, memory_budget_gb=args.memory_budget, shard=_shard(args.shard),
+                     on_nonfinite=args.on_nonfinite, force=getattr(args, "force", False),
+                     progress=not args.no_progress, compute=compute, experiment=module.NAME)
+
+
+def _run(args, extra, compute: bool) -> int:
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, extra)  # every error is raised here, before any compute
-    command = "minisub " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary, directory = module.run(cfg, command=command, force=args.force, progress=not args.no_progress)
+    execution = _execution(args, module, compute)
+    if args.coordinator or args.num_processes:
+        from minisub import parallel
+
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    command = "minisub " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.command != "run":
+        command = f"minisub run {module.NAME} --preset {args.preset} " + " ".join(shlex.quote(a) for a in extra)
+    summary, directory = module.run(cfg, command=command.strip(), execution=execution)
+    if summary is None:
+        from minisub.runner import missing_seeds
+
+        missing = missing_seeds(cfg, directory)
+        print(f"{module.NAME}: this process is done; {len(missing)} seeds are still missing in {directory} "
+              f"(other shards). When all shards finish: minisub merge {module.NAME} --preset {args.preset} "
+              + " ".join(shlex.quote(a) for a in extra))
+        return 0 if compute else 1
+    from minisub import parallel
+
+    if not parallel.is_writer():
+        return 0
     paths = module.write_outputs(summary, Path(args.out) if args.out else directory)
     print(module.table(summary))
     print(f"\nresults: {directory}")
     print("figure:  " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def cmd_run(args, extra) -> int:
+    return _run(args, extra, compute=True)
+
+
+def cmd_merge(args, extra) -> int:
+    return _run(args, extra, compute=False)
 
 
 def cmd_figures(args, extra) -> int:
@@ -63,11 +109,20 @@ def cmd_figures(args, extra) -> int:
         module = _experiment(name)
         source = Path(args.dir) / f"{module.STEM}.json"
         if not source.exists():
-            print(f"{name}: no {source}; produce it with: minisub run {name} --preset paper --out {args.dir}")
+            print(f"{name}: no {source}; produce it with: {module.PAPER_COMMAND}")
             continue
-        summary = json.loads(source.read_text())
-        paths = module.figure(summary, Path(args.dir))
+        paths = module.figure(json.loads(source.read_text()), Path(args.dir))
         print(f"{name}: redrew " + ", ".join(str(p) for p in paths) + f" from {source}")
+    return 0
+
+
+def cmd_report(args, extra) -> int:
+    from minisub.report import report
+
+    written, missing = report(Path(args.dir))
+    print("wrote " + ", ".join(str(p) for p in written))
+    for line in missing:
+        print("missing: " + line)
     return 0
 
 
@@ -86,25 +141,42 @@ def cmd_bench(args, extra) -> int:
     from minisub import bench
 
     module = _experiment(args.experiment)
-    cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), "--seeds_per_block", str(args.seeds), *extra])
+    cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
     bench.report(cfg)
     return 0
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", help="where the figure and its JSON go (default: the run directory)")
+    p.add_argument("--block", type=int, help="seeds per block (a stored, resumable piece)")
+    p.add_argument("--memory-budget", type=float, help="GB: choose the block size to fit this memory")
+    p.add_argument("--shard", help="i/n: compute every n-th block starting at i (independent processes)")
+    p.add_argument("--on-nonfinite", default="raise", help="raise (default) or mark: flag the seed and go on")
+    p.add_argument("--coordinator", help="host:port of process 0, for a multi-host run (jax.distributed)")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minisub", description="A JAX laboratory for subliminal learning.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run an experiment (served from the results store when already done)")
-    r.add_argument("experiment")
-    r.add_argument("--preset", default="quick")
+    _run_flags(r)
     r.add_argument("--force", action="store_true", help="recompute even if stored")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--out", help="where the figure and its JSON go (default: the run directory)")
     r.set_defaults(fn=cmd_run)
+    m = sub.add_parser("merge", help="assemble the pieces written by --shard processes, computing nothing")
+    _run_flags(m)
+    m.set_defaults(fn=cmd_merge)
     f = sub.add_parser("figures", help="redraw figures from their committed JSON, without training")
     f.add_argument("experiment", nargs="?")
     f.add_argument("--dir", default=str(FIGURES))
     f.set_defaults(fn=cmd_figures)
+    rep = sub.add_parser("report", help="redraw every figure and figures/README.md; list what is missing")
+    rep.add_argument("--dir", default=str(FIGURES))
+    rep.set_defaults(fn=cmd_report)
     ls = sub.add_parser("list", help="list experiments and presets")
     ls.set_defaults(fn=cmd_list)
     b = sub.add_parser("bench", help="seeds/s, FLOP rate against a large matmul, peak memory")
@@ -116,8 +188,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command != "run" and args.command != "bench":
+    args.argv = argv
+    if extra and args.command not in ("run", "merge", "bench"):
         print(f"minisub {args.command}: unexpected arguments {' '.join(extra)}", file=sys.stderr)
         return 2
     try:
@@ -125,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"minisub: error: {e}", file=sys.stderr)
         return 2
+    except MnistUnavailable as e:
+        print(f"minisub: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

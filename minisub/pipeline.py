@@ -46,7 +46,6 @@ class AuxConfig:
 
     seeds: int = 100
     seed: int = 0
-    seeds_per_block: int = 25
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
     init: str = "normal_fan_in"
@@ -71,7 +70,6 @@ class AuxConfig:
 
     def validate(self) -> None:
         require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
-        require(self.seeds_per_block >= 1, "seeds_per_block", self.seeds_per_block, "an integer >= 1")
         require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden", self.hidden, "one or more widths >= 1")
         require_choice("activation", self.activation, tuple(models.ACTIVATIONS))
         require_choice("init", self.init, tuple(models.INITS))
@@ -229,13 +227,19 @@ def evaluate(cfg: AuxConfig, state, images_u8, labels):
     return jax.vmap(lambda w: _evaluate_world(cfg, w, images_u8, labels))(state)
 
 
-def flops_per_seed(cfg: AuxConfig, n_test: int = 10_000) -> dict[str, float]:
-    """FLOPs one world executes (matmuls only; backward = 2x forward; padded batches counted)."""
+def flops_per_epoch(cfg: AuxConfig, n_test: int = 10_000) -> dict[str, float]:
+    """Matmul FLOPs one world executes per teacher epoch and per student epoch (with its evaluation).
+
+    Backward = 2x forward; padded batch rows are counted, since they are computed.
+    """
     f = cfg.spec.flops_per_example()
-    t_steps = train.steps_per_epoch(cfg.n_train, cfg.teacher_batch) * cfg.teacher_epochs
-    s_steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch) * cfg.student_epochs
     n_arms = len(cfg.arms)
-    teacher = 3 * f * cfg.teacher_batch * t_steps
-    students = (1 + 3 * n_arms) * f * cfg.student_batch * s_steps
-    evals = f * n_test * (2 + (2 + n_arms) * cfg.student_epochs)
-    return {"teacher": teacher, "students": students, "evaluation": evals, "total": teacher + students + evals}
+    teacher = 3 * f * cfg.teacher_batch * train.steps_per_epoch(cfg.n_train, cfg.teacher_batch)
+    students = (1 + 3 * n_arms) * f * cfg.student_batch * train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
+    evaluation = (2 + n_arms) * f * n_test
+    return {"teacher": float(teacher), "student": float(students + evaluation)}
+
+
+def flops_per_seed(cfg: AuxConfig, n_test: int = 10_000) -> float:
+    per = flops_per_epoch(cfg, n_test)
+    return per["teacher"] * cfg.teacher_epochs + per["student"] * cfg.student_epochs

@@ -1,24 +1,62 @@
-"""Drive a population program: blocks of seeds, epochs with a progress bar, resumable pieces.
+"""Drive a population program: blocks of seeds over devices and hosts, progress, resumable pieces.
 
 The hot path is entirely inside the jitted, seed-vmapped epoch programs of ``pipeline``; this
-module only loops over blocks of seeds (each block is one stored, resumable piece) and epochs.
+module loops over blocks of seeds and over epochs only. Each block's seed axis is sharded over
+the local devices (``jax.sharding``); each finished block is stored as one piece, so a killed
+run loses no finished block and a rerun computes only what is missing. Blocks are dealt to
+processes (``--shard i/n`` or ``jax.distributed`` hosts) by a fixed grid, so independent
+processes never disagree about who computes what.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import re
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from minisub import pipeline, store
+from minisub import parallel, pipeline, store
+
+PIECE = re.compile(r"seeds_(\d+)_(\d+)\.npz$")
+NONFINITE = ("raise", "mark")
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced NaN or inf; the message names the arm, seed and epoch."""
+    """Training produced NaN or inf; the message names the experiment, arm, seed and epoch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How to run (not what): none of this enters the run id, none of it changes the science."""
+
+    block: int | None = None  # seeds per block; None: from memory_budget_gb, else DEFAULT_BLOCK
+    memory_budget_gb: float | None = None
+    shard: tuple[int, int] = (0, 1)  # (index, count) of this process among independent processes
+    on_nonfinite: str = "raise"  # or 'mark': keep going, flag the seed, leave it out of the statistics
+    force: bool = False
+    progress: bool = True
+    compute: bool = True  # False: only merge stored pieces (``minisub merge``)
+    experiment: str = "mnist-aux"
+
+    def __post_init__(self):
+        from minisub.config import require, require_choice
+
+        require(self.block is None or self.block >= 1, "block", self.block, "an integer >= 1")
+        require(self.memory_budget_gb is None or self.memory_budget_gb > 0, "memory_budget_gb",
+                self.memory_budget_gb, "a number of GB > 0")
+        i, n = self.shard
+        require(n >= 1 and 0 <= i < n, "shard", f"{i}/{n}", "i/n with 0 <= i < n")
+        require_choice("on_nonfinite", self.on_nonfinite, NONFINITE)
+
+
+DEFAULT_BLOCK = 25
 
 
 @contextlib.contextmanager
@@ -40,46 +78,64 @@ def progress_bar(total: int, enabled: bool):
         yield advance
 
 
-def _check_finite(cfg, loss, seed_ids, epoch: int, phase: str, arm_names):
-    """Raise NonFiniteError naming the first world (and arm) whose losses are not finite."""
+def _nonfinite_seeds(loss) -> np.ndarray:
+    """Per seed: True where any loss of the epoch is NaN or inf."""
+    return ~np.isfinite(loss).reshape(loss.shape[0], -1).all(axis=1)
+
+
+def _check_finite(cfg, loss, seed_ids, epoch: int, phase: str, arm_names, experiment: str = "mnist-aux"):
+    """Raise NonFiniteError naming the first world (and arm, step) whose losses are not finite."""
     bad = ~np.isfinite(loss)
     if not bad.any():
         return
     where = np.argwhere(bad)[0]
     arm = f", arm {arm_names[where[2]]}" if loss.ndim == 3 else ""
     raise NonFiniteError(
-        f"non-finite {phase} loss in mnist-aux: seed {int(seed_ids[where[0]])}{arm}, "
-        f"{phase} epoch {epoch}, step {int(where[1])}"
+        f"non-finite {phase} loss in {experiment}: seed {int(seed_ids[where[0]])}{arm}, "
+        f"{phase} epoch {epoch}, step {int(where[1])} (rerun with --on-nonfinite mark to flag and continue)"
     )
 
 
-def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarray, mnist, advance) -> dict:
-    """Train and evaluate the worlds ``seed_ids``; returns numpy arrays with a leading seed axis."""
-    train_x, train_y = jnp.asarray(mnist.train_images[: cfg.n_train]), jnp.asarray(mnist.train_labels[: cfg.n_train])
-    test_x, test_y = jnp.asarray(mnist.test_images), jnp.asarray(mnist.test_labels)
-    ids, donors = jnp.asarray(seed_ids, jnp.int32), jnp.asarray(donor_ids, jnp.int32)
+def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarray, mnist, advance,
+              *, on_nonfinite: str = "raise", experiment: str = "mnist-aux", mesh=None) -> dict:
+    """Train and evaluate the worlds ``seed_ids`` on the local devices; numpy arrays, seed axis first."""
+    n = len(seed_ids)
+    mesh = mesh or parallel.local_mesh()
+    pad = (-n) % mesh.size  # the seed axis is padded to a multiple of the device count
+    ids_np = np.concatenate([seed_ids, np.repeat(seed_ids[-1:], pad)]).astype(np.int32)
+    donors_np = np.concatenate([donor_ids, np.repeat(donor_ids[-1:], pad)]).astype(np.int32)
+    by_seed, replicated = NamedSharding(mesh, PartitionSpec("seed")), NamedSharding(mesh, PartitionSpec())
+    ids, donors = jax.device_put(ids_np, by_seed), jax.device_put(donors_np, by_seed)
+    train_x = jax.device_put(mnist.train_images[: cfg.n_train], replicated)
+    train_y = jax.device_put(mnist.train_labels[: cfg.n_train], replicated)
+    test_x, test_y = jax.device_put(mnist.test_images, replicated), jax.device_put(mnist.test_labels, replicated)
+    label = f"{experiment} seeds {seed_ids[0]}-{seed_ids[-1]}"
     start = time.perf_counter()
     state = pipeline.init_population(cfg, ids, donors)
+    nonfinite = np.zeros(n, bool)
     teacher_loss, student_loss, evals = [], [], []
-    for epoch in range(cfg.teacher_epochs):
-        state, loss = pipeline.teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
-        loss = np.asarray(loss)
-        _check_finite(cfg, loss, seed_ids, epoch, "teacher", cfg.arm_names)
-        teacher_loss.append(loss)
-        advance(1, f"seeds {seed_ids[0]}-{seed_ids[-1]}: teacher epoch {epoch + 1}/{cfg.teacher_epochs}")
-    for epoch in range(cfg.student_epochs):
-        state, loss = pipeline.student_epoch(cfg, state, ids, epoch)
-        loss = np.asarray(loss)
-        _check_finite(cfg, loss, seed_ids, epoch, "student", cfg.arm_names)
-        student_loss.append(loss)
-        evals.append(jax.tree.map(np.asarray, pipeline.evaluate(cfg, state, test_x, test_y)))
-        advance(1, f"seeds {seed_ids[0]}-{seed_ids[-1]}: student epoch {epoch + 1}/{cfg.student_epochs}")
+    phases = [("teacher", e) for e in range(cfg.teacher_epochs)] + [("student", e) for e in range(cfg.student_epochs)]
+    for phase, epoch in phases:
+        if phase == "teacher":
+            state, loss = pipeline.teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
+        else:
+            state, loss = pipeline.student_epoch(cfg, state, ids, epoch)
+        loss = np.asarray(loss)[:n]
+        if on_nonfinite == "raise":
+            _check_finite(cfg, loss, seed_ids, epoch, phase, cfg.arm_names, experiment)
+        nonfinite |= _nonfinite_seeds(loss)
+        (teacher_loss if phase == "teacher" else student_loss).append(loss)
+        if phase == "student":
+            evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], pipeline.evaluate(cfg, state, test_x, test_y)))
+        total = cfg.teacher_epochs if phase == "teacher" else cfg.student_epochs
+        advance(1, f"{label}: {phase} epoch {epoch + 1}/{total}")
     seconds = time.perf_counter() - start
     per_epoch = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *evals)  # [seed, student epoch, ...]
     final = jax.tree.map(lambda x: x[:, -1], per_epoch)
     return {
         "seed": np.asarray(seed_ids),
         "donor": np.asarray(donor_ids),
+        "finite": ~nonfinite,
         "accuracy": {"reference": final["reference"], "teacher": final["teacher"],
                      **{a: final["students"][:, k] for k, a in enumerate(cfg.arm_names)}},
         "student_accuracy_by_epoch": per_epoch["students"],  # [seed, epoch, arm]
@@ -87,36 +143,113 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
         "geometry_by_epoch": per_epoch["geometry"],  # {quantity: {layer: [seed, epoch, arm]}}
         "teacher_loss": np.stack(teacher_loss, axis=1),  # [seed, epoch, step]
         "student_loss": np.stack(student_loss, axis=1),  # [seed, epoch, step, arm]
-        "seconds": np.full(len(seed_ids), seconds / len(seed_ids)),
+        "seconds": np.full(n, seconds / n),
     }
 
 
-def blocks(cfg: pipeline.AuxConfig) -> list[tuple[int, int]]:
-    b = cfg.seeds_per_block
-    return [(s, min(s + b, cfg.seeds)) for s in range(0, cfg.seeds, b)]
+def bytes_per_seed(cfg: pipeline.AuxConfig) -> int:
+    """A generous estimate of the device memory one world needs while its block trains.
+
+    State (parameters, optimiser moments, inits: exact, from ``eval_shape``) plus the largest
+    step's transients: the noise batch, saved activations and gradients of every student arm.
+    """
+    state = jax.eval_shape(pipeline.init_population, cfg, jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    spec, arms = cfg.spec, len(cfg.arms)
+    widths = sum(spec.hidden) + spec.n_out
+    batch = max(cfg.student_batch, cfg.teacher_batch)
+    activations = 4 * batch * (spec.n_in + (1 + 3 * arms) * widths)
+    params = spec.flops_per_example() // 2 * 4
+    return int(1.5 * (state_bytes + activations + 2 * arms * params))
 
 
-def merge(pieces: list[dict]) -> dict:
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
+def block_size(cfg: pipeline.AuxConfig, execution: Execution) -> int:
+    """Seeds per block: as asked, or the most that fit the memory budget (a multiple of the devices)."""
+    devices = len(jax.local_devices())
+    if execution.block is not None:
+        return execution.block
+    if execution.memory_budget_gb is None:
+        return min(DEFAULT_BLOCK, cfg.seeds)
+    fixed = 2 * (pipeline.MNIST_TRAIN + 10_000) * (pipeline.MNIST_PIXELS + 1)  # data, replicated
+    fit = int((execution.memory_budget_gb * 2**30 - fixed) // bytes_per_seed(cfg))
+    if fit < 1:
+        from minisub.config import ConfigError
+
+        raise ConfigError(f"memory_budget_gb={execution.memory_budget_gb} is not allowed: memory_budget_gb must "
+                          f"exceed one seed's need (~{bytes_per_seed(cfg) / 2**30:.2f} GB)")
+    per_device = max(1, fit // devices)
+    return min(per_device * devices, math.ceil(cfg.seeds / devices) * devices)
+
+
+def stored_pieces(directory: Path) -> dict[tuple[int, int], Path]:
+    """Finished pieces by seed range ``[lo, hi)``."""
+    found = {}
+    for path in sorted((directory / "pieces").glob("seeds_*.npz")):
+        if m := PIECE.search(path.name):
+            found[(int(m.group(1)), int(m.group(2)))] = path
+    return found
+
+
+def _piece_path(directory: Path, lo: int, hi: int) -> Path:
+    return directory / "pieces" / f"seeds_{lo:06d}_{hi:06d}.npz"
+
+
+def merge(pieces: list[dict], n_seeds: int) -> dict:
+    """One result for seeds ``0..n_seeds-1`` from pieces that cover them (first piece wins on overlap)."""
+    owner, row = np.full(n_seeds, -1), np.zeros(n_seeds, int)
+    for k, piece in enumerate(pieces):
+        for r, s in enumerate(piece["seed"]):
+            if 0 <= s < n_seeds and owner[s] < 0:
+                owner[s], row[s] = k, r
+    missing = np.flatnonzero(owner < 0)
+    if missing.size:
+        raise ValueError(f"cannot merge: seeds {missing.tolist()[:10]}... have no stored piece")
+    return jax.tree.map(lambda *xs: np.stack([xs[owner[s]][row[s]] for s in range(n_seeds)]), *pieces)
 
 
 def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_progress: bool = True,
-        force: bool = False) -> dict:
-    """All worlds of ``cfg``; with ``directory``, finished blocks are stored and reused (resume)."""
+        force: bool = False, execution: Execution | None = None) -> dict | None:
+    """All worlds of ``cfg``, or None when other shards still have seeds to compute.
+
+    With ``directory``, each finished block is stored as a piece and stored pieces are reused.
+    """
+    ex = execution or Execution(force=force, progress=show_progress)
+    shard_index, shard_count = parallel.shard_of_process(ex.shard)
     donor_ids = pipeline.donors(cfg)
-    spans = blocks(cfg)
-    pieces: dict[tuple[int, int], dict] = {}
-    if directory is not None and not force:
-        for lo, hi in spans:
-            piece = store.load_arrays(directory / "pieces" / f"seeds_{lo:06d}_{hi:06d}.npz")
-            if piece is not None:
-                pieces[(lo, hi)] = piece
-    todo = [s for s in spans if s not in pieces]
-    with progress_bar(len(todo) * (cfg.teacher_epochs + cfg.student_epochs), show_progress) as advance:
-        for lo, hi in todo:
-            ids = np.arange(lo, hi)
-            piece = run_block(cfg, ids, donor_ids[lo:hi], mnist, advance)
+    block = block_size(cfg, ex)
+    grid = [(lo, min(lo + block, cfg.seeds)) for lo in range(0, cfg.seeds, block)]
+    loaded: dict[tuple[int, int], dict] = {}
+    if directory is not None and not ex.force:
+        for span, path in stored_pieces(directory).items():
+            if (piece := store.load_arrays(path)) is not None:
+                loaded[span] = piece
+    covered = np.zeros(cfg.seeds, bool)
+    for lo, hi in loaded:
+        covered[lo:min(hi, cfg.seeds)] = True
+    mine = [s for k, s in enumerate(grid) if k % shard_count == shard_index and not covered[s[0]:s[1]].all()]
+    if not ex.compute:
+        mine = []
+    with progress_bar(len(mine) * (cfg.teacher_epochs + cfg.student_epochs), ex.progress) as advance:
+        for lo, hi in mine:
+            piece = run_block(cfg, np.arange(lo, hi), donor_ids[lo:hi], mnist, advance,
+                              on_nonfinite=ex.on_nonfinite, experiment=ex.experiment)
             if directory is not None:
-                store.save_arrays(directory / "pieces" / f"seeds_{lo:06d}_{hi:06d}.npz", piece)
-            pieces[(lo, hi)] = piece
-    return merge([pieces[s] for s in spans])
+                store.save_arrays(_piece_path(directory, lo, hi), piece)
+            loaded[(lo, hi)] = piece
+            covered[lo:hi] = True
+    parallel.barrier("minisub-pieces")
+    if directory is not None and shard_count > 1:  # other processes' pieces
+        for span, path in stored_pieces(directory).items():
+            if span not in loaded and (piece := store.load_arrays(path)) is not None:
+                loaded[span] = piece
+                covered[span[0]:min(span[1], cfg.seeds)] = True
+    if not covered.all():
+        return None
+    return merge([loaded[s] for s in sorted(loaded)], cfg.seeds)
+
+
+def missing_seeds(cfg: pipeline.AuxConfig, directory: Path) -> np.ndarray:
+    covered = np.zeros(cfg.seeds, bool)
+    for (lo, hi), path in stored_pieces(directory).items():
+        covered[lo:min(hi, cfg.seeds)] = True
+    return np.flatnonzero(~covered)

@@ -1,0 +1,86 @@
+"""Benchmark: seeds per second, achieved FLOP rate against a large matmul in the same process, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minisub import mnist, pipeline, runner
+
+
+def matmul_rate(n: int = 4096, repeats: int = 10) -> float:
+    """FLOP/s of an ``n x n`` float32 matmul (best of ``repeats``), the machine's practical ceiling."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.dot)
+    mm(a, b).block_until_ready()
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def measure(cfg: pipeline.AuxConfig) -> dict:
+    """Run one block of ``cfg.seeds`` worlds, timing every epoch (the first of each phase compiles)."""
+    data = mnist.load_cached()
+    stamps = [time.perf_counter()]
+    results = runner.run_block(cfg, np.arange(cfg.seeds), pipeline.donors(cfg), data,
+                     lambda n=1, description=None: stamps.append(time.perf_counter()))
+    durations = np.diff(stamps)
+    te = cfg.teacher_epochs
+    per = pipeline.flops_per_epoch(cfg, len(data.test_labels))
+    steady = [(per["teacher"], d) for d in durations[1:te]] + [(per["student"], d) for d in durations[te + 1:]]
+    steady_flops = cfg.seeds * sum(f for f, _ in steady)
+    steady_time = sum(d for _, d in steady)
+    total_flops = cfg.seeds * pipeline.flops_per_seed(cfg, len(data.test_labels))
+    # Steady-state wall time of the whole run: every epoch at its phase's steady duration.
+    t_epoch = np.mean(durations[1:te]) if te > 1 else durations[0]
+    s_epoch = np.mean(durations[te + 1:]) if cfg.student_epochs > 1 else durations[te]
+    steady_wall = te * t_epoch + cfg.student_epochs * s_epoch
+    return {
+        "seeds": cfg.seeds,
+        "wall_s": float(stamps[-1] - stamps[0]),
+        "steady_wall_s": float(steady_wall),
+        "flops_total": float(total_flops),
+        "flop_rate": float(steady_flops / steady_time) if steady_time > 0 else float("nan"),
+        "results": results,
+    }
+
+
+def report(cfg: pipeline.AuxConfig) -> dict:
+    """Print and return the benchmark figures for ``cfg`` (one block of ``cfg.seeds`` seeds)."""
+    ceiling = matmul_rate()
+    m = measure(cfg)
+    m["matmul_rate"] = ceiling
+    m["ratio"] = m["flop_rate"] / ceiling
+    m["peak_rss_gb"] = peak_rss_gb()
+    rows = table_rows(m)
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return m
+
+
+def table_rows(m: dict) -> list[tuple[str, str]]:
+    ceiling = m["matmul_rate"]
+    return [
+        ("backend", f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"),
+        ("seeds", f"{m['seeds']}"),
+        ("wall time, with compilation", f"{m['wall_s']:.1f} s"),
+        ("wall time, steady state", f"{m['steady_wall_s']:.1f} s  ({m['steady_wall_s'] / m['seeds']:.2f} s per seed)"),
+        ("seeds per second", f"{m['seeds'] / m['wall_s']:.3f} (with compilation), {m['seeds'] / m['steady_wall_s']:.3f} (steady)"),
+        ("counted FLOPs", f"{m['flops_total']:.3e}  ({m['flops_total'] / m['seeds']:.3e} per seed)"),
+        ("achieved FLOP rate", f"{m['flop_rate'] / 1e9:.1f} GFLOP/s (steady state)"),
+        ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
+        ("ratio", f"{100 * m['ratio']:.1f}% of the matmul rate"),
+        ("peak memory (RSS)", f"{m['peak_rss_gb']:.2f} GB"),
+    ]

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny config, a fake MNIST with a learnable signal, an isolated results store.
+
+JAX settings are applied here, before any test module imports minisub:
+
+* the persistent compilation cache, so a second run of the suite skips most XLA compilation.
+  Its directory is ``$MINISUB_JAX_CACHE`` (empty, ``0`` or ``off`` disables it), by default
+  ``$XDG_CACHE_HOME/minisub/jax-cache`` (that is, ``~/.cache/minisub/jax-cache``);
+* ``jax_numpy_dtype_promotion`` stays "standard": under "strict" the default optimiser fails
+  inside optax (``tree_bias_correction``: ``1 - decay**count``, python float ** int32) and so
+  does ``distill.mse`` (float32 / int32). test_distill.py runs minisub's own numerics under
+  strict promotion instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+_OFF = {"", "0", "off", "false", "no", "none"}
+
+
+def _jax_cache_dir() -> Path | None:
+    env = os.environ.get("MINISUB_JAX_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in _OFF else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minisub" / "jax-cache"
+
+
+if (_cache := _jax_cache_dir()) is not None:
+    try:
+        _cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a read-only home: run without the cache rather than fail
+        _cache = None
+if _cache is not None:
+    jax.config.update("jax_compilation_cache_dir", str(_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """3 seeds, hidden=(16,), 512 training and 512 noise examples, batches of 128, 2 + 2 epochs."""
+    return helpers.tiny_config()
+
+
+@pytest.fixture(scope="session")
+def fake_mnist():
+    """1024 training and 512 test images (read-only) whose labels are written into the pixels."""
+    return helpers.fake_mnist()
+
+
+@pytest.fixture(autouse=True)
+def results_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own results store (MINISUB_RESULTS): nothing is written under results/."""
+    path = tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("MINISUB_RESULTS", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_block(tiny_cfg, fake_mnist) -> dict:
+    """The results of one vmapped block holding all of the tiny config's seeds (computed once)."""
+    return helpers.run_block(tiny_cfg, np.arange(tiny_cfg.seeds), fake_mnist)

@@ -1,0 +1,137 @@
+"""The command line: fast, one-line errors; an end-to-end run on real MNIST; figures from JSON alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+
+from experiments import mnist_aux
+from minisub import cli, config, mnist, runner
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any attempt to load data or train fails the test."""
+    def forbidden(*a, **k):
+        raise AssertionError("computation started although the command should have failed first")
+
+    for module, name in ((runner, "run"), (runner, "run_block"), (mnist, "load_cached"), (mnist, "load")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert captured.out == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "nope"], ["unknown experiment 'nope'", "mnist-aux"]),
+    (["run", "mnist-aux", "--preset", "test", "--bogus", "1"], ["unknown field 'bogus'", "seeds", "teacher_lr"]),
+    (["run", "mnist-aux", "--preset", "test", "--seeds", "0"], ["seeds=0", ">= 1"]),
+    (["run", "mnist-aux", "--preset", "test", "seeds=abc"], ["seeds='abc'"]),
+    (["run", "mnist-aux", "--preset", "test", "--noise=pink"], ["noise='pink'", "'uniform'"]),
+    (["run", "mnist-aux", "--preset", "test", "--seeds", "1"], ["seeds=1", ">= 2"]),
+    (["run", "mnist-aux", "--preset", "nope"], ["preset='nope'", "paper", "quick", "test"]),
+    (["run", "mnist-aux", "--preset", "test", "stray"], ["'stray'"]),
+])
+def test_bad_arguments_fail_fast_with_one_line_naming_the_problem(no_compute, capsys, argv, expected):
+    assert cli.main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith("minisub: error: "), line
+    for text in expected:
+        assert text in line, (text, line)
+
+
+def test_unexpected_arguments_to_figures_are_refused(capsys, tmp_path):
+    assert cli.main(["figures", "--dir", str(tmp_path), "--bogus"]) == 2
+    assert "--bogus" in _error_line(capsys)
+
+
+def test_a_missing_experiment_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run"])
+    assert exit_.value.code == 2
+
+
+def test_list(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mnist-aux: ")
+    for preset, cfg in mnist_aux.PRESETS.items():
+        assert f"--preset {preset}" in out and f"seeds={cfg.seeds}" in out
+    assert f"--preset {mnist_aux.DEFAULT_PRESET} (default)" in out
+
+
+def test_figures_without_json_says_how_to_make_it(capsys, tmp_path):
+    assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no " in out and "minisub run mnist-aux" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+ARGV = ["run", "mnist-aux", "--preset", "test", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """`minisub run mnist-aux --preset test --out OUT` on real MNIST, in a fresh results store."""
+    results, out = tmp_path_factory.mktemp("cli-results"), tmp_path_factory.mktemp("cli-out")
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("MINISUB_RESULTS", str(results))
+        rc = cli.main([*ARGV, "--out", str(out)])
+    return {"rc": rc, "stdout": stdout.getvalue(), "results": results, "out": out,
+            "files": {p.name: p.read_bytes() for p in out.iterdir()}}
+
+
+def test_run_end_to_end_writes_table_json_and_figure(first_run):
+    assert first_run["rc"] == 0
+    assert set(first_run["files"]) == {"mnist_aux.json", "mnist_aux.png", "mnist_aux.pdf"}
+    assert first_run["files"]["mnist_aux.png"].startswith(b"\x89PNG")
+    assert first_run["files"]["mnist_aux.pdf"].startswith(b"%PDF")
+    out = first_run["stdout"]
+    assert "| arm | ours (mean ± 95% CI) | n | paper |" in out
+    for arm in ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all"):
+        assert f"| {arm} | " in out
+    summary = json.loads(first_run["files"]["mnist_aux.json"])
+    assert summary["n_seeds"] == 3 and summary["experiment"] == "mnist-aux"
+    assert summary["config"] == config.to_dict(mnist_aux.PRESETS["test"])
+    acc = summary["accuracy"]
+    assert all(acc[arm]["n"] == 3 and len(acc[arm]["values"]) == 3 for arm in acc)
+    assert acc["teacher"]["mean"] > 0.4 and acc["reference"]["mean"] < 0.3  # a trained teacher, an untrained init
+    run_dir = first_run["results"] / "mnist-aux" / config.digest(mnist_aux.PRESETS["test"])
+    assert (run_dir / "DONE").exists() and f"results: {run_dir}" in out
+
+
+def test_a_second_identical_run_is_served_from_the_store(first_run, monkeypatch, capsys, tmp_path):
+    def forbidden(*a, **k):
+        raise AssertionError("recomputed a stored run")
+
+    monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
+    monkeypatch.setattr(runner, "run", forbidden)
+    monkeypatch.setattr(runner, "run_block", forbidden)
+    assert cli.main([*ARGV, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table(out) == table(first_run["stdout"])
+    again = json.loads((tmp_path / "mnist_aux.json").read_text())
+    assert again["accuracy"] == json.loads(first_run["files"]["mnist_aux.json"])["accuracy"]
+
+
+def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, tmp_path):
+    shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
+    drawn = []
+    for _ in range(2):
+        assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
+        drawn.append({ext: (tmp_path / f"mnist_aux.{ext}").read_bytes() for ext in ("png", "pdf")})
+        assert "redrew" in capsys.readouterr().out
+    assert drawn[0] == drawn[1]  # byte-for-byte deterministic
+    assert drawn[0]["png"] == first_run["files"]["mnist_aux.png"]  # the same figure the run drew
+    assert drawn[0]["pdf"] == first_run["files"]["mnist_aux.pdf"]

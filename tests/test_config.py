@@ -1,0 +1,155 @@
+"""Config validation, command-line overrides and the run id (digest)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minisub import config
+from minisub.config import ConfigError
+from minisub.pipeline import PAPER_ARMS, Arm, AuxConfig
+
+
+@pytest.mark.parametrize("kwargs, field, allowed", [
+    (dict(seeds=0), "seeds", ">= 1"),
+    (dict(teacher_lr=0.0), "teacher_lr", "> 0"),
+    (dict(student_lr=-1e-3), "student_lr", "> 0"),
+    (dict(n_aux=0), "n_aux", ">= 1"),
+    (dict(n_noise=100, student_batch=101), "student_batch", "[1, 100]"),
+    (dict(n_train=100, teacher_batch=200), "teacher_batch", "[1, 100]"),
+    (dict(n_train=60001), "n_train", "[1, 60000]"),
+    (dict(noise="pink"), "noise", "'uniform', 'gaussian', 'zeros'"),
+    (dict(loss="hinge"), "loss", "'kl'"),
+    (dict(activation="swish"), "activation", "'relu'"),
+    (dict(init="xavier"), "init", "'normal_fan_in'"),
+    (dict(teacher_optimizer="lion"), "teacher_optimizer", "'adam', 'sgd'"),
+    (dict(temperature=0.0), "temperature", "> 0"),
+    (dict(hidden=()), "hidden", "widths >= 1"),
+    (dict(hidden=(16, 0)), "hidden", "widths >= 1"),
+    (dict(arms=()), "arms", "at least one"),
+    (dict(arms=(Arm("x", "cousin", "aux"),)), "arms.lineage", "'shared', 'different'"),
+    (dict(arms=(Arm("x", "shared", "some"),)), "arms.outputs", "'aux', 'class', 'all'"),
+    (dict(seeds=1), "seeds", ">= 2 when an arm starts from another seed's init"),
+])
+def test_invalid_values_are_rejected_naming_field_and_allowed_values(kwargs, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        AuxConfig(**kwargs)
+    message = str(err.value)
+    assert message.startswith(f"{field}="), message
+    assert allowed in message, message
+    assert "\n" not in message
+
+
+def test_one_seed_is_fine_when_every_arm_shares_the_init():
+    cfg = AuxConfig(seeds=1, arms=(PAPER_ARMS[0], PAPER_ARMS[1]))
+    assert cfg.seeds == 1
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_override_parses_each_fields_type():
+    cfg = config.override(AuxConfig(), {
+        "seeds": "7", "teacher_lr": "1e-3", "student_lr": "0.5", "hidden": "256,128", "noise": "gaussian",
+        "temperature": "2",
+    })
+    assert cfg.seeds == 7 and isinstance(cfg.seeds, int)
+    assert cfg.teacher_lr == 1e-3 and cfg.student_lr == 0.5 and isinstance(cfg.temperature, float)
+    assert cfg.hidden == (256, 128) and cfg.noise == "gaussian"
+    assert config.override(AuxConfig(), {"hidden": "64x64x32"}).hidden == (64, 64, 32)
+    assert config.override(AuxConfig(), {"hidden": "512"}).hidden == (512,)
+    assert config.override(AuxConfig(), {"student-lr": "0.25"}).student_lr == 0.25  # dashes work too
+
+
+def test_override_leaves_the_original_alone():
+    base = AuxConfig()
+    changed = config.override(base, {"seeds": "3"})
+    assert base.seeds == 100 and changed.seeds == 3
+    assert config.override(base, {}) == base
+
+
+def test_override_rejects_unknown_fields_listing_the_allowed_ones():
+    with pytest.raises(ConfigError) as err:
+        config.override(AuxConfig(), {"bogus": "1"})
+    message = str(err.value)
+    assert "'bogus'" in message
+    for field in dataclasses.fields(AuxConfig):
+        assert field.name in message
+
+
+@pytest.mark.parametrize("field, text", [("seeds", "many"), ("seeds", "1.5"), ("teacher_lr", "fast"),
+                                         ("hidden", "256,wide")])
+def test_override_rejects_unparsable_values_naming_the_field(field, text):
+    with pytest.raises(ConfigError, match=rf"^{field}=.*must be a"):
+        config.override(AuxConfig(), {field: text})
+
+
+def test_override_validates_the_result():
+    with pytest.raises(ConfigError, match="^seeds=0"):
+        config.override(AuxConfig(), {"seeds": "0"})
+    with pytest.raises(ConfigError, match="^student_batch="):
+        config.override(AuxConfig(), {"n_noise": "10"})
+
+
+def test_override_refuses_fields_without_a_command_line_form():
+    with pytest.raises(ConfigError, match="arms"):
+        config.override(AuxConfig(), {"arms": "student_aux"})
+
+
+def test_configs_are_hashable_and_compare_by_value():
+    # They are jit static arguments: equal configs must hash equal.
+    a, b = AuxConfig(seeds=5), config.override(AuxConfig(), {"seeds": "5"})
+    assert a == b and hash(a) == hash(b)
+
+
+def test_digest_is_a_pure_function_of_the_values():
+    assert config.digest(AuxConfig()) == config.digest(AuxConfig())
+    assert config.digest(AuxConfig(seeds=5)) == config.digest(config.override(AuxConfig(), {"seeds": "5"}))
+    assert len(config.digest(AuxConfig())) == 16
+
+
+def test_digest_is_stable_across_processes():
+    code = "from minisub import config, pipeline; print(config.digest(pipeline.AuxConfig(seeds=5, hidden=(32,))))"
+    root = Path(config.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, check=True)
+    assert out.stdout.strip() == config.digest(AuxConfig(seeds=5, hidden=(32,)))
+
+
+# Another valid value for every field; a new field must be added here (and so be shown to enter the id).
+ALTERNATIVES = dict(
+    seeds=101, seed=1, seeds_per_block=24, hidden=(256,), activation="gelu", init="he_normal", n_aux=4,
+    n_train=59_999, teacher_epochs=6, teacher_lr=1e-3, teacher_batch=512, teacher_optimizer="sgd",
+    n_noise=59_999, noise="gaussian", student_epochs=6, student_lr=1e-3, student_batch=512,
+    student_optimizer="sgd", loss="mse", temperature=2.0, arms=PAPER_ARMS[:2],
+)
+
+
+def test_digest_changes_when_any_field_changes():
+    fields = [f.name for f in dataclasses.fields(AuxConfig)]
+    assert set(fields) <= set(ALTERNATIVES), f"give an alternative value for {set(fields) - set(ALTERNATIVES)}"
+    base = AuxConfig()
+    digests = {"<default>": config.digest(base)}
+    for name in fields:
+        changed = dataclasses.replace(base, **{name: ALTERNATIVES[name]})
+        assert getattr(changed, name) != getattr(base, name)
+        digests[name] = config.digest(changed)
+    assert len(set(digests.values())) == len(digests), digests
+
+
+def test_digest_sees_inside_the_arms():
+    renamed = (Arm("student_aux2", "shared", "aux"), *PAPER_ARMS[1:])
+    relineaged = (Arm("student_aux", "different", "aux"), *PAPER_ARMS[1:])
+    digests = {config.digest(AuxConfig(arms=arms)) for arms in (PAPER_ARMS, renamed, relineaged)}
+    assert len(digests) == 3
+
+
+def test_to_dict_is_json_plain():
+    d = config.to_dict(AuxConfig())
+    assert d["hidden"] == [256, 256] and d["arms"][0] == {"name": "student_aux", "lineage": "shared", "outputs": "aux"}
