@@ -38,11 +38,11 @@ def measure(cfg: pipeline.AuxConfig) -> dict:
                      lambda n=1, description=None: stamps.append(time.perf_counter()))
     durations = np.diff(stamps)
     te = cfg.teacher_epochs
-    per = pipeline.flops_per_epoch(cfg, len(data.test_labels))
+    per = pipeline.flops_per_epoch(cfg)
     steady = [(per["teacher"], d) for d in durations[1:te]] + [(per["student"], d) for d in durations[te + 1:]]
     steady_flops = cfg.seeds * sum(f for f, _ in steady)
     steady_time = sum(d for _, d in steady)
-    total_flops = cfg.seeds * pipeline.flops_per_seed(cfg, len(data.test_labels))
+    total_flops = cfg.seeds * pipeline.flops_per_seed(cfg)
     # Steady-state wall time of the whole run: every epoch at its phase's steady duration.
     t_epoch = np.mean(durations[1:te]) if te > 1 else durations[0]
     s_epoch = np.mean(durations[te + 1:]) if cfg.student_epochs > 1 else durations[te]

@@ -22,6 +22,17 @@ def require_choice(field: str, value, choices) -> None:
     require(value in choices, field, value, "one of " + ", ".join(map(repr, choices)))
 
 
+def normalise(cfg) -> None:
+    """Coerce fields to their annotated types in place (1 -> 1.0, [16] -> (16,)): one config, one run id."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, annotation = getattr(cfg, f.name), hints[f.name]
+        if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(cfg, f.name, float(value))
+        elif typing.get_origin(annotation) is tuple and isinstance(value, list):
+            object.__setattr__(cfg, f.name, tuple(value))
+
+
 def _parse(text: str, annotation, field: str):
     """Turn a command-line string into a value of the field's annotated type."""
     origin = typing.get_origin(annotation)

@@ -36,7 +36,7 @@ def mse(teacher_BxO, student_BxO, mask_O, temperature: float = 1.0):
     """Mean squared error between raw logits over the masked outputs, per example."""
     del temperature
     sq = jnp.where(mask_O, (student_BxO - jax.lax.stop_gradient(teacher_BxO)) ** 2, 0.0)
-    return jnp.sum(sq, axis=-1) / jnp.sum(mask_O)
+    return jnp.sum(sq, axis=-1) / jnp.sum(mask_O, dtype=sq.dtype)
 
 
 IMITATION_LOSSES = {"kl": kl, "soft_ce": soft_cross_entropy, "mse": mse}

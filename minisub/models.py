@@ -98,9 +98,4 @@ def output_mask(spec: MLPSpec, outputs: str):
 
 def layer_names(params: nnx.State) -> list[str]:
     """Dotted names of the parameterised layers, in order (``hidden.0``, ..., ``head``)."""
-    names = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = ".".join(str(getattr(p, "key", getattr(p, "idx", ""))) for p in path[:-2])
-        if name not in names:
-            names.append(name)
-    return names
+    return [f"hidden.{i}" for i in range(len(params["hidden"]))] + ["head"]

@@ -11,14 +11,31 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
-from jax.sharding import AxisType
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 
 def local_mesh():
     """A one-dimensional ``seed`` mesh over this process's devices."""
     devices = jax.local_devices()
     return jax.make_mesh((len(devices),), ("seed",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def by_seed(mesh) -> NamedSharding:
+    """Leading (seed) axis split over the mesh."""
+    return NamedSharding(mesh, PartitionSpec("seed"))
+
+
+@functools.cache
+def seed_sharded(fn, mesh, donate_argnums: tuple[int, ...] = ()):
+    """``fn`` (a population program whose arg 0 is its static config) with every output split by seed.
+
+    XLA's propagation alone can leave key-derived outputs replicated; pinning the outputs keeps
+    each device's share of the seeds on that device from the first program to the last.
+    """
+    return jax.jit(fn, static_argnums=0, donate_argnums=donate_argnums, out_shardings=by_seed(mesh))
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):

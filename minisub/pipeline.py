@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from minisub import data, distill, keys, lineage, measure, models, train
-from minisub.config import require, require_choice
+from minisub.config import normalise, require, require_choice
 
-MNIST_TRAIN, MNIST_PIXELS = 60_000, 784
+MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class AuxConfig:
     init: str = "normal_fan_in"
     n_aux: int = 3
     n_train: int = MNIST_TRAIN
+    n_test: int = MNIST_TEST
     teacher_epochs: int = 5
     teacher_lr: float = 3e-4
     teacher_batch: int = 1024
@@ -66,6 +67,7 @@ class AuxConfig:
     arms: tuple[Arm, ...] = PAPER_ARMS
 
     def __post_init__(self):
+        normalise(self)
         self.validate()
 
     def validate(self) -> None:
@@ -75,6 +77,7 @@ class AuxConfig:
         require_choice("init", self.init, tuple(models.INITS))
         require(self.n_aux >= 1, "n_aux", self.n_aux, "an integer >= 1")
         require(1 <= self.n_train <= MNIST_TRAIN, "n_train", self.n_train, f"in [1, {MNIST_TRAIN}]")
+        require(1 <= self.n_test <= MNIST_TEST, "n_test", self.n_test, f"in [1, {MNIST_TEST}]")
         require(self.n_noise >= 1, "n_noise", self.n_noise, "an integer >= 1")
         for phase, n in (("teacher", self.n_train), ("student", self.n_noise)):
             epochs, lr, batch = (getattr(self, f"{phase}_{k}") for k in ("epochs", "lr", "batch"))
@@ -227,7 +230,7 @@ def evaluate(cfg: AuxConfig, state, images_u8, labels):
     return jax.vmap(lambda w: _evaluate_world(cfg, w, images_u8, labels))(state)
 
 
-def flops_per_epoch(cfg: AuxConfig, n_test: int = 10_000) -> dict[str, float]:
+def flops_per_epoch(cfg: AuxConfig) -> dict[str, float]:
     """Matmul FLOPs one world executes per teacher epoch and per student epoch (with its evaluation).
 
     Backward = 2x forward; padded batch rows are counted, since they are computed.
@@ -236,10 +239,10 @@ def flops_per_epoch(cfg: AuxConfig, n_test: int = 10_000) -> dict[str, float]:
     n_arms = len(cfg.arms)
     teacher = 3 * f * cfg.teacher_batch * train.steps_per_epoch(cfg.n_train, cfg.teacher_batch)
     students = (1 + 3 * n_arms) * f * cfg.student_batch * train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
-    evaluation = (2 + n_arms) * f * n_test
+    evaluation = (2 + n_arms) * f * cfg.n_test
     return {"teacher": float(teacher), "student": float(students + evaluation)}
 
 
-def flops_per_seed(cfg: AuxConfig, n_test: int = 10_000) -> float:
-    per = flops_per_epoch(cfg, n_test)
+def flops_per_seed(cfg: AuxConfig) -> float:
+    per = flops_per_epoch(cfg)
     return per["teacher"] * cfg.teacher_epochs + per["student"] * cfg.student_epochs

@@ -104,29 +104,34 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     pad = (-n) % mesh.size  # the seed axis is padded to a multiple of the device count
     ids_np = np.concatenate([seed_ids, np.repeat(seed_ids[-1:], pad)]).astype(np.int32)
     donors_np = np.concatenate([donor_ids, np.repeat(donor_ids[-1:], pad)]).astype(np.int32)
-    by_seed, replicated = NamedSharding(mesh, PartitionSpec("seed")), NamedSharding(mesh, PartitionSpec())
+    by_seed, replicated = parallel.by_seed(mesh), NamedSharding(mesh, PartitionSpec())
+    init_population = parallel.seed_sharded(pipeline.init_population, mesh)
+    teacher_epoch = parallel.seed_sharded(pipeline.teacher_epoch, mesh, donate_argnums=(1,))
+    student_epoch = parallel.seed_sharded(pipeline.student_epoch, mesh, donate_argnums=(1,))
+    evaluate = parallel.seed_sharded(pipeline.evaluate, mesh)
     ids, donors = jax.device_put(ids_np, by_seed), jax.device_put(donors_np, by_seed)
     train_x = jax.device_put(mnist.train_images[: cfg.n_train], replicated)
     train_y = jax.device_put(mnist.train_labels[: cfg.n_train], replicated)
-    test_x, test_y = jax.device_put(mnist.test_images, replicated), jax.device_put(mnist.test_labels, replicated)
+    test_x = jax.device_put(mnist.test_images[: cfg.n_test], replicated)
+    test_y = jax.device_put(mnist.test_labels[: cfg.n_test], replicated)
     label = f"{experiment} seeds {seed_ids[0]}-{seed_ids[-1]}"
     start = time.perf_counter()
-    state = pipeline.init_population(cfg, ids, donors)
+    state = init_population(cfg, ids, donors)
     nonfinite = np.zeros(n, bool)
     teacher_loss, student_loss, evals = [], [], []
     phases = [("teacher", e) for e in range(cfg.teacher_epochs)] + [("student", e) for e in range(cfg.student_epochs)]
     for phase, epoch in phases:
         if phase == "teacher":
-            state, loss = pipeline.teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
+            state, loss = teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
         else:
-            state, loss = pipeline.student_epoch(cfg, state, ids, epoch)
+            state, loss = student_epoch(cfg, state, ids, epoch)
         loss = np.asarray(loss)[:n]
         if on_nonfinite == "raise":
             _check_finite(cfg, loss, seed_ids, epoch, phase, cfg.arm_names, experiment)
         nonfinite |= _nonfinite_seeds(loss)
         (teacher_loss if phase == "teacher" else student_loss).append(loss)
         if phase == "student":
-            evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], pipeline.evaluate(cfg, state, test_x, test_y)))
+            evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], evaluate(cfg, state, test_x, test_y)))
         total = cfg.teacher_epochs if phase == "teacher" else cfg.student_epochs
         advance(1, f"{label}: {phase} epoch {epoch + 1}/{total}")
     seconds = time.perf_counter() - start

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +75,14 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return out
 
 
+_KEYS = "__keys__"
+
+
 def save_arrays(path: Path, tree: dict) -> None:
+    """Save nested arrays with a manifest of their names, so a damaged file is never half-read."""
+    flat = flatten(tree)
     buf = io.BytesIO()
-    np.savez(buf, **flatten(tree))
+    np.savez(buf, **flat, **{_KEYS: np.array(sorted(flat))})
     atomic_write(path, buf.getvalue())
 
 
@@ -88,8 +92,12 @@ def load_arrays(path: Path) -> dict | None:
         return None
     try:
         with np.load(path) as z:
-            return unflatten({k: z[k] for k in z.files})
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            flat = {k: z[k] for k in z.files}
+        manifest = flat.pop(_KEYS)
+        if sorted(flat) != manifest.tolist():
+            raise ValueError("entries differ from the manifest")
+        return unflatten(flat)
+    except Exception:  # noqa: BLE001 -- any damage means: recompute this piece
         path.unlink(missing_ok=True)
         return None
 
@@ -124,7 +132,7 @@ def is_complete(directory: Path) -> bool:
         return False
     try:
         expected = json.loads(marker.read_text())
-        return all((directory / f).exists() and _sha256(directory / f) == h for f, h in expected.items())
+        return isinstance(expected, dict) and set(expected) == set(RESULT_FILES) and all((directory / f).exists() and _sha256(directory / f) == h for f, h in expected.items())
     except (OSError, ValueError):
         return False
 

@@ -2,6 +2,8 @@
 
 JAX settings are applied here, before any test module imports minisub:
 
+* four simulated CPU devices (``JAX_NUM_CPU_DEVICES``, unless already set), so every block's seed
+  axis is sharded and a 3-seed block exercises the padding of a non-dividing seed count;
 * the persistent compilation cache, so a second run of the suite skips most XLA compilation.
   Its directory is ``$MINISUB_JAX_CACHE`` (empty, ``0`` or ``off`` disables it), by default
   ``$XDG_CACHE_HOME/minisub/jax-cache`` (that is, ``~/.cache/minisub/jax-cache``);
@@ -16,7 +18,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
+# Simulated CPU devices, so that the seed axis is really sharded in every test (set before jax loads).
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
+
+import jax  # noqa: E402
 
 _OFF = {"", "0", "off", "false", "no", "none"}
 
@@ -36,6 +41,7 @@ if (_cache := _jax_cache_dir()) is not None:
         _cache = None
 if _cache is not None:
     jax.config.update("jax_compilation_cache_dir", str(_cache))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache))  # for the CLI subprocesses
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 import numpy as np  # noqa: E402

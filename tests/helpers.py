@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
@@ -47,16 +45,8 @@ def run_block(cfg, seed_ids, mnist_data, donor_ids=None) -> dict:
 
 
 def run_population(cfg, mnist_data, directory=None, *, block: int | None = None, force: bool = False) -> dict:
-    """``runner.run`` without a progress bar, ``block`` seeds per stored piece.
-
-    The block size is moving from the config (``seeds_per_block``) to
-    ``runner.Execution(block=...)``; this is the one place that knows both.
-    """
-    if hasattr(runner, "Execution"):
-        return runner.run(cfg, mnist_data, directory, execution=runner.Execution(block=block, force=force, progress=False))
-    if block is not None:
-        cfg = dataclasses.replace(cfg, seeds_per_block=block)
-    return runner.run(cfg, mnist_data, directory, show_progress=False, force=force)
+    """``runner.run`` without a progress bar, ``block`` seeds per stored piece."""
+    return runner.run(cfg, mnist_data, directory, execution=runner.Execution(block=block, force=force, progress=False))
 
 
 def flat(tree) -> dict[str, np.ndarray]:

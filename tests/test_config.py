@@ -114,6 +114,12 @@ def test_digest_is_a_pure_function_of_the_values():
     assert len(config.digest(AuxConfig())) == 16
 
 
+def test_equal_configs_have_equal_digests():
+    a, b = AuxConfig(teacher_lr=1, temperature=2), AuxConfig(teacher_lr=1.0, temperature=2.0)
+    assert a == b
+    assert config.digest(a) == config.digest(b)
+
+
 def test_digest_is_stable_across_processes():
     code = "from minisub import config, pipeline; print(config.digest(pipeline.AuxConfig(seeds=5, hidden=(32,))))"
     root = Path(config.__file__).resolve().parents[1]
@@ -124,8 +130,8 @@ def test_digest_is_stable_across_processes():
 
 # Another valid value for every field; a new field must be added here (and so be shown to enter the id).
 ALTERNATIVES = dict(
-    seeds=101, seed=1, seeds_per_block=24, hidden=(256,), activation="gelu", init="he_normal", n_aux=4,
-    n_train=59_999, teacher_epochs=6, teacher_lr=1e-3, teacher_batch=512, teacher_optimizer="sgd",
+    seeds=101, seed=1, hidden=(256,), activation="gelu", init="he_normal", n_aux=4,
+    n_train=59_999, n_test=9_999, teacher_epochs=6, teacher_lr=1e-3, teacher_batch=512, teacher_optimizer="sgd",
     n_noise=59_999, noise="gaussian", student_epochs=6, student_lr=1e-3, student_batch=512,
     student_optimizer="sgd", loss="mse", temperature=2.0, arms=PAPER_ARMS[:2],
 )

@@ -125,11 +125,7 @@ def test_weighted_mean_of_an_all_padding_batch_is_finite():
 
 # minisub's own numerics should not rely on implicit dtype promotion (the suite cannot run under
 # jax_numpy_dtype_promotion='strict' globally because optax's Adam does; see conftest.py).
-@pytest.mark.parametrize("name", [
-    "kl", "soft_ce",
-    pytest.param("mse", marks=pytest.mark.xfail(
-        strict=True, reason="distill.mse divides float32 by jnp.sum(bool mask) (int32); see the test report")),
-])
+@pytest.mark.parametrize("name", ["kl", "soft_ce", "mse"])
 def test_losses_need_no_implicit_dtype_promotion(name):
     with jax.numpy_dtype_promotion("strict"):
         loss = distill.IMITATION_LOSSES[name]

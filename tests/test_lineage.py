@@ -80,7 +80,7 @@ def test_lineage_functions_pick_the_right_init():
     assert lineage.student_init("different", spec, a, b) is b
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(n=st.integers(min_value=2, max_value=40), seed=st.integers(min_value=0, max_value=2**31 - 1))
 def test_derangement_is_a_permutation_without_fixed_points(n, seed):
     perm = lineage.derangement(keys.root(seed), n)

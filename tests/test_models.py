@@ -119,8 +119,6 @@ def test_layer_names_are_the_layers(depth):
     assert hidden == [f"hidden.{i}" for i in range(depth)]  # numeric order, not "hidden.10" < "hidden.2"
 
 
-@pytest.mark.xfail(strict=True, reason="layer_names lists 'head' first (pytree keys sort alphabetically), "
-                   "while its docstring promises network order hidden.0, ..., head; see the test report")
 def test_layer_names_follow_the_network_order():
     spec = models.MLPSpec(n_in=4, hidden=(3, 3))
     assert models.layer_names(spec.init(jax.random.key(0))) == ["hidden.0", "hidden.1", "head"]

@@ -30,15 +30,18 @@ def test_sharded_block_matches_single_device(tiny_cfg, fake_mnist, n_seeds):
     assert many["seed"].tolist() == list(range(n_seeds))
 
 
-def test_block_state_is_sharded_over_the_seed_axis(tiny_cfg):
+def test_block_state_is_sharded_over_the_seed_axis(tiny_cfg, fake_mnist):
     mesh = parallel.local_mesh()
-    by_seed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
-    n = mesh.size
-    ids = jax.device_put(np.arange(n, dtype=np.int32), by_seed)
-    state = pipeline.init_population(tiny_cfg, ids, ids[::-1])
-    leaf = jax.tree.leaves(state)[0]
-    assert leaf.sharding.spec[0] == "seed"
-    assert len({s.device for s in leaf.addressable_shards}) == n
+    n = 2 * mesh.size
+    ids = jax.device_put(np.arange(n, dtype=np.int32), parallel.by_seed(mesh))
+    state = parallel.seed_sharded(pipeline.init_population, mesh)(tiny_cfg, ids, ids[::-1])
+    x, y = fake_mnist.train_images[:512], fake_mnist.train_labels[:512]
+    state, loss = parallel.seed_sharded(pipeline.teacher_epoch, mesh, (1,))(tiny_cfg, state, ids, 0, x, y)
+    for leaf in (*jax.tree.leaves(state), loss):
+        assert leaf.sharding.spec[0] == "seed"
+        shards = leaf.addressable_shards
+        assert len({s.device for s in shards}) == mesh.size
+        assert all(s.data.shape[0] == 2 for s in shards)  # each device holds (and computes) its 2 seeds
 
 
 def test_memory_budget_picks_a_bounded_block(tiny_cfg):

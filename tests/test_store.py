@@ -84,8 +84,6 @@ def test_a_corrupt_piece_is_detected_and_removed(tmp_path, damage):
     assert not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="load_arrays lets NotImplementedError/RuntimeError escape and can return "
-                   "an incomplete tree when the zip directory is damaged; see the test report")
 def test_any_single_byte_corruption_is_detected_or_harmless(tmp_path):
     path = tmp_path / "piece.npz"
     store.save_arrays(path, TREE)

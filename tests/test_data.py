@@ -1,0 +1,54 @@
+"""Key-derived noise sets and key streams."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minisub import data, keys
+
+
+def test_noise_example_is_a_pure_function_of_key_and_index():
+    k = keys.root(0)
+    a = np.asarray(data.noise_example(k, 5, 784, "uniform"))
+    np.testing.assert_array_equal(a, np.asarray(data.noise_example(k, 5, 784, "uniform")))
+    assert not np.array_equal(a, np.asarray(data.noise_example(k, 6, 784, "uniform")))
+    assert not np.array_equal(a, np.asarray(data.noise_example(keys.root(1), 5, 784, "uniform")))
+
+
+def test_noise_batch_gathers_the_same_images_in_any_order():
+    k = keys.root(3)
+    idx = jnp.array([7, 0, 7, 3])
+    batch = np.asarray(data.noise_batch(k, idx, 784, "gaussian"))
+    assert batch.shape == (4, 784)
+    np.testing.assert_array_equal(batch[0], batch[2])
+    for row, i in zip(batch, [7, 0, 7, 3]):
+        np.testing.assert_array_equal(row, np.asarray(data.noise_example(k, i, 784, "gaussian")))
+
+
+def test_noise_distributions():
+    idx = jnp.arange(64)
+    uniform = np.asarray(data.noise_batch(keys.root(0), idx, 784, "uniform"))
+    assert uniform.min() >= -1 and uniform.max() <= 1
+    assert abs(uniform.mean()) < 0.01 and uniform.std() == pytest.approx(1 / np.sqrt(3), rel=0.01)
+    gaussian = np.asarray(data.noise_batch(keys.root(0), idx, 784, "gaussian"))
+    assert abs(gaussian.mean()) < 0.01 and gaussian.std() == pytest.approx(1.0, rel=0.01)
+    assert np.all(np.asarray(data.noise_batch(keys.root(0), idx, 784, "zeros")) == 0)
+
+
+def test_unknown_noise_kind_is_refused():
+    with pytest.raises(ValueError, match="uniform"):
+        data.noise_example(keys.root(0), 0, 4, "pink")
+
+
+def test_named_branches_are_distinct_and_stable():
+    root = keys.root(0)
+    bits = lambda k: np.asarray(jax.random.key_data(k)).tolist()  # noqa: E731
+    assert bits(keys.branch(root, "init")) == bits(keys.branch(keys.root(0), "init"))
+    names = ["init", "noise", "donor", "teacher_shuffle", "student_shuffle"]
+    assert len({tuple(bits(keys.branch(root, n))) for n in names}) == len(names)
+    assert bits(keys.branch(root, "init")) != bits(keys.branch(keys.root(1), "init"))
+    members = {tuple(bits(keys.member(keys.branch(root, "init"), i))) for i in range(10)}
+    assert len(members) == 10
