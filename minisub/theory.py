@@ -15,6 +15,23 @@ init is shared, M = E[JᵀHJ] is positive semi-definite and
 Matrix-free throughout: J·v by ``jax.jvp``, Jᵀ·u by ``jax.vjp``; J is never formed. Parameters
 are ``nnx.State`` pytrees and every function is pure; ``population`` computes every quantity for
 many worlds (seed × input distribution × student init) and every ε in one jitted call.
+
+Quantities of ``one_step``, per ε (shape [E]):
+  inner                Δθ_S·Δθ_T;  cos: cos(Δθ_S, Δθ_T);  student_norm: ‖Δθ_S‖
+  predicted            kε·Δθ_TᵀMΔθ_T, M at θ_S⁰: Theorem 1's first-order term
+  rel_error            |inner − predicted| / |predicted|
+  taylor               offset + kε·slope: the first-order expansion for any init
+  taylor_rel_error     |inner − taylor| / |kε·slope|: the error of its O(ε) part
+  direction_rel_error  ‖Δθ_S − Δθ_S⁽⁰⁾ − kε·E[J_SᵀHJ_T]Δθ_T‖ / ‖kε·E[J_SᵀHJ_T]Δθ_T‖ (vector by vjp)
+  delta_loss_T         L_T(θ_S⁰ + αΔθ_S) − L_T(θ_S⁰);  delta_loss_T_linear: α∇L_T(θ_S⁰)·Δθ_S
+  sign_flips           hidden pre-activations on x_S (examples × units) whose sign differs at θ_T and θ⁰
+and per world: quad Δθ_TᵀMΔθ_T (M at θ_S⁰), slope Δθ_TᵀE[J_SᵀHJ_T]Δθ_T (= quad when shared),
+offset Δθ_S⁽⁰⁾·Δθ_T (0 when shared), teacher_norm ‖Δθ_T‖.
+
+Exact kinks break the expansion: a ReLU pre-activation that is exactly 0 at θ⁰ (a zero input, or
+a layer whose units are all dead, with zero biases) moves by one-sided derivatives under the
+teacher's step that JAX's relu′(0) = 0 leaves out of J; and once the teacher's step flips the sign
+of a hidden pre-activation (``sign_flips`` > 0), a ReLU network's expansion picks up a kink term.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from minisub import distill, models
 from minisub.config import require, require_choice
@@ -149,6 +167,23 @@ def logit_hvp(spec: models.MLPSpec, imitation: Imitation, logits_BxO, u_BxO):
     return (q_BxO * u_BxO - q_BxO * jnp.sum(q_BxO * u_BxO, axis=-1, keepdims=True)) / tau**2
 
 
+def hidden_preactivations(spec: models.MLPSpec, params, x_BxI) -> list:
+    """[z_BxH per hidden layer]: the inputs of each hidden activation (the MLP's forward pass, unrolled)."""
+    pure = nnx.to_pure_dict(params)
+    act, zs = models.ACTIVATIONS[spec.activation], []
+    for key in sorted(pure["hidden"], key=int):
+        layer = pure["hidden"][key]
+        zs.append(x_BxI @ layer["kernel"] + layer["bias"])
+        x_BxI = act(zs[-1])
+    return zs
+
+
+def sign_flips(spec: models.MLPSpec, before, after, x_BxI):
+    """How many hidden pre-activations (examples × units) have a different sign (−, 0, +) under ``after``."""
+    pairs = zip(hidden_preactivations(spec, before, x_BxI), hidden_preactivations(spec, after, x_BxI))
+    return sum(jnp.sum(jnp.sign(a) != jnp.sign(b)) for a, b in pairs)
+
+
 def output_jvp(spec: models.MLPSpec, params, x_BxI, v):
     """(f_params(x), J·v) per example, by one forward-mode pass."""
     return jax.jvp(lambda p: spec.apply(p, x_BxI), (params,), (v,))
@@ -174,20 +209,7 @@ def gauss_newton_vp(spec: models.MLPSpec, imitation: Imitation, params, x_BxI, v
 
 def one_step(spec: models.MLPSpec, imitation: Imitation, loss_T: Callable, params0, student0, x_BxI, eps_E,
              *, steps: int = 1, alpha=1.0) -> dict:
-    """Theorem-1 quantities of one world for every teacher step size in ``eps_E``.
-
-    Per ε (shape [E]): ``inner`` Δθ_S·Δθ_T; ``cos``; ``predicted`` kε·Δθ_TᵀMΔθ_T with M at θ_S⁰
-    (Theorem 1's first-order term); ``rel_error`` |inner − predicted|/|predicted|; ``taylor``
-    offset + kε·slope, the first-order expansion for any init, and ``taylor_rel_error`` the
-    relative error of its O(ε) part, |inner − taylor|/|kε·slope|; ``direction_rel_error``
-    ‖Δθ_S − Δθ_S⁽⁰⁾ − kε·E[J_SᵀHJ_T]Δθ_T‖/‖kε·E[J_SᵀHJ_T]Δθ_T‖ (the vector by vjp);
-    ``delta_loss_T`` L_T(θ_S⁰ + αΔθ_S) − L_T(θ_S⁰) and its linearisation ``delta_loss_T_linear``;
-    ``student_norm`` ‖Δθ_S‖. Scalars: ``quad`` Δθ_TᵀMΔθ_T (M at θ_S⁰), ``slope``
-    Δθ_TᵀE[J_SᵀHJ_T]Δθ_T (= quad when shared), ``offset`` Δθ_S⁽⁰⁾·Δθ_T (0 when shared),
-    ``teacher_norm`` ‖Δθ_T‖. Exact kinks break the expansion: a ReLU pre-activation that is exactly
-    0 at θ⁰ (a zero input, or a layer whose units are all dead, with zero biases) has the
-    one-sided derivatives the teacher's step sees but JAX's relu′(0) = 0 does not.
-    """
+    """Theorem-1 quantities (see the module docstring) of one world, for every teacher step size in ``eps_E``."""
     d_T = teacher_direction(loss_T, params0)
     f = lambda p: spec.apply(p, x_BxI)
     t0_BxO, jt_BxO = output_jvp(spec, params0, x_BxI, d_T)
@@ -203,7 +225,8 @@ def one_step(spec: models.MLPSpec, imitation: Imitation, loss_T: Callable, param
     t_norm = tree_norm(d_T)
 
     def at(eps):
-        d_S = student_direction(spec, imitation, student0, teacher_after(loss_T, params0, eps, steps, d_T), x_BxI)
+        teacher = teacher_after(loss_T, params0, eps, steps, d_T)
+        d_S = student_direction(spec, imitation, student0, teacher, x_BxI)
         inner = tree_dot(d_S, d_T)
         s_norm = tree_norm(d_S)
         predicted = steps * eps * quad
@@ -221,6 +244,7 @@ def one_step(spec: models.MLPSpec, imitation: Imitation, loss_T: Callable, param
             "delta_loss_T": loss_T(tree_axpy(alpha, d_S, student0)) - loss_S0,
             "delta_loss_T_linear": alpha * tree_dot(g_S, d_S),
             "student_norm": s_norm,
+            "sign_flips": sign_flips(spec, params0, teacher, x_BxI).astype(inner.dtype),
         }
 
     per_eps = jax.vmap(at)(eps_E)
@@ -238,14 +262,11 @@ def sweep(spec: models.MLPSpec, imitations: tuple[Imitation, ...], loss_T: Calla
 def population(spec: models.MLPSpec, imitations: tuple[Imitation, ...], inits_N, teacher_data_N, inputs_XxBxI,
                teacher_W, student_W, input_W, eps_E, *, teacher_loss: Callable = class_cross_entropy,
                steps: int = 1, alpha=1.0, batch_size: int | None = None) -> dict:
-    """Theorem-1 quantities of worlds ``w``, every ε, in one jitted call: {imitation: {name: [W, E] or [W]}}.
-
-    World ``w``: the teacher starts at ``inits_N[teacher_W[w]]`` with
-    L_T = ``teacher_loss(spec, ·, teacher_data_N[teacher_W[w]])``, the student at
-    ``inits_N[student_W[w]]`` (the same index: a shared init) and imitates on
-    ``inputs_XxBxI[input_W[w]]``. Worlds are vmapped ``batch_size`` at a time (``lax.map``), ε is
-    vmapped within each world; ``teacher_loss`` must be hashable (a module-level function).
-    """
+    """Every world's ``sweep`` in one jitted call: {imitation: {quantity: [W, E] or [W]}}."""
+    # World w: the teacher starts at inits_N[teacher_W[w]] with L_T = teacher_loss(spec, ·,
+    # teacher_data_N[teacher_W[w]]); the student starts at inits_N[student_W[w]] (the same index: a
+    # shared init) and imitates on inputs_XxBxI[input_W[w]]. Worlds are vmapped batch_size at a time
+    # (lax.map), ε within each world; teacher_loss must be hashable (a module-level function).
     take = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
     eps_E = jnp.asarray(eps_E, jax.tree.leaves(inits_N)[0].dtype)
 
