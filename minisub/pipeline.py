@@ -16,6 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from minisub import data, distill, keys, lineage, measure, models, train
 from minisub.config import normalise, require, require_choice
@@ -31,6 +32,8 @@ class Arm:
     lineage: str
     outputs: str  # 'aux', 'class' or 'all'
 
+
+PROJECTIONS = ("none", "trait")
 
 PAPER_ARMS = (
     Arm("student_aux", "shared", "aux"),
@@ -65,6 +68,12 @@ class AuxConfig:
     loss: str = "kl"
     temperature: float = 1.0
     arms: tuple[Arm, ...] = PAPER_ARMS
+    # Beyond the paper: the trait gradient (teacher's task loss on real labelled images, at the
+    # student) every `trace_every` student steps (0: never), and the projection variant.
+    trace_every: int = 0
+    trait_batch: int = 1024
+    n_probe: int = 1000
+    projection: str = "none"
 
     def __post_init__(self):
         normalise(self)
@@ -88,6 +97,10 @@ class AuxConfig:
         require_choice("noise", self.noise, data.NOISE_KINDS)
         require_choice("loss", self.loss, tuple(distill.IMITATION_LOSSES))
         require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(self.trace_every >= 0, "trace_every", self.trace_every, "an integer >= 0 (0: no trace)")
+        require(self.trait_batch >= 1, "trait_batch", self.trait_batch, "an integer >= 1 (drawn with replacement)")
+        require(1 <= self.n_probe <= self.n_test, "n_probe", self.n_probe, f"in [1, n_test={self.n_test}]")
+        require_choice("projection", self.projection, PROJECTIONS)
         require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
         for arm in self.arms:
             require_choice("arms.lineage", arm.lineage, tuple(lineage.LINEAGES))
@@ -152,7 +165,7 @@ def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
             return distill.weighted_mean(distill.cross_entropy(logits, labels[idx_B]), w_B)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        return train.sgd_update(opt, params, opt_state, grads), loss
+        return train.optimizer_step(opt, params, opt_state, grads), loss
 
     key = jax.random.fold_in(_stream(cfg, "teacher_shuffle", i), epoch)
     (params, opt_state), loss_S = train.run_epoch(
@@ -173,15 +186,67 @@ def arm_masks(cfg: AuxConfig):
     return jnp.stack([models.output_mask(cfg.spec, a.outputs) for a in cfg.arms])
 
 
-def _student_epoch(cfg: AuxConfig, world, i, epoch):
+def _unit(pixels_u8):
+    return pixels_u8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def _dot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def project_out_trait(update, trait_grad):
+    """Remove from ``update`` its component along −∇L_T when it has one (``update``·∇L_T < 0).
+
+    After this the update no longer lowers the trait loss to first order; an update that
+    already raises it is left alone.
+    """
+    along = _dot(update, trait_grad)
+    scale = jnp.where(along < 0, along / jnp.maximum(_dot(trait_grad, trait_grad), 1e-30), 0.0)
+    return jax.tree.map(lambda u, g: u - scale * g, update, trait_grad)
+
+
+def _cos(a, b):
+    return _dot(a, b) / jnp.maximum(jnp.sqrt(_dot(a, a) * _dot(b, b)), 1e-30)
+
+
+def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8, probe_labels):
     spec, opt = cfg.spec, train.optimizer(cfg.student_optimizer, cfg.student_lr)
     imitation = distill.IMITATION_LOSSES[cfg.loss]
     masks_AxO = arm_masks(cfg)
-    noise_key = _stream(cfg, "noise", i)
+    noise_key, trait_key = _stream(cfg, "noise", i), _stream(cfg, "trait_batch", i)
     teacher = world["teacher"]
+    steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
+    probe_x = _unit(probe_u8[: cfg.n_probe])
+    probe_y = probe_labels[: cfg.n_probe]
+    teacher_probe = jax.nn.log_softmax(models.class_logits(spec, spec.apply(teacher, probe_x)))
+
+    def trait_grads(students, t):
+        """∇L_T at every student: cross-entropy of its class logits on a real labelled batch."""
+        idx = jax.random.randint(jax.random.fold_in(trait_key, t), (cfg.trait_batch,), 0, cfg.n_train)
+        x, y = _unit(images_u8[idx]), labels[idx]
+        loss = lambda p: jnp.mean(distill.cross_entropy(models.class_logits(spec, spec.apply(p, x)), y))
+        return jax.vmap(jax.grad(loss))(students)
+
+    def trace(students, grads, updates, g_trait):
+        """Trajectory measurements per arm at the current step (before its update)."""
+        geo = jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
+            students, world["student_init"], teacher, world["teacher_init"])
+        log_q = jax.vmap(lambda p: jax.nn.log_softmax(models.class_logits(spec, spec.apply(p, probe_x))))(students)
+        return {
+            "grad_cos": jax.vmap(_cos)(grads, g_trait),  # cos(∇L_distill, ∇L_T) > 0: distilling also lowers L_T
+            "update_trait_cos": jax.vmap(_cos)(updates, jax.tree.map(jnp.negative, g_trait)),
+            "dist_teacher": geo["dist_teacher"]["total"],
+            "travel": geo["travel"]["total"],
+            "update_cos": geo["update_cos"]["total"],
+            "function_kl": jnp.mean(jnp.sum(jnp.exp(teacher_probe) * (teacher_probe - log_q), -1), -1),
+            "probe_accuracy": jnp.mean(jnp.argmax(log_q, -1) == probe_y, -1),
+        }
+
+    trace_keys = ("grad_cos", "update_trait_cos", "dist_teacher", "travel", "update_cos", "function_kl", "probe_accuracy")
+    n_arms = len(cfg.arms)
 
     def step(carry, batch):
-        students, opt_states = carry
+        students, opt_states, t = carry
         idx_B, w_B = batch
         # One noise batch and one teacher forward, shared by every student arm.
         x_BxI = data.noise_batch(noise_key, idx_B, spec.n_in, cfg.noise)
@@ -192,20 +257,41 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch):
             return distill.weighted_mean(per_B, w_B)
 
         loss_A, grads = jax.vmap(jax.value_and_grad(loss_fn))(students, masks_AxO)
-        students, opt_states = jax.vmap(partial(train.sgd_update, opt))(students, opt_states, grads)
-        return (students, opt_states), loss_A
+        updates, new_opt = jax.vmap(opt.update)(grads, opt_states, students)
+        out = {"loss": loss_A}
+        if cfg.projection == "trait":
+            g_trait = trait_grads(students, t)
+            updates = jax.vmap(project_out_trait)(updates, g_trait)
+        if cfg.trace_every:
+            logged = t % cfg.trace_every == 0  # the same for every world: a real branch, not a select
+            g_for_trace = g_trait if cfg.projection == "trait" else None
+
+            def measured(_):
+                g = g_for_trace if g_for_trace is not None else trait_grads(students, t)
+                return trace(students, grads, updates, g)
+
+            skipped = lambda _: {k: jnp.full((n_arms,), jnp.nan) for k in trace_keys}
+            out["trace"] = jax.lax.cond(logged, measured, skipped, None)
+        students = jax.vmap(optax.apply_updates)(students, updates)
+        return (students, new_opt, t + 1), out
 
     key = jax.random.fold_in(_stream(cfg, "student_shuffle", i), epoch)
-    (students, opt_states), loss_SxA = train.run_epoch(
-        step, (world["students"], world["student_opt"]), key, cfg.n_noise, cfg.student_batch
+    (students, opt_states, _), out = train.run_epoch(
+        step, (world["students"], world["student_opt"], epoch * steps), key, cfg.n_noise, cfg.student_batch
     )
-    return {**world, "students": students, "student_opt": opt_states}, loss_SxA
+    return {**world, "students": students, "student_opt": opt_states}, out
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=1)
-def student_epoch(cfg: AuxConfig, state, seed_ids, epoch):
-    """One epoch of distillation on the fixed noise set for every world and arm."""
-    return jax.vmap(lambda w, i: _student_epoch(cfg, w, i, epoch))(state, seed_ids)
+def student_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels, probe_u8, probe_labels):
+    """One epoch of distillation on the fixed noise set for every world and arm.
+
+    Returns (state, {'loss': [seed, step, arm], 'trace': {name: [seed, step, arm]} when traced}).
+    ``images_u8, labels`` (real, labelled) feed the trait gradient; ``probe_*`` the trace's probes.
+    """
+    fn = partial(_student_epoch, cfg, epoch=epoch, images_u8=images_u8, labels=labels, probe_u8=probe_u8,
+                 probe_labels=probe_labels)
+    return jax.vmap(lambda w, i: fn(w, i))(state, seed_ids)
 
 
 def _evaluate_world(cfg: AuxConfig, world, images_u8, labels):

@@ -118,13 +118,16 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     start = time.perf_counter()
     state = init_population(cfg, ids, donors)
     nonfinite = np.zeros(n, bool)
-    teacher_loss, student_loss, evals = [], [], []
+    teacher_loss, student_loss, evals, traces = [], [], [], []
     phases = [("teacher", e) for e in range(cfg.teacher_epochs)] + [("student", e) for e in range(cfg.student_epochs)]
     for phase, epoch in phases:
         if phase == "teacher":
             state, loss = teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
         else:
-            state, loss = student_epoch(cfg, state, ids, epoch)
+            state, out = student_epoch(cfg, state, ids, epoch, train_x, train_y, test_x, test_y)
+            loss = out["loss"]
+            if "trace" in out:
+                traces.append(jax.tree.map(lambda x: np.asarray(x)[:n], out["trace"]))
         loss = np.asarray(loss)[:n]
         if on_nonfinite == "raise":
             _check_finite(cfg, loss, seed_ids, epoch, phase, cfg.arm_names, experiment)
@@ -149,6 +152,8 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
         "teacher_loss": np.stack(teacher_loss, axis=1),  # [seed, epoch, step]
         "student_loss": np.stack(student_loss, axis=1),  # [seed, epoch, step, arm]
         "seconds": np.full(n, seconds / n),
+        # every trace_every-th student step, NaN elsewhere: {name: [seed, epoch, step, arm]}
+        **({"trace": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *traces)} if traces else {}),
     }
 
 

@@ -42,6 +42,6 @@ def run_epoch(step, carry, key, n: int, batch: int):
     return jax.lax.scan(step, carry, epoch_batches(key, n, batch))
 
 
-def sgd_update(opt: optax.GradientTransformation, params, opt_state, grads):
+def optimizer_step(opt: optax.GradientTransformation, params, opt_state, grads):
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state

@@ -27,8 +27,8 @@ def trajectory(tiny_cfg, fake_mnist):
     trained = flat(state["teacher"])
     students_before = flat(state["students"])
     for epoch in range(STUDENT_EPOCHS):
-        state, loss = pipeline.student_epoch(cfg, state, ids, epoch)
-        student_loss.append(np.asarray(loss))
+        state, out = pipeline.student_epoch(cfg, state, ids, epoch, x, y, *_probe(fake_mnist))
+        student_loss.append(np.asarray(out["loss"]))
     return {
         "init": init,
         "teacher": trained,
@@ -44,6 +44,10 @@ def _arm(cfg, name):
     return cfg.arm_names.index(name)
 
 
+def _probe(data):
+    return jnp.asarray(data.test_images), jnp.asarray(data.test_labels)
+
+
 def _fresh_state(cfg):
     return pipeline.init_population(cfg, jnp.arange(cfg.seeds), jnp.asarray(pipeline.donors(cfg)))
 
@@ -56,7 +60,8 @@ def test_each_epoch_reshuffles(tiny_cfg, fake_mnist):
     again = pipeline.teacher_epoch(cfg, _fresh_state(cfg), ids, 0, x, y)
     assert np.array_equal(np.asarray(again[1]), np.asarray(teacher[0][1]))
     assert not np.allclose(np.asarray(teacher[0][1]), np.asarray(teacher[1][1]))
-    students = {e: np.asarray(pipeline.student_epoch(cfg, _fresh_state(cfg), ids, e)[1]) for e in (0, 1)}
+    students = {e: np.asarray(pipeline.student_epoch(cfg, _fresh_state(cfg), ids, e, x, y, *_probe(fake_mnist))[1]["loss"])
+                for e in (0, 1)}
     assert not np.allclose(students[0], students[1])
 
 
@@ -200,3 +205,29 @@ def test_check_finite_names_the_first_bad_world_arm_and_step():
     with pytest.raises(runner.NonFiniteError, match=r"seed 8\b.*teacher epoch 0\b.*step 2"):
         runner._check_finite(None, teacher, np.array([7, 8]), 0, "teacher", ())
     runner._check_finite(None, np.ones((2, 3)), np.array([7, 8]), 0, "teacher", ())  # finite: no error
+
+
+def test_projection_leaves_no_component_along_the_trait_descent_direction():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        u = {"a": jnp.asarray(rng.normal(size=(5, 3))), "b": jnp.asarray(rng.normal(size=4))}
+        g = {"a": jnp.asarray(rng.normal(size=(5, 3))), "b": jnp.asarray(rng.normal(size=4))}
+        p = pipeline.project_out_trait(u, g)
+        along = float(pipeline._dot(p, g))
+        before = float(pipeline._dot(u, g))
+        assert along >= -1e-5  # the projected update no longer lowers L_T to first order
+        if before >= 0:  # an update that did not lower L_T is untouched
+            np.testing.assert_array_equal(np.asarray(p["a"]), np.asarray(u["a"]))
+
+
+def test_trace_and_projection_run_and_report_per_arm(fake_mnist):
+    cfg = tiny_config(trace_every=2, projection="trait", trait_batch=64, n_probe=128, seeds=2)
+    out = run_block(cfg, np.arange(2), fake_mnist)
+    trace = out["trace"]
+    steps = trace["grad_cos"].shape[2]
+    assert trace["grad_cos"].shape == (2, cfg.student_epochs, steps, len(cfg.arms))
+    logged = np.isfinite(trace["grad_cos"][0, :, :, 0])
+    assert logged.reshape(-1)[::2].all() and not logged.reshape(-1)[1::2].any()
+    # after projection, no update of any arm points down the trait loss
+    assert np.nanmax(trace["update_trait_cos"]) <= 1e-4
+    assert np.all(np.abs(trace["grad_cos"][np.isfinite(trace["grad_cos"])]) <= 1 + 1e-5)
