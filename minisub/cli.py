@@ -39,6 +39,7 @@ def _overrides(extra: list[str]) -> dict[str, str]:
 
 def build_config(module, preset: str, extra: list[str]):
     """The preset named ``preset`` with command-line overrides applied and validated."""
+    preset = preset or module.DEFAULT_PRESET
     if preset not in module.PRESETS:
         raise ConfigError(f"preset={preset!r} is not allowed: preset must be one of {', '.join(module.PRESETS)}")
     return override(module.PRESETS[preset], _overrides(extra))
@@ -64,6 +65,7 @@ def _execution(args, module, compute: bool = True):
 
 def _run(args, extra, compute: bool) -> int:
     module = _experiment(args.experiment)
+    args.preset = args.preset or module.DEFAULT_PRESET
     cfg = build_config(module, args.preset, extra)  # every error is raised here, before any compute
     execution = _execution(args, module, compute)
     if args.coordinator or args.num_processes:
@@ -130,7 +132,7 @@ def cmd_list(args, extra) -> int:
     from experiments import EXPERIMENTS
 
     for name, module in EXPERIMENTS.items():
-        print(f"{name}: {(module.__doc__ or '').splitlines()[0]}")
+        print((module.__doc__ or name).splitlines()[0])
         for preset, cfg in module.PRESETS.items():
             mark = " (default)" if preset == module.DEFAULT_PRESET else ""
             print(f"  --preset {preset}{mark}: seeds={cfg.seeds}")
@@ -148,7 +150,7 @@ def cmd_bench(args, extra) -> int:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment")
-    p.add_argument("--preset", default="quick")
+    p.add_argument("--preset", help="a preset of the experiment (default: its DEFAULT_PRESET)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", help="where the figure and its JSON go (default: the run directory)")
     p.add_argument("--block", type=int, help="seeds per block (a stored, resumable piece)")
