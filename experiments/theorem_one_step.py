@@ -26,7 +26,7 @@ import numpy as np
 
 from minisub import config as config_lib
 from minisub import data, fashion, keys, lineage, mnist, models, parallel, plots, runner, stats, store, theory
-from minisub.config import ConfigError, require, require_choice
+from minisub.config import ConfigError, normalise, require, require_choice
 
 NAME = "theorem-one-step"
 STEM = "theorem_one_step"
@@ -69,14 +69,12 @@ class TheoremConfig:
     dtype: str = "float64"
 
     def __post_init__(self):
+        normalise(self)
         self.validate()
 
     def validate(self) -> None:
         require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
-        require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden", self.hidden, "one or more widths >= 1")
-        require_choice("activation", self.activation, tuple(models.ACTIVATIONS))
-        require_choice("init", self.init, tuple(models.INITS))
-        require(self.n_aux >= 1, "n_aux", self.n_aux, "an integer >= 1")
+        models.validate_mlp_fields(self)
         require(self.eps_min > 0, "eps_min", self.eps_min, "a number > 0")
         require(self.eps_max > self.eps_min, "eps_max", self.eps_max, f"a number > eps_min ({self.eps_min})")
         require(self.n_eps >= 2, "n_eps", self.n_eps, "an integer >= 2")

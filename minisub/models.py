@@ -24,6 +24,16 @@ INITS: dict[str, Callable] = {
 }
 
 
+def validate_mlp_fields(cfg) -> None:
+    """Check a config's ``hidden``, ``activation``, ``init`` and ``n_aux`` (ConfigError naming the field)."""
+    from minisub.config import require, require_choice
+
+    require(len(cfg.hidden) >= 1 and min(cfg.hidden) >= 1, "hidden", cfg.hidden, "one or more widths >= 1")
+    require_choice("activation", cfg.activation, tuple(ACTIVATIONS))
+    require_choice("init", cfg.init, tuple(INITS))
+    require(cfg.n_aux >= 1, "n_aux", cfg.n_aux, "an integer >= 1")
+
+
 class MLP(nnx.Module):
     """``in -> hidden... -> n_classes + n_aux`` logits; the head is one linear layer."""
 

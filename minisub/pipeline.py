@@ -81,10 +81,7 @@ class AuxConfig:
 
     def validate(self) -> None:
         require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
-        require(len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden", self.hidden, "one or more widths >= 1")
-        require_choice("activation", self.activation, tuple(models.ACTIVATIONS))
-        require_choice("init", self.init, tuple(models.INITS))
-        require(self.n_aux >= 1, "n_aux", self.n_aux, "an integer >= 1")
+        models.validate_mlp_fields(self)
         require(1 <= self.n_train <= MNIST_TRAIN, "n_train", self.n_train, f"in [1, {MNIST_TRAIN}]")
         require(1 <= self.n_test <= MNIST_TEST, "n_test", self.n_test, f"in [1, {MNIST_TEST}]")
         require(self.n_noise >= 1, "n_noise", self.n_noise, "an integer >= 1")

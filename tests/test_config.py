@@ -134,6 +134,7 @@ ALTERNATIVES = dict(
     n_train=59_999, n_test=9_999, teacher_epochs=6, teacher_lr=1e-3, teacher_batch=512, teacher_optimizer="sgd",
     n_noise=59_999, noise="gaussian", student_epochs=6, student_lr=1e-3, student_batch=512,
     student_optimizer="sgd", loss="mse", temperature=2.0, arms=PAPER_ARMS[:2],
+    trace_every=5, trait_batch=512, n_probe=500, projection="trait",
 )
 
 
