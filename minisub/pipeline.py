@@ -96,7 +96,8 @@ class AuxConfig:
         require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
         require(self.trace_every >= 0, "trace_every", self.trace_every, "an integer >= 0 (0: no trace)")
         require(self.trait_batch >= 1, "trait_batch", self.trait_batch, "an integer >= 1 (drawn with replacement)")
-        require(1 <= self.n_probe <= self.n_test, "n_probe", self.n_probe, f"in [1, n_test={self.n_test}]")
+        if self.trace_every:
+            require(1 <= self.n_probe <= self.n_test, "n_probe", self.n_probe, f"in [1, n_test={self.n_test}]")
         require_choice("projection", self.projection, PROJECTIONS)
         require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
         for arm in self.arms:
