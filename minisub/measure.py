@@ -24,7 +24,8 @@ def geometry(student, student_init, teacher, teacher_init) -> dict[str, dict[str
     """Distances and update alignment between a student and its teacher.
 
     Returns {quantity: {layer or 'total': value}} with quantities
-    ``dist_teacher`` ||θ_S − θ_T||, ``dist_init`` ||θ_S⁰ − θ_T⁰||, ``travel`` ||θ_S − θ_S⁰||,
+    ``dist_teacher`` ||θ_S − θ_T||, ``dist_start_teacher`` ||θ_S⁰ − θ_T|| (where the student began),
+    ``dist_init`` ||θ_S⁰ − θ_T⁰||, ``travel`` ||θ_S − θ_S⁰||,
     ``teacher_travel`` ||θ_T − θ_T⁰|| and ``update_cos`` cos(θ_S − θ_S⁰, θ_T − θ_T⁰).
     For a shared init, update_cos is the issue's cos(θ_S − θ⁰, θ_T − θ⁰).
     """
@@ -34,6 +35,7 @@ def geometry(student, student_init, teacher, teacher_init) -> dict[str, dict[str
     terms = {
         "dist_teacher": _per_layer(lambda s, t: sq(s - t), student, teacher),
         "dist_init": _per_layer(lambda s, t: sq(s - t), student_init, teacher_init),
+        "dist_start_teacher": _per_layer(lambda s, t: sq(s - t), student_init, teacher),
         "travel": _per_layer(sq, d_s),
         "teacher_travel": _per_layer(sq, d_t),
         "dot": _per_layer(lambda a, b: jnp.sum(a * b), d_s, d_t),
