@@ -8,6 +8,8 @@ corrupted directory is never read as a result.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import io
@@ -137,11 +139,29 @@ def is_complete(directory: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def locked(directory: Path):
+    """An exclusive lock on ``directory`` across processes (``flock`` on ``directory/.lock``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def finish(directory: Path, arrays: dict, summary: dict) -> None:
-    """Write the results, then the ``DONE`` marker (last, atomically)."""
-    save_arrays(directory / "results.npz", arrays)
-    write_json(directory / "summary.json", summary)
-    write_json(directory / "DONE", {f: _sha256(directory / f) for f in RESULT_FILES})
+    """Write the results, then the ``DONE`` marker (last, atomically); the first finisher wins.
+
+    Under a lock, so two processes completing the same run cannot interleave their files.
+    """
+    with locked(directory):
+        if is_complete(directory):
+            return
+        save_arrays(directory / "results.npz", arrays)
+        write_json(directory / "summary.json", summary)
+        write_json(directory / "DONE", {f: _sha256(directory / f) for f in RESULT_FILES})
 
 
 def load_complete(directory: Path) -> tuple[dict, dict] | None:

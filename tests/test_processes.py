@@ -89,3 +89,18 @@ def test_sigkill_then_resume_recomputes_only_missing_blocks(tmp_path):
         assert p.stat().st_mtime_ns == mtime, f"{p.name} was recomputed"
     assert not list(results.glob("mnist-aux/*/pieces/.*.tmp"))
     assert _accuracy(out)["teacher"]["n"] == 4
+
+
+def test_two_processes_on_the_same_run_do_not_clobber_each_other(tmp_path):
+    results = tmp_path / "results"
+    cmd = [*CLI, *TEST, "--out"]
+    procs = [subprocess.Popen([*cmd, str(tmp_path / f"out{i}")], env=_env(results), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    from minisub import store
+
+    (run_dir,) = results.glob("mnist-aux/*")
+    assert store.is_complete(run_dir)
+    assert _accuracy(tmp_path / "out0") == _accuracy(tmp_path / "out1")
+    assert not list(run_dir.rglob(".*.tmp"))
