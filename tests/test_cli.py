@@ -135,3 +135,17 @@ def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, 
     assert drawn[0] == drawn[1]  # byte-for-byte deterministic
     assert drawn[0]["png"] == first_run["files"]["mnist_aux.png"]  # the same figure the run drew
     assert drawn[0]["pdf"] == first_run["files"]["mnist_aux.pdf"]
+
+
+def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compute, capsys, tmp_path):
+    shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
+    assert cli.main(["report", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    readme = (tmp_path / "README.md").read_text()
+    assert "## mnist-aux" in readme and "| student_aux | " in readme and "minisub figures mnist-aux" in readme
+    assert (tmp_path / "mnist_aux.png").exists()
+    from experiments import EXPERIMENTS
+
+    for name, module in EXPERIMENTS.items():
+        if name != "mnist-aux":  # not computed here: listed with the command that would produce it
+            assert f"missing: {name}" in out and module.PAPER_COMMAND in out
