@@ -12,7 +12,8 @@ def mean_ci(values) -> dict:
     v = np.asarray(values, np.float64).ravel()
     n = v.size
     ci = float(Z95 * v.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": float(v.mean()), "ci95": ci, "n": int(n), "values": [float(x) for x in v]}
+    mean = float(v.mean()) if n else float("nan")
+    return {"mean": mean, "ci95": ci, "n": int(n), "values": [float(x) for x in v]}
 
 
 def brief(values) -> dict:

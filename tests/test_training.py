@@ -231,3 +231,14 @@ def test_trace_and_projection_run_and_report_per_arm(fake_mnist):
     # after projection, no update of any arm points down the trait loss
     assert np.nanmax(trace["update_trait_cos"]) <= 1e-4
     assert np.all(np.abs(trace["grad_cos"][np.isfinite(trace["grad_cos"])]) <= 1 + 1e-5)
+
+
+def test_mark_mode_flags_nonfinite_seeds_and_keeps_going(fake_mnist):
+    from experiments import mnist_aux
+
+    cfg = tiny_config(student_lr=1e30)  # the students blow up; the teachers are fine
+    results = runner.run(cfg, fake_mnist, None, execution=runner.Execution(on_nonfinite="mark", progress=False))
+    assert not results["finite"].any()
+    assert np.isfinite(results["accuracy"]["teacher"]).all()
+    summary = mnist_aux.summarise(cfg, results, command="test")
+    assert summary["nonfinite_seeds"] == [0, 1, 2] and summary["n_seeds"] == 0
