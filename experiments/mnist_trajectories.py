@@ -40,7 +40,7 @@ from minisub.config import normalise, require, require_choice
 
 NAME = "mnist-trajectories"
 STEM = "mnist_trajectories"
-SCHEMA = 1  # of the combined summary: a stored summary with another schema is recomputed from the variants
+SCHEMA = 2  # of the combined summary: a stored summary with another schema is recomputed from the variants
 PROJECTION = "projection"
 VARIANT_HELP = "OPTIMIZER or OPTIMIZER+projection with OPTIMIZER in ('adam', 'sgd'), e.g. 'adam+projection'"
 TRACE = ("grad_cos", "update_trait_cos", "dist_teacher", "travel", "update_cos", "function_kl", "probe_accuracy")
@@ -200,6 +200,51 @@ def init_distances(cfg: TrajectoryConfig) -> dict:
     return out
 
 
+TRAINED_PAIRS = {  # (reference, other): the other network is weight-matched onto the reference
+    "teacher_vs_cross_start": ("teacher", "cross_init"),
+    "teacher_vs_cross_aux": ("teacher", "cross_aux"),
+    "teacher_vs_cross_all": ("teacher", "cross_all"),
+    "teacher_vs_student_aux": ("teacher", "student_aux"),
+    "cross_aux_vs_its_init": ("cross_aux", "cross_init"),
+}
+
+
+def trained_distances(cfg: TrajectoryConfig, variant: str = "adam") -> dict:
+    """Raw and weight-matched distances between trained teachers, students and inits.
+
+    Retrains the first ``n_aligned`` worlds of ``variant`` (the same keys, so the same networks
+    as the stored run) keeping their final weights. Returns {pair: {'raw'|'aligned': {layer: [n]}}}.
+    """
+    n = cfg.n_aligned
+    if n == 0:
+        return {}
+    vcfg = cfg.variant(variant)
+    out = runner.run_block(vcfg, np.arange(n), pipeline.donors(vcfg)[:n], mnist.load_cached(),
+                           lambda *a, **k: None, keep_state=True)
+    state, arms = out["state"], list(vcfg.arm_names)
+    rows = {pair: {"raw": [], "aligned": []} for pair in TRAINED_PAIRS}
+    for i in range(n):
+        world = jax.tree.map(lambda x: x[i], state)
+        nets = {"teacher": world["teacher"],
+                "cross_init": jax.tree.map(lambda x: x[arms.index("cross_aux")], world["student_init"]),
+                **{a: jax.tree.map(lambda x, k=k: x[k], world["students"]) for k, a in enumerate(arms)}}
+        for pair, (ref, other) in TRAINED_PAIRS.items():
+            rows[pair]["raw"].append(_layer_distances(nets[ref], nets[other]))
+            rows[pair]["aligned"].append(_layer_distances(nets[ref], permutation.align(nets[ref], nets[other])))
+    return {pair: {q: {layer: np.array([r[layer] for r in per_seed]) for layer in per_seed[0]}
+                   for q, per_seed in qs.items()} for pair, qs in rows.items()}
+
+
+def cached_trained_distances(cfg: TrajectoryConfig, variant: str) -> dict:
+    """``trained_distances``, stored beside the variant's results (they need a short retraining)."""
+    path = variant_dir(variant, cfg.variant(variant)) / f"trained_distances_{cfg.n_aligned}.npz"
+    if (done := store.load_arrays(path)) is not None:
+        return done
+    out = trained_distances(cfg, variant)
+    store.save_arrays(path, out)
+    return out
+
+
 def run(cfg: TrajectoryConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
     """Every variant (each trained or loaded on its own), then the combined summary; (summary, directory).
 
@@ -219,6 +264,8 @@ def run(cfg: TrajectoryConfig, *, command: str, execution: runner.Execution | No
     if pending:
         return None, pending[0]
     aligned = init_distances(cfg)
+    if cfg.n_aligned:
+        aligned["trained"] = cached_trained_distances(cfg, cfg.variants[0])
     summary = summarise(cfg, results, aligned, command)
     if parallel.is_writer():
         store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
@@ -393,6 +440,9 @@ def summarise_init_distances(aligned: dict) -> dict | None:
         out[q] = {layer: _values(v) for layer, v in aligned[q].items()}
     out["aligned_over_raw"] = {layer: _brief(aligned["aligned"][layer] / aligned["raw"][layer])
                                for layer in aligned["raw"]}
+    if trained := aligned.get("trained"):
+        out["trained"] = {pair: {q: {layer: _values(v) for layer, v in by_layer.items()} for q, by_layer in qs.items()}
+                          for pair, qs in trained.items()}
     return out
 
 
@@ -481,6 +531,11 @@ def table(summary: dict) -> str:
         for q, label in (("raw", "raw ‖θ_T⁰ − θ_X⁰‖"), ("aligned", "weight-matched"),
                          ("control_raw", "control: permuted copy, raw"), ("control_aligned", "control, matched")):
             rows.append(f"| {label} | " + " | ".join(_pm(d[q][layer], ".3g") for layer in layers) + " |")
+        if trained := d.get("trained"):
+            rows += ["", f"Trained networks, raw vs weight-matched total distance ({d['n']} seeds, the first variant):",
+                     "", "| pair | raw | weight-matched |", "|---|---|---|"]
+            for pair, qs in trained.items():
+                rows.append(f"| {pair} | {_pm(qs['raw']['total'], '.3g')} | {_pm(qs['aligned']['total'], '.3g')} |")
     return "\n".join(rows)
 
 
@@ -761,6 +816,17 @@ def findings(summary: dict) -> list[str]:
             f"{_pm(t('control_raw'), '.2f')}, matched {_pm(t('control_aligned'), '.2g')}. The teacher moves "
             f"{_pm(teacher_travel, '.2f')} from its init"
             + (": even aligned, a different init stays far outside the teacher's neighbourhood." if far else "."))
+        if trained := d.get("trained"):
+            c = lambda pair, q: trained[pair][q]["total"]  # noqa: E731
+            lines.append(
+                "Trained networks (weight matching onto the teacher): the cross-model aux student is "
+                f"{_pm(c('teacher_vs_cross_aux', 'raw'), '.2f')} from the teacher raw and "
+                f"{_pm(c('teacher_vs_cross_aux', 'aligned'), '.2f')} matched, against "
+                f"{_pm(c('teacher_vs_cross_start', 'raw'), '.2f')} / {_pm(c('teacher_vs_cross_start', 'aligned'), '.2f')} "
+                "for its starting point; the shared-init aux student is "
+                f"{_pm(c('teacher_vs_student_aux', 'raw'), '.2f')} raw, {_pm(c('teacher_vs_student_aux', 'aligned'), '.2f')} "
+                "matched. A student that moved toward the teacher only up to a relabelling of hidden units would "
+                "close the matched gap while the raw one stayed.")
     lines += first_order_limits(summary)
     return lines
 

@@ -97,8 +97,13 @@ def _check_finite(cfg, loss, seed_ids, epoch: int, phase: str, arm_names, experi
 
 
 def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarray, mnist, advance,
-              *, on_nonfinite: str = "raise", experiment: str = "mnist-aux", mesh=None) -> dict:
-    """Train and evaluate the worlds ``seed_ids`` on the local devices; numpy arrays, seed axis first."""
+              *, on_nonfinite: str = "raise", experiment: str = "mnist-aux", mesh=None,
+              keep_state: bool = False) -> dict:
+    """Train and evaluate the worlds ``seed_ids`` on the local devices; numpy arrays, seed axis first.
+
+    ``keep_state`` adds the final parameters (``'state'``: inits, teacher, students) for analyses
+    that need weights; it is never stored with the pieces.
+    """
     n = len(seed_ids)
     mesh = mesh or parallel.local_mesh()
     pad = (-n) % mesh.size  # the seed axis is padded to a multiple of the device count
@@ -154,6 +159,7 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
         "seconds": np.full(n, seconds / n),
         # every trace_every-th student step, NaN elsewhere: {name: [seed, epoch, step, arm]}
         **({"trace": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *traces)} if traces else {}),
+        **({"state": jax.tree.map(lambda x: np.asarray(x)[:n], state)} if keep_state else {}),
     }
 
 

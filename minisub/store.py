@@ -152,13 +152,11 @@ def locked(directory: Path):
 
 
 def finish(directory: Path, arrays: dict, summary: dict) -> None:
-    """Write the results, then the ``DONE`` marker (last, atomically); the first finisher wins.
+    """Write the results, then the ``DONE`` marker (last, atomically).
 
     Under a lock, so two processes completing the same run cannot interleave their files.
     """
     with locked(directory):
-        if is_complete(directory):
-            return
         save_arrays(directory / "results.npz", arrays)
         write_json(directory / "summary.json", summary)
         write_json(directory / "DONE", {f: _sha256(directory / f) for f in RESULT_FILES})

@@ -274,3 +274,16 @@ def test_cli_errors_are_one_line_before_any_compute(argv, expected, monkeypatch,
     assert len(err) == 1 and err[0].startswith("minisub: error: ")
     for text in expected:
         assert text in err[0], (text, err[0])
+
+
+@pytest.mark.slow
+def test_trained_networks_are_compared_raw_and_weight_matched(first_run):
+    trained = first_run["summary"]["init_distances"]["trained"]
+    assert set(trained) == set(mt.TRAINED_PAIRS)
+    for pair, qs in trained.items():
+        raw, matched = qs["raw"]["total"], qs["aligned"]["total"]
+        assert raw["n"] == TEST.n_aligned and matched["n"] == TEST.n_aligned
+        assert matched["mean"] <= raw["mean"] * (1 + 1e-6), pair  # matching starts at the identity
+    # the shared-init student lives in the teacher's basis: matching changes little there
+    s = trained["teacher_vs_student_aux"]
+    assert s["aligned"]["total"]["mean"] >= 0.9 * s["raw"]["total"]["mean"]
