@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import mnist, parallel, pipeline, plots, runner, stats, store
+from minisub import mnist, parallel, pipeline, plots, report, runner, stats, store
 
 NAME = "mnist-aux"
 STEM = "mnist_aux"
@@ -145,8 +145,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
 
 def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
     """The figure and the JSON behind it, into ``out_dir``."""
-    store.write_json(Path(out_dir) / f"{STEM}.json", summary)
-    return [Path(out_dir) / f"{STEM}.json", *figure(summary, out_dir)]
+    return report.write_outputs(STEM, summary, out_dir, figure)
 
 
 
@@ -203,7 +202,5 @@ def readme(summary: dict) -> str:
         "",
         *_discussion(summary),
         "",
-        f"Redraw the figure from the committed JSON (no training): `minisub figures {NAME}`",
-        "",
-        f"Recompute the JSON and the figure from scratch: `{summary.get('command') or PAPER_COMMAND}`",
+        *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from minisub import config as config_lib
-from minisub import keys, mnist, parallel, permutation, pipeline, plots, runner, stats, store, train
+from minisub import keys, mnist, parallel, permutation, pipeline, plots, report, runner, stats, store, train
 from minisub.config import normalise, require, require_choice
 
 NAME = "mnist-trajectories"
@@ -669,8 +669,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
 
 def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
     """The figure and the JSON behind it, into ``out_dir``."""
-    store.write_json(Path(out_dir) / f"{STEM}.json", summary)
-    return [Path(out_dir) / f"{STEM}.json", *figure(summary, out_dir)]
+    return report.write_outputs(STEM, summary, out_dir, figure)
 
 
 def _lo(s: dict) -> float | None:
@@ -899,7 +898,5 @@ def readme(summary: dict) -> str:
         "",
         table(summary),
         "",
-        f"Redraw the figure from the committed JSON: `minisub figures {NAME}`",
-        "",
-        f"Recompute the JSON and the figure from scratch: `{summary.get('command') or PAPER_COMMAND}`",
+        *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

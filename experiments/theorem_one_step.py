@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import data, fashion, keys, lineage, mnist, models, parallel, plots, runner, stats, store, theory
+from minisub import data, fashion, keys, lineage, mnist, models, parallel, plots, report, runner, stats, store, theory
 from minisub.config import ConfigError, normalise, require, require_choice
 
 NAME = "theorem-one-step"
@@ -467,8 +467,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
 
 def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
     """The figure and the JSON behind it, into ``out_dir``."""
-    store.write_json(Path(out_dir) / f"{STEM}.json", summary)
-    return [Path(out_dir) / f"{STEM}.json", *figure(summary, out_dir)]
+    return report.write_outputs(STEM, summary, out_dir, figure)
 
 
 def _cells(summary: dict, lineage_name: str):
@@ -607,7 +606,5 @@ def readme(summary: dict) -> str:
         "",
         table(summary),
         "",
-        f"Redraw the figure from the committed JSON: `minisub figures {NAME}`",
-        "",
-        f"Recompute the JSON and the figure from scratch: `{summary.get('command') or PAPER_COMMAND}`",
+        *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

@@ -31,3 +31,17 @@ def report(figures_dir: Path) -> tuple[list[Path], list[str]]:
     readme = figures_dir / "README.md"
     store.atomic_write(readme, "\n".join(sections).encode())
     return [*written, readme], missing
+
+
+def write_outputs(stem: str, summary: dict, out_dir: Path, figure) -> list[Path]:
+    """An experiment's JSON and its figure (drawn by ``figure(summary, out_dir)``) into ``out_dir``."""
+    from minisub import store
+
+    store.write_json(Path(out_dir) / f"{stem}.json", summary)
+    return [Path(out_dir) / f"{stem}.json", *figure(summary, out_dir)]
+
+
+def regenerate_lines(name: str, summary: dict, paper_command: str) -> list[str]:
+    """The two commands every figures/README.md section ends with."""
+    return [f"Redraw the figure from the committed JSON (no training): `minisub figures {name}`", "",
+            f"Recompute the JSON and the figure from scratch: `{summary.get('command') or paper_command}`"]
