@@ -149,3 +149,12 @@ def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compu
     for name, module in EXPERIMENTS.items():
         if name != "mnist-aux":  # not computed here: listed with the command that would produce it
             assert f"missing: {name}" in out and module.PAPER_COMMAND in out
+
+
+def test_accelerator_check_prints_its_table(capsys):
+    from experiments import accelerator_check
+
+    accelerator_check.main(["--preset", "test", "--seeds", "2"])
+    out = capsys.readouterr().out
+    for row in ("backend", "seeds per second", "achieved FLOP rate", "matmul FLOP rate", "accuracy student_aux"):
+        assert row in out
