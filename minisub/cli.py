@@ -72,9 +72,9 @@ def _run(args, extra, compute: bool) -> int:
         from minisub import parallel
 
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-    command = "minisub " + " ".join(shlex.quote(a) for a in args.argv)
-    if args.command != "run":
-        command = f"minisub run {module.NAME} --preset {args.preset} " + " ".join(shlex.quote(a) for a in extra)
+    # What recomputes the result: the experiment, preset and config overrides (execution flags
+    # such as --block, --shard or --out change where and how, never what).
+    command = f"minisub run {module.NAME} --preset {args.preset} " + " ".join(shlex.quote(a) for a in extra)
     summary, directory = module.run(cfg, command=command.strip(), execution=execution)
     if summary is None:
         from minisub.runner import missing_seeds

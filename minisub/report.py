@@ -43,5 +43,8 @@ def write_outputs(stem: str, summary: dict, out_dir: Path, figure) -> list[Path]
 
 def regenerate_lines(name: str, summary: dict, paper_command: str) -> list[str]:
     """The two commands every figures/README.md section ends with."""
+    command = summary.get("command") or paper_command
+    if "--out" not in command:  # the recorded run wrote into its results directory
+        command += " --out figures"
     return [f"Redraw the figure from the committed JSON (no training): `minisub figures {name}`", "",
-            f"Recompute the JSON and the figure from scratch: `{summary.get('command') or paper_command}`"]
+            f"Recompute the JSON and the figure from scratch: `{command}`"]
