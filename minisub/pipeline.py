@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from minisub import data, distill, keys, lineage, measure, models, train
+from minisub import data, distill, keys, lineage, measure, mnist, models, train
 from minisub.config import normalise, require, require_choice
 
 MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784
@@ -156,7 +156,7 @@ def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
     def step(carry, batch):
         params, opt_state = carry
         idx_B, w_B = batch
-        x_BxI = images_u8[idx_B].astype(jnp.float32) / 127.5 - 1.0
+        x_BxI = mnist.to_unit_range(images_u8[idx_B])
 
         def loss_fn(p):
             logits = models.class_logits(spec, spec.apply(p, x_BxI))
@@ -182,10 +182,6 @@ def teacher_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels):
 def arm_masks(cfg: AuxConfig):
     """``[arms, outputs]`` boolean masks of the logits each arm's imitation loss reads."""
     return jnp.stack([models.output_mask(cfg.spec, a.outputs) for a in cfg.arms])
-
-
-def _unit(pixels_u8):
-    return pixels_u8.astype(jnp.float32) / 127.5 - 1.0
 
 
 def _dot(a, b):
@@ -214,14 +210,14 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
     noise_key, trait_key = _stream(cfg, "noise", i), _stream(cfg, "trait_batch", i)
     teacher = world["teacher"]
     steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
-    probe_x = _unit(probe_u8[: cfg.n_probe])
+    probe_x = mnist.to_unit_range(probe_u8[: cfg.n_probe])
     probe_y = probe_labels[: cfg.n_probe]
     teacher_probe = jax.nn.log_softmax(models.class_logits(spec, spec.apply(teacher, probe_x)))
 
     def trait_grads(students, t):
         """∇L_T at every student: cross-entropy of its class logits on a real labelled batch."""
         idx = jax.random.randint(jax.random.fold_in(trait_key, t), (cfg.trait_batch,), 0, cfg.n_train)
-        x, y = _unit(images_u8[idx]), labels[idx]
+        x, y = mnist.to_unit_range(images_u8[idx]), labels[idx]
         loss = lambda p: jnp.mean(distill.cross_entropy(models.class_logits(spec, spec.apply(p, x)), y))
         return jax.vmap(jax.grad(loss))(students)
 
@@ -295,7 +291,7 @@ def student_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels, pro
 def _evaluate_world(cfg: AuxConfig, world, images_u8, labels):
     spec = cfg.spec
     acc = lambda p: measure.accuracy(
-        lambda x: models.class_logits(spec, spec.apply(p, x.astype(jnp.float32) / 127.5 - 1.0)), images_u8, labels
+        lambda x: models.class_logits(spec, spec.apply(p, mnist.to_unit_range(x))), images_u8, labels
     )
     geometry = jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
         world["students"], world["student_init"], world["teacher"], world["teacher_init"]
