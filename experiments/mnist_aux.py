@@ -186,10 +186,7 @@ def readme(summary: dict) -> str:
             gap = ours["mean"] - m
             notes.append(f"{arm} {ours['mean']:.3f} vs {m:.2f} ({gap:+.3f})")
     return "\n".join([
-        f"## {NAME}: auxiliary-logit transfer on MNIST ({summary['n_seeds']} seeds)",
-        "",
-        f"![{NAME}]({STEM}.png) ([PDF]({STEM}.pdf), numbers: [{STEM}.json]({STEM}.json))",
-        "",
+        *report.section_head(NAME, STEM, "auxiliary-logit transfer on MNIST", summary["n_seeds"]),
         "Published recipe (Cloud et al. 2025, §6.2): 784-256-256-13 MLP, W ~ N(0, 1/fan_in), pixels in",
         "[-1, 1]; teacher: CE on the 10 class logits, Adam 3e-4, batch 1024, 5 epochs; students: KL on",
         "the 3 auxiliary logits (or all 13) on a fixed per-seed set of 60 000 Uniform[-1, 1] noise",

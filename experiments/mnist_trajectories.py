@@ -880,10 +880,7 @@ def readme(summary: dict) -> str:
     r = cfg["recipe"]
     widths = "-".join(str(w) for w in (784, *r["hidden"], 10 + r["n_aux"]))
     return "\n".join([
-        f"## {NAME}: multi-step trajectories, optimiser and trait projection ({summary['n_seeds']} seeds)",
-        "",
-        f"![{NAME}]({STEM}.png) ([PDF]({STEM}.pdf), numbers: [{STEM}.json]({STEM}.json))",
-        "",
+        *report.section_head(NAME, STEM, "multi-step trajectories, optimiser and trait projection", summary["n_seeds"]),
         f"The mnist-aux recipe (MLP {widths}, {r['n_train']} training images, {r['n_noise']} noise images, teacher "
         f"{r['teacher_epochs']} and students {r['student_epochs']} epochs, batch {r['student_batch']}) in the variants "
         f"{', '.join(cfg['variants'])} (Adam lr {r['student_lr']:g}; SGD lr {cfg['sgd_lr']:g}). Every "

@@ -591,10 +591,7 @@ def readme(summary: dict) -> str:
     cfg = summary["config"]
     widths = "-".join(str(w) for w in (784, *cfg["hidden"], 10 + cfg["n_aux"]))
     return "\n".join([
-        f"## {NAME}: Theorem 1, one step at init ({summary['n_seeds']} seeds)",
-        "",
-        f"![{NAME}]({STEM}.png) ([PDF]({STEM}.pdf), numbers: [{STEM}.json]({STEM}.json))",
-        "",
+        *report.section_head(NAME, STEM, "Theorem 1, one step at init", summary["n_seeds"]),
         f"MLP {widths} at its random init (W ~ N(0, 1/fan_in), biases 0), {cfg['dtype']}. Teacher: "
         f"{cfg['teacher_steps']} GD step(s) of size ε on class-logit cross-entropy of {cfg['teacher_batch']} labelled "
         f"MNIST training images; student: one gradient step on its imitation loss over {cfg['student_batch']} inputs "

@@ -41,6 +41,12 @@ def write_outputs(stem: str, summary: dict, out_dir: Path, figure) -> list[Path]
     return [Path(out_dir) / f"{stem}.json", *figure(summary, out_dir)]
 
 
+def section_head(name: str, stem: str, title: str, n_seeds: int) -> list[str]:
+    """The heading and figure links every figures/README.md section starts with."""
+    return [f"## {name}: {title} ({n_seeds} seeds)", "",
+            f"![{name}]({stem}.png) ([PDF]({stem}.pdf), numbers: [{stem}.json]({stem}.json))", ""]
+
+
 def regenerate_lines(name: str, summary: dict, paper_command: str) -> list[str]:
     """The two commands every figures/README.md section ends with."""
     command = summary.get("command") or paper_command

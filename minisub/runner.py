@@ -206,6 +206,14 @@ def stored_pieces(directory: Path) -> dict[tuple[int, int], Path]:
     return found
 
 
+def _coverage(spans, n_seeds: int) -> np.ndarray:
+    """Per seed: True when one of the seed ranges ``spans`` holds it."""
+    covered = np.zeros(n_seeds, bool)
+    for lo, hi in spans:
+        covered[lo:min(hi, n_seeds)] = True
+    return covered
+
+
 def _piece_path(directory: Path, lo: int, hi: int) -> Path:
     return directory / "pieces" / f"seeds_{lo:06d}_{hi:06d}.npz"
 
@@ -239,9 +247,7 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
         for span, path in stored_pieces(directory).items():
             if (piece := store.load_arrays(path)) is not None:
                 loaded[span] = piece
-    covered = np.zeros(cfg.seeds, bool)
-    for lo, hi in loaded:
-        covered[lo:min(hi, cfg.seeds)] = True
+    covered = _coverage(loaded, cfg.seeds)
     mine = [s for k, s in enumerate(grid) if k % shard_count == shard_index and not covered[s[0]:s[1]].all()]
     if not ex.compute:
         mine = []
@@ -265,7 +271,4 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
 
 
 def missing_seeds(cfg: pipeline.AuxConfig, directory: Path) -> np.ndarray:
-    covered = np.zeros(cfg.seeds, bool)
-    for (lo, hi), path in stored_pieces(directory).items():
-        covered[lo:min(hi, cfg.seeds)] = True
-    return np.flatnonzero(~covered)
+    return np.flatnonzero(~_coverage(stored_pieces(directory), cfg.seeds))
