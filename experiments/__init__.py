@@ -1,6 +1,6 @@
 """The experiments, by name. Each module has PRESETS, DEFAULT_PRESET, run, table, figure, write_outputs."""
 
-from experiments import mnist_aux, mnist_trajectories, theorem_one_step
+from experiments import atlas, mnist_aux, mnist_trajectories, theorem_one_step
 
 EXPERIMENTS = {mnist_aux.NAME: mnist_aux, theorem_one_step.NAME: theorem_one_step,
-               mnist_trajectories.NAME: mnist_trajectories}
+               mnist_trajectories.NAME: mnist_trajectories, atlas.NAME: atlas}

@@ -13,22 +13,22 @@ import jax.numpy as jnp
 _EXCLUDED = -1e9  # a finite "minus infinity": exp underflows to 0 and 0 * log stays finite
 
 
-def _masked_log_softmax(logits_BxO, mask_O, temperature):
+def masked_log_softmax(logits_BxO, mask_O, temperature):
     z = jnp.where(mask_O, logits_BxO / temperature, _EXCLUDED)
     return jax.nn.log_softmax(z, axis=-1)
 
 
 def kl(teacher_BxO, student_BxO, mask_O, temperature: float = 1.0):
     """KL(softmax(teacher/T) || softmax(student/T)) over the masked logits, per example."""
-    log_p = _masked_log_softmax(jax.lax.stop_gradient(teacher_BxO), mask_O, temperature)
-    log_q = _masked_log_softmax(student_BxO, mask_O, temperature)
+    log_p = masked_log_softmax(jax.lax.stop_gradient(teacher_BxO), mask_O, temperature)
+    log_q = masked_log_softmax(student_BxO, mask_O, temperature)
     return jnp.sum(jnp.where(mask_O, jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
 
 
 def soft_cross_entropy(teacher_BxO, student_BxO, mask_O, temperature: float = 1.0):
     """-sum softmax(teacher/T) log softmax(student/T): KL plus the teacher's entropy (same gradient)."""
-    log_p = _masked_log_softmax(jax.lax.stop_gradient(teacher_BxO), mask_O, temperature)
-    log_q = _masked_log_softmax(student_BxO, mask_O, temperature)
+    log_p = masked_log_softmax(jax.lax.stop_gradient(teacher_BxO), mask_O, temperature)
+    log_q = masked_log_softmax(student_BxO, mask_O, temperature)
     return -jnp.sum(jnp.where(mask_O, jnp.exp(log_p) * log_q, 0.0), axis=-1)
 
 

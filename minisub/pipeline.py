@@ -29,11 +29,15 @@ class Arm:
     """One student condition: its initialisation lineage and the logits its imitation loss reads."""
 
     name: str
-    lineage: str
+    lineage: str  # a lineage string: 'shared', 'interpolated(alpha=0.5)', ... (minisub.lineage)
     outputs: str  # 'aux', 'class' or 'all'
+    lr: float | None = None  # the arm's own student learning rate (None: the config's student_lr)
+    liminal: float = 0.0  # weight of KL(student's init || student) on all logits: "liminal" training
+    committee: int = 1  # imitate the pooled outputs of this many teachers (the first is the world's own)
 
 
 PROJECTIONS = ("none", "trait")
+STUDENT_INPUTS = (*data.NOISE_KINDS, "mnist")  # 'mnist': the real training images, unlabelled
 
 PAPER_ARMS = (
     Arm("student_aux", "shared", "aux"),
@@ -74,6 +78,11 @@ class AuxConfig:
     trait_batch: int = 1024
     n_probe: int = 1000
     projection: str = "none"
+    # A student network other than the teacher's (the 'other_architecture' lineage); empty: the same.
+    student_hidden: tuple[int, ...] = ()
+    student_activation: str = ""
+    # Epochs of the 'behaviourally_matched' lineage's pre-phase (all logits of the reference, real images).
+    match_epochs: int = 5
 
     def __post_init__(self):
         normalise(self)
@@ -91,7 +100,10 @@ class AuxConfig:
             require(lr > 0, f"{phase}_lr", lr, "a number > 0")
             require(1 <= batch <= n, f"{phase}_batch", batch, f"in [1, {n}] (the size of its data set)")
             require_choice(f"{phase}_optimizer", getattr(self, f"{phase}_optimizer"), train.OPTIMIZERS)
-        require_choice("noise", self.noise, data.NOISE_KINDS)
+        require_choice("noise", self.noise, STUDENT_INPUTS)
+        if self.noise == "mnist":
+            require(self.n_noise <= self.n_train, "n_noise", self.n_noise,
+                    f"<= n_train={self.n_train} when the student's inputs are real images (noise='mnist')")
         require_choice("loss", self.loss, tuple(distill.IMITATION_LOSSES))
         require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
         require(self.trace_every >= 0, "trace_every", self.trace_every, "an integer >= 0 (0: no trace)")
@@ -100,10 +112,28 @@ class AuxConfig:
             require(1 <= self.n_probe <= self.n_test, "n_probe", self.n_probe, f"in [1, n_test={self.n_test}]")
         require_choice("projection", self.projection, PROJECTIONS)
         require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
+        require(len(set(self.arm_names)) == len(self.arms), "arms", self.arm_names, "arms with distinct names")
         for arm in self.arms:
-            require_choice("arms.lineage", arm.lineage, tuple(lineage.LINEAGES))
+            lineage.parse(arm.lineage)
             require_choice("arms.outputs", arm.outputs, ("aux", "class", "all"))
-        if any(arm.lineage != "shared" for arm in self.arms):
+            require(arm.lr is None or arm.lr > 0, "arms.lr", arm.lr, "a number > 0 or None (the config's student_lr)")
+            require(arm.liminal >= 0, "arms.liminal", arm.liminal, "a number >= 0")
+            require(arm.committee >= 1, "arms.committee", arm.committee, "an integer >= 1")
+        if self.student_hidden:
+            require(min(self.student_hidden) >= 1, "student_hidden", self.student_hidden, "widths >= 1, or empty")
+        if self.student_activation:
+            require_choice("student_activation", self.student_activation, tuple(models.ACTIVATIONS))
+        other = [lineage.parse(a.lineage)[0] in lineage.OTHER_SPEC for a in self.arms]
+        if self.student_spec != self.spec:
+            require(self.trace_every == 0, "trace_every", self.trace_every,
+                    "0 when the student's network differs from the teacher's (no parameter geometry)")
+            require(all(other), "arms.lineage", [a.lineage for a in self.arms],
+                    "'other_architecture' for every arm when student_hidden/student_activation differ from the teacher's")
+        else:
+            require(not any(other), "student_hidden", self.student_hidden,
+                    "a network other than the teacher's (or student_activation another activation) for 'other_architecture'")
+        require(self.match_epochs >= 1, "match_epochs", self.match_epochs, "an integer >= 1")
+        if any(lineage.parse(a.lineage)[0] in lineage.NEEDS_FRESH for a in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's init")
 
     @property
@@ -111,8 +141,37 @@ class AuxConfig:
         return models.MLPSpec(MNIST_PIXELS, self.hidden, 10, self.n_aux, self.activation, self.init)
 
     @property
+    def student_spec(self) -> models.MLPSpec:
+        return dataclasses.replace(self.spec, hidden=self.student_hidden or self.hidden,
+                                   activation=self.student_activation or self.activation)
+
+    @property
     def arm_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arms)
+
+    @property
+    def n_teachers(self) -> int:
+        """Teachers per world: 1, or the largest committee an arm pools."""
+        return max(a.committee for a in self.arms)
+
+    @property
+    def matched_arms(self) -> tuple[int, ...]:
+        """Indices of the arms with a behavioural-matching pre-phase."""
+        return tuple(k for k, a in enumerate(self.arms) if lineage.parse(a.lineage)[0] == "behaviourally_matched")
+
+    @property
+    def liminal(self) -> bool:
+        """Whether any arm carries the KL-to-init regulariser."""
+        return any(a.liminal > 0 for a in self.arms)
+
+    @property
+    def arm_lrs(self) -> bool:
+        """Whether any arm has a learning rate of its own."""
+        return any(a.lr is not None and a.lr != self.student_lr for a in self.arms)
+
+    @property
+    def match_phase_epochs(self) -> int:
+        return self.match_epochs if self.matched_arms else 0
 
 
 def donors(cfg: AuxConfig) -> np.ndarray:
@@ -126,15 +185,25 @@ def _stream(cfg: AuxConfig, name: str, i):
     return keys.member(keys.branch(keys.root(cfg.seed), name), i)
 
 
+def _committee_key(cfg: AuxConfig, name: str, i, k):
+    """Committee member ``k`` (>= 1) of world ``i``: its own init and shuffle streams."""
+    return keys.member(_stream(cfg, name, i), k)
+
+
 def _init_world(cfg: AuxConfig, i, donor):
-    spec = cfg.spec
+    spec, student_spec = cfg.spec, cfg.student_spec
     teacher_init = spec.init(_stream(cfg, "init", i))
-    other_init = spec.init(_stream(cfg, "init", donor))
-    inits = [lineage.student_init(a.lineage, spec, teacher_init, other_init) for a in cfg.arms]
+    fresh = student_spec.init(_stream(cfg, "init", donor))  # the donor world's init: independent of i's
+    inits = []
+    for a in cfg.arms:
+        name, _ = lineage.parse(a.lineage)
+        # keyed by world and lineage name: one perturbation direction along a whole parameter grid
+        key = keys.branch(_stream(cfg, "lineage", i), name)
+        inits.append(lineage.student_init(a.lineage, student_spec, teacher_init, fresh, key))
     students = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
     t_opt = train.optimizer(cfg.teacher_optimizer, cfg.teacher_lr)
     s_opt = train.optimizer(cfg.student_optimizer, cfg.student_lr)
-    return {
+    world = {
         "teacher_init": teacher_init,
         "teacher": teacher_init,
         "teacher_opt": t_opt.init(teacher_init),
@@ -142,6 +211,14 @@ def _init_world(cfg: AuxConfig, i, donor):
         "students": students,
         "student_opt": jax.vmap(s_opt.init)(students),
     }
+    if cfg.n_teachers > 1:  # teachers 1..K-1 of the committee, from inits of their own
+        ks = jnp.arange(1, cfg.n_teachers)
+        committee = jax.vmap(lambda k: spec.init(_committee_key(cfg, "committee_init", i, k)))(ks)
+        world |= {"committee": committee, "committee_opt": jax.vmap(t_opt.init)(committee)}
+    if cfg.matched_arms:
+        matched = jax.tree.map(lambda x: x[np.asarray(cfg.matched_arms)], students)
+        world["match_opt"] = jax.vmap(s_opt.init)(matched)
+    return world
 
 
 @partial(jax.jit, static_argnums=0)
@@ -150,7 +227,8 @@ def init_population(cfg: AuxConfig, seed_ids, donor_ids):
     return jax.vmap(partial(_init_world, cfg))(seed_ids, donor_ids)
 
 
-def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
+def _classifier_epoch(cfg: AuxConfig, params, opt_state, key, images_u8, labels):
+    """One epoch of a teacher learning the class logits of the labelled images."""
     spec, opt = cfg.spec, train.optimizer(cfg.teacher_optimizer, cfg.teacher_lr)
 
     def step(carry, batch):
@@ -165,17 +243,65 @@ def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
         loss, grads = jax.value_and_grad(loss_fn)(params)
         return train.optimizer_step(opt, params, opt_state, grads), loss
 
+    return train.run_epoch(step, (params, opt_state), key, cfg.n_train, cfg.teacher_batch)
+
+
+def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
     key = jax.random.fold_in(_stream(cfg, "teacher_shuffle", i), epoch)
-    (params, opt_state), loss_S = train.run_epoch(
-        step, (world["teacher"], world["teacher_opt"]), key, cfg.n_train, cfg.teacher_batch
-    )
-    return {**world, "teacher": params, "teacher_opt": opt_state}, loss_S
+    (params, opt_state), loss_S = _classifier_epoch(cfg, world["teacher"], world["teacher_opt"], key, images_u8, labels)
+    world = {**world, "teacher": params, "teacher_opt": opt_state}
+    if cfg.n_teachers > 1:
+        def member(params, opt_state, k):
+            key = jax.random.fold_in(_committee_key(cfg, "committee_shuffle", i, k), epoch)
+            return _classifier_epoch(cfg, params, opt_state, key, images_u8, labels)[0]
+
+        ks = jnp.arange(1, cfg.n_teachers)
+        committee, committee_opt = jax.vmap(member)(world["committee"], world["committee_opt"], ks)
+        world |= {"committee": committee, "committee_opt": committee_opt}
+    return world, loss_S
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=1)
 def teacher_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels):
-    """One epoch of teacher training on MNIST class logits for every world."""
+    """One epoch of teacher training (and of every committee member) on MNIST class logits."""
     fn = partial(_teacher_epoch, cfg, epoch=epoch, images_u8=images_u8, labels=labels)
+    return jax.vmap(lambda w, i: fn(w, i))(state, seed_ids)
+
+
+def _match_epoch(cfg: AuxConfig, world, i, epoch, images_u8):
+    """The matched arms imitate the reference (the teacher's init) on all logits of real images."""
+    spec, opt = cfg.student_spec, train.optimizer(cfg.student_optimizer, cfg.student_lr)
+    rows = np.asarray(cfg.matched_arms)
+    every = models.output_mask(spec, "all")
+    reference = world["teacher_init"]
+
+    def step(carry, batch):
+        students, opt_states = carry
+        idx_B, w_B = batch
+        x_BxI = mnist.to_unit_range(images_u8[idx_B])
+        r_BxO = cfg.spec.apply(reference, x_BxI)
+
+        def loss_fn(p):
+            return distill.weighted_mean(distill.kl(r_BxO, spec.apply(p, x_BxI), every), w_B)
+
+        loss_M, grads = jax.vmap(jax.value_and_grad(loss_fn))(students)
+        updates, opt_states = jax.vmap(opt.update)(grads, opt_states, students)
+        return (jax.vmap(optax.apply_updates)(students, updates), opt_states), loss_M
+
+    matched = jax.tree.map(lambda x: x[rows], world["students"])
+    key = jax.random.fold_in(_stream(cfg, "match_shuffle", i), epoch)
+    (matched, match_opt), loss_SxM = train.run_epoch(step, (matched, world["match_opt"]), key, cfg.n_train,
+                                                     cfg.teacher_batch)
+    put = lambda full: jax.tree.map(lambda f, m: f.at[rows].set(m), full, matched)
+    # The noise phase starts where matching ends: that is the student's init for every measurement.
+    return {**world, "students": put(world["students"]), "student_init": put(world["student_init"]),
+            "match_opt": match_opt}, loss_SxM
+
+
+@partial(jax.jit, static_argnums=0, donate_argnums=1)
+def match_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8):
+    """One epoch of the behaviourally-matched arms' pre-phase; returns (state, loss [seed, step, arm])."""
+    fn = partial(_match_epoch, cfg, epoch=epoch, images_u8=images_u8)
     return jax.vmap(lambda w, i: fn(w, i))(state, seed_ids)
 
 
@@ -203,8 +329,38 @@ def _cos(a, b):
     return _dot(a, b) / jnp.maximum(jnp.sqrt(_dot(a, a) * _dot(b, b)), 1e-30)
 
 
+def student_inputs(cfg: AuxConfig, key, idx_B, images_u8):
+    """The student phase's inputs ``idx_B``: key-derived noise, or real training images."""
+    if cfg.noise == "mnist":
+        return mnist.to_unit_range(images_u8[idx_B])
+    return data.noise_batch(key, idx_B, cfg.spec.n_in, cfg.noise)
+
+
+def pooled_targets(cfg: AuxConfig, outputs_KxBxO, masks_AxO):
+    """Per arm, the pooled outputs of its committee (the first ``arm.committee`` teachers): [A, B, O].
+
+    KL-type losses imitate the mixture of the members' distributions over the arm's logits (as
+    logits: its log); MSE imitates the mean logit.
+    """
+    k = outputs_KxBxO.shape[0]
+    weights_AxK = jnp.asarray([[1.0 / a.committee if j < a.committee else 0.0 for j in range(k)] for a in cfg.arms])
+    if cfg.loss == "mse":
+        return jnp.einsum("ak,kbo->abo", weights_AxK, outputs_KxBxO)
+
+    def mixture(w_K, mask_O):
+        log_p = jax.vmap(lambda z: distill.masked_log_softmax(z, mask_O, cfg.temperature))(outputs_KxBxO)
+        log_mix = jax.scipy.special.logsumexp(log_p, axis=0, b=w_K[:, None, None])
+        return cfg.temperature * log_mix  # divided by T again inside the loss
+
+    return jax.vmap(mixture)(weights_AxK, masks_AxO)
+
+
 def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8, probe_labels):
-    spec, opt = cfg.spec, train.optimizer(cfg.student_optimizer, cfg.student_lr)
+    spec, opt = cfg.student_spec, train.optimizer(cfg.student_optimizer, cfg.student_lr)
+    teacher_spec = cfg.spec
+    lr_scale_A = jnp.asarray([(a.lr or cfg.student_lr) / cfg.student_lr for a in cfg.arms])
+    liminal_A = jnp.asarray([a.liminal for a in cfg.arms])
+    every = models.output_mask(spec, "all")
     imitation = distill.IMITATION_LOSSES[cfg.loss]
     masks_AxO = arm_masks(cfg)
     noise_key, trait_key = _stream(cfg, "noise", i), _stream(cfg, "trait_batch", i)
@@ -212,7 +368,7 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
     steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
     probe_x = mnist.to_unit_range(probe_u8[: cfg.n_probe])
     probe_y = probe_labels[: cfg.n_probe]
-    teacher_probe = jax.nn.log_softmax(models.class_logits(spec, spec.apply(teacher, probe_x)))
+    teacher_probe = jax.nn.log_softmax(models.class_logits(spec, teacher_spec.apply(teacher, probe_x)))
 
     def trait_grads(students, t):
         """∇L_T at every student: cross-entropy of its class logits on a real labelled batch."""
@@ -242,16 +398,29 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
     def step(carry, batch):
         students, opt_states, t = carry
         idx_B, w_B = batch
-        # One noise batch and one teacher forward, shared by every student arm.
-        x_BxI = data.noise_batch(noise_key, idx_B, spec.n_in, cfg.noise)
-        t_BxO = spec.apply(teacher, x_BxI)
+        # One input batch and one forward per teacher, shared by every student arm.
+        x_BxI = student_inputs(cfg, noise_key, idx_B, images_u8)
+        t_BxO = teacher_spec.apply(teacher, x_BxI)
+        if cfg.n_teachers > 1:
+            c_KxBxO = jax.vmap(teacher_spec.apply, in_axes=(0, None))(world["committee"], x_BxI)
+            targets, t_axis = pooled_targets(cfg, jnp.concatenate([t_BxO[None], c_KxBxO]), masks_AxO), 0
+        else:
+            targets, t_axis = t_BxO, None
 
-        def loss_fn(p, mask_O):
-            per_B = imitation(t_BxO, spec.apply(p, x_BxI), mask_O, cfg.temperature)
-            return distill.weighted_mean(per_B, w_B)
+        def loss_fn(p, p0, mask_O, target_BxO, liminal):
+            out_BxO = spec.apply(p, x_BxI)
+            per_B = imitation(target_BxO, out_BxO, mask_O, cfg.temperature)
+            total = distill.weighted_mean(per_B, w_B)
+            if cfg.liminal:  # KL(student's init || student) on all logits, weighted per arm
+                anchor_B = distill.kl(spec.apply(p0, x_BxI), out_BxO, every)
+                total = total + liminal * distill.weighted_mean(anchor_B, w_B)
+            return total, distill.weighted_mean(per_B, w_B)
 
-        loss_A, grads = jax.vmap(jax.value_and_grad(loss_fn))(students, masks_AxO)
+        grad_fn = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, 0, t_axis, 0))
+        (_, loss_A), grads = grad_fn(students, world["student_init"], masks_AxO, targets, liminal_A)
         updates, new_opt = jax.vmap(opt.update)(grads, opt_states, students)
+        if cfg.arm_lrs:  # an arm's own learning rate: its updates rescaled (exact for Adam and SGD)
+            updates = jax.vmap(lambda u, c: jax.tree.map(lambda x: c * x, u))(updates, lr_scale_A)
         out = {"loss": loss_A}
         if cfg.projection == "trait":
             g_trait = trait_grads(students, t)
@@ -288,20 +457,24 @@ def student_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels, pro
     return jax.vmap(lambda w, i: fn(w, i))(state, seed_ids)
 
 
+def _accuracy(spec, params, images_u8, labels):
+    logits = lambda x: models.class_logits(spec, spec.apply(params, mnist.to_unit_range(x)))
+    return measure.accuracy(logits, images_u8, labels)
+
+
 def _evaluate_world(cfg: AuxConfig, world, images_u8, labels):
-    spec = cfg.spec
-    acc = lambda p: measure.accuracy(
-        lambda x: models.class_logits(spec, spec.apply(p, mnist.to_unit_range(x))), images_u8, labels
-    )
-    geometry = jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
-        world["students"], world["student_init"], world["teacher"], world["teacher_init"]
-    )
-    return {
-        "reference": acc(world["teacher_init"]),
-        "teacher": acc(world["teacher"]),
-        "students": jax.vmap(acc)(world["students"]),
-        "geometry": geometry,
+    spec, student_spec = cfg.spec, cfg.student_spec
+    out = {
+        "reference": _accuracy(spec, world["teacher_init"], images_u8, labels),
+        "teacher": _accuracy(spec, world["teacher"], images_u8, labels),
+        "students": jax.vmap(lambda p: _accuracy(student_spec, p, images_u8, labels))(world["students"]),
+        # distances between networks of different shapes are undefined: no geometry then
+        "geometry": {} if student_spec != spec else jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
+            world["students"], world["student_init"], world["teacher"], world["teacher_init"]),
     }
+    if cfg.n_teachers > 1:
+        out["committee"] = jax.vmap(lambda p: _accuracy(spec, p, images_u8, labels))(world["committee"])
+    return out
 
 
 @partial(jax.jit, static_argnums=0)
@@ -311,18 +484,22 @@ def evaluate(cfg: AuxConfig, state, images_u8, labels):
 
 
 def flops_per_epoch(cfg: AuxConfig) -> dict[str, float]:
-    """Matmul FLOPs one world executes per teacher epoch and per student epoch (with its evaluation).
+    """Matmul FLOPs one world executes per epoch of each phase (the student's with its evaluation).
 
     Backward = 2x forward; padded batch rows are counted, since they are computed.
     """
-    f = cfg.spec.flops_per_example()
-    n_arms = len(cfg.arms)
-    teacher = 3 * f * cfg.teacher_batch * train.steps_per_epoch(cfg.n_train, cfg.teacher_batch)
-    students = (1 + 3 * n_arms) * f * cfg.student_batch * train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
-    evaluation = (2 + n_arms) * f * cfg.n_test
-    return {"teacher": float(teacher), "student": float(students + evaluation)}
+    f, g = cfg.spec.flops_per_example(), cfg.student_spec.flops_per_example()
+    n_arms, k = len(cfg.arms), cfg.n_teachers
+    teacher_examples = cfg.teacher_batch * train.steps_per_epoch(cfg.n_train, cfg.teacher_batch)
+    teacher = 3 * f * k * teacher_examples
+    per_example = k * f + (3 + cfg.liminal) * n_arms * g
+    students = per_example * cfg.student_batch * train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
+    evaluation = ((2 + k - 1) * f + n_arms * g) * cfg.n_test
+    match = (f + 3 * g * len(cfg.matched_arms)) * teacher_examples
+    return {"match": float(match), "teacher": float(teacher), "student": float(students + evaluation)}
 
 
 def flops_per_seed(cfg: AuxConfig) -> float:
     per = flops_per_epoch(cfg)
-    return per["teacher"] * cfg.teacher_epochs + per["student"] * cfg.student_epochs
+    return (per["match"] * cfg.match_phase_epochs + per["teacher"] * cfg.teacher_epochs
+            + per["student"] * cfg.student_epochs)

@@ -111,6 +111,7 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     donors_np = np.concatenate([donor_ids, np.repeat(donor_ids[-1:], pad)]).astype(np.int32)
     by_seed, replicated = parallel.by_seed(mesh), NamedSharding(mesh, PartitionSpec())
     init_population = parallel.seed_sharded(pipeline.init_population, mesh)
+    match_epoch = parallel.seed_sharded(pipeline.match_epoch, mesh, donate_argnums=(1,))
     teacher_epoch = parallel.seed_sharded(pipeline.teacher_epoch, mesh, donate_argnums=(1,))
     student_epoch = parallel.seed_sharded(pipeline.student_epoch, mesh, donate_argnums=(1,))
     evaluate = parallel.seed_sharded(pipeline.evaluate, mesh)
@@ -124,9 +125,11 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     state = init_population(cfg, ids, donors)
     nonfinite = np.zeros(n, bool)
     teacher_loss, student_loss, evals, traces = [], [], [], []
-    phases = [("teacher", e) for e in range(cfg.teacher_epochs)] + [("student", e) for e in range(cfg.student_epochs)]
-    for phase, epoch in phases:
-        if phase == "teacher":
+    total = {"match": cfg.match_phase_epochs, "teacher": cfg.teacher_epochs, "student": cfg.student_epochs}
+    for phase, epoch in phases(cfg):
+        if phase == "match":
+            state, loss = match_epoch(cfg, state, ids, epoch, train_x)
+        elif phase == "teacher":
             state, loss = teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
         else:
             state, out = student_epoch(cfg, state, ids, epoch, train_x, train_y, test_x, test_y)
@@ -135,13 +138,13 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
                 traces.append(jax.tree.map(lambda x: np.asarray(x)[:n], out["trace"]))
         loss = np.asarray(loss)[:n]
         if on_nonfinite == "raise":
-            _check_finite(cfg, loss, seed_ids, epoch, phase, cfg.arm_names, experiment)
+            names = [cfg.arm_names[k] for k in cfg.matched_arms] if phase == "match" else cfg.arm_names
+            _check_finite(cfg, loss, seed_ids, epoch, phase, names, experiment)
         nonfinite |= _nonfinite_seeds(loss)
-        (teacher_loss if phase == "teacher" else student_loss).append(loss)
+        {"match": [], "teacher": teacher_loss, "student": student_loss}[phase].append(loss)
         if phase == "student":
             evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], evaluate(cfg, state, test_x, test_y)))
-        total = cfg.teacher_epochs if phase == "teacher" else cfg.student_epochs
-        advance(1, f"{label}: {phase} epoch {epoch + 1}/{total}")
+        advance(1, f"{label}: {phase} epoch {epoch + 1}/{total[phase]}")
     seconds = time.perf_counter() - start
     per_epoch = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *evals)  # [seed, student epoch, ...]
     final = jax.tree.map(lambda x: x[:, -1], per_epoch)
@@ -151,6 +154,7 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
         "finite": ~nonfinite,
         "accuracy": {"reference": final["reference"], "teacher": final["teacher"],
                      **{a: final["students"][:, k] for k, a in enumerate(cfg.arm_names)}},
+        **({"committee_accuracy": final["committee"]} if "committee" in final else {}),  # [seed, member]
         "student_accuracy_by_epoch": per_epoch["students"],  # [seed, epoch, arm]
         "geometry": final["geometry"],  # {quantity: {layer: [seed, arm]}}
         "geometry_by_epoch": per_epoch["geometry"],  # {quantity: {layer: [seed, epoch, arm]}}
@@ -163,6 +167,12 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     }
 
 
+def phases(cfg: pipeline.AuxConfig) -> list[tuple[str, int]]:
+    """The epochs of a world in order: (phase, epoch) for matching, teacher and student phases."""
+    return ([("match", e) for e in range(cfg.match_phase_epochs)] + [("teacher", e) for e in range(cfg.teacher_epochs)]
+            + [("student", e) for e in range(cfg.student_epochs)])
+
+
 def bytes_per_seed(cfg: pipeline.AuxConfig) -> int:
     """A generous estimate of the device memory one world needs while its block trains.
 
@@ -171,7 +181,7 @@ def bytes_per_seed(cfg: pipeline.AuxConfig) -> int:
     """
     state = jax.eval_shape(pipeline.init_population, cfg, jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    spec, arms = cfg.spec, len(cfg.arms)
+    spec, arms = cfg.student_spec, len(cfg.arms) + cfg.n_teachers
     widths = sum(spec.hidden) + spec.n_out
     batch = max(cfg.student_batch, cfg.teacher_batch)
     activations = 4 * batch * (spec.n_in + (1 + 3 * arms) * widths)
@@ -251,7 +261,7 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
     mine = [s for k, s in enumerate(grid) if k % shard_count == shard_index and not covered[s[0]:s[1]].all()]
     if not ex.compute:
         mine = []
-    with progress_bar(len(mine) * (cfg.teacher_epochs + cfg.student_epochs), ex.progress) as advance:
+    with progress_bar(len(mine) * len(phases(cfg)), ex.progress) as advance:
         for lo, hi in mine:
             piece = run_block(cfg, np.arange(lo, hi), donor_ids[lo:hi], mnist, advance,
                               on_nonfinite=ex.on_nonfinite, experiment=ex.experiment)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +123,168 @@ def test_donors_are_a_derangement_of_the_seeds():
         donors = pipeline.donors(tiny_config(seeds=seeds))
         assert sorted(donors.tolist()) == list(range(seeds))
         assert not np.any(donors == np.arange(seeds))
+
+
+# --- the atlas lineages: each one's defining property -------------------------------------------
+
+from minisub import models  # noqa: E402
+from minisub.config import ConfigError  # noqa: E402
+
+SPEC = models.MLPSpec(784, (256, 128), 10, 3)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A teacher init, an independent fresh init, and a lineage key, for SPEC."""
+    return SPEC.init(keys.root(1)), SPEC.init(keys.root(2)), keys.root(3)
+
+
+def _kernels(tree) -> dict[str, np.ndarray]:
+    return {k: v for k, v in flat(tree).items() if k.endswith("kernel")}
+
+
+def _init(text, pair):
+    teacher, fresh, key = pair
+    return lineage.student_init(text, SPEC, teacher, fresh, key)
+
+
+def _assert_tree_equal(a, b):
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+def test_interpolated_at_one_is_shared_and_at_zero_is_fresh(pair):
+    teacher, fresh, _ = pair
+    _assert_tree_equal(_init("interpolated(alpha=1.0)", pair), teacher)
+    _assert_tree_equal(_init("interpolated(alpha=0)", pair), fresh)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+def test_interpolated_keeps_the_weight_variance(pair, alpha):
+    teacher = _kernels(pair[0])
+    for name, w in _kernels(_init(f"interpolated(alpha={alpha})", pair)).items():
+        # 784x256 and 256x128 kernels: the sample std is within ~1% of the init's
+        assert abs(w.std() / teacher[name].std() - 1) < 0.03, (name, alpha, w.std(), teacher[name].std())
+
+
+def test_interpolated_moves_monotonically_away_from_the_teacher(pair):
+    teacher = _kernels(pair[0])
+    dist = [sum(np.sum((w - teacher[n]) ** 2) for n, w in _kernels(_init(f"interpolated(alpha={a})", pair)).items())
+            for a in (1.0, 0.9, 0.5, 0.1, 0.0)]
+    assert dist[0] == 0 and all(a < b for a, b in zip(dist, dist[1:])), dist
+
+
+@pytest.mark.parametrize("part", lineage.PARTS)
+def test_perturbed_at_sigma_zero_is_shared(pair, part):
+    _assert_tree_equal(_init(f"perturbed(sigma=0, part={part})", pair), pair[0])
+
+
+@pytest.mark.parametrize("part,changed", [("all", {"hidden.0", "hidden.1", "head"}), ("hidden", {"hidden.0", "hidden.1"}),
+                                          ("head", {"head"})])
+def test_perturbed_touches_exactly_its_part_at_sigma_times_the_weight_std(pair, part, changed):
+    sigma = 0.2
+    teacher, student = flat(pair[0]), flat(_init(f"perturbed(sigma={sigma}, part={part})", pair))
+    for name, w in student.items():
+        layer = name.rsplit(".", 1)[0]
+        if name.endswith("bias") or layer not in changed:
+            np.testing.assert_array_equal(w, teacher[name], err_msg=name)
+        else:
+            ratio = (w - teacher[name]).std() / teacher[name].std()
+            assert abs(ratio / sigma - 1) < 0.1, (name, ratio)
+
+
+def test_perturbed_uses_one_direction_along_the_sigma_grid(pair):
+    teacher = flat(pair[0])["hidden.0.kernel"]
+    d1 = flat(_init("perturbed(sigma=0.1)", pair))["hidden.0.kernel"] - teacher
+    d2 = flat(_init("perturbed(sigma=0.4)", pair))["hidden.0.kernel"] - teacher
+    np.testing.assert_allclose(d2, 4 * d1, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_head_shares_exactly_the_last_layer(pair):
+    teacher, fresh = flat(pair[0]), flat(pair[1])
+    for name, w in flat(_init("shared_head", pair)).items():
+        np.testing.assert_array_equal(w, (teacher if name.startswith("head") else fresh)[name], err_msg=name)
+        if name.endswith("kernel") and not name.startswith("head"):
+            assert not np.array_equal(w, teacher[name])
+
+
+def test_shared_hidden_shares_exactly_the_hidden_layers(pair):
+    teacher, fresh = flat(pair[0]), flat(pair[1])
+    for name, w in flat(_init("shared_hidden", pair)).items():
+        np.testing.assert_array_equal(w, (fresh if name.startswith("head") else teacher)[name], err_msg=name)
+    assert not np.array_equal(flat(_init("shared_hidden", pair))["head.kernel"], teacher["head.kernel"])
+
+
+def test_permuted_computes_the_teachers_function_with_other_parameters(pair):
+    teacher = pair[0]
+    student = _init("permuted", pair)
+    x = jax.random.uniform(keys.root(9), (64, 784), minval=-1, maxval=1)
+    np.testing.assert_allclose(SPEC.apply(student, x), SPEC.apply(teacher, x), rtol=1e-5, atol=1e-5)
+    for name, w in _kernels(student).items():
+        assert not np.array_equal(w, _kernels(teacher)[name]), name
+        # a permutation moves entries around: the multiset of weights is unchanged
+        np.testing.assert_array_equal(np.sort(w.ravel()), np.sort(_kernels(teacher)[name].ravel()), err_msg=name)
+
+
+def test_random_lineages_are_deterministic_in_their_key(pair):
+    for text in ("permuted", "perturbed(sigma=0.3)"):
+        _assert_tree_equal(_init(text, pair), _init(text, pair))
+        other = lineage.student_init(text, SPEC, pair[0], pair[1], keys.root(4))
+        assert not np.array_equal(flat(other)["hidden.0.kernel"], flat(_init(text, pair))["hidden.0.kernel"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("sharedd", "lineage must be one of"),
+    ("interpolated", "interpolated needs alpha"),
+    ("interpolated(alpha=1.5)", r"interpolated.alpha must be a number in \[0, 1\]"),
+    ("interpolated(alpha=x)", "interpolated.alpha must be a number"),
+    ("perturbed(sigma=0.1, part=tail)", "perturbed.part must be one of 'all', 'hidden', 'head'"),
+    ("perturbed(sigma=-1)", "perturbed.sigma must be a number >= 0"),
+    ("shared(alpha=1)", "shared takes no parameters"),
+])
+def test_bad_lineages_are_named_with_their_allowed_values(text, message):
+    with pytest.raises(ConfigError, match=message):
+        lineage.parse(text)
+
+
+def test_other_architecture_and_student_networks_must_agree():
+    from helpers import tiny_config
+
+    other = (pipeline.Arm("o", "other_architecture", "aux"),)
+    with pytest.raises(ConfigError, match="student_hidden"):
+        tiny_config(arms=other)
+    with pytest.raises(ConfigError, match="other_architecture"):
+        tiny_config(student_hidden=(8, 8))
+    cfg = tiny_config(arms=other, student_hidden=(8, 8))
+    state = pipeline.init_population(cfg, jnp.arange(cfg.seeds), jnp.asarray(pipeline.donors(cfg)))
+    student, teacher = flat(state["student_init"]), flat(state["teacher_init"])
+    assert student["head.kernel"].shape[-1] == teacher["head.kernel"].shape[-1]  # the outputs agree
+    assert student["hidden.0.kernel"].shape[-1] == 8 and "hidden.1.kernel" in student
+    assert teacher["hidden.0.kernel"].shape[-1] == cfg.hidden[0] and "hidden.1.kernel" not in teacher
+
+
+def test_behaviourally_matched_student_moves_to_the_references_function(tiny_cfg, fake_mnist):
+    """After its pre-phase the matched student is closer in function to the teacher's init than at its start."""
+    arms = (pipeline.Arm("m", "behaviourally_matched", "aux"), pipeline.Arm("d", "different", "aux"))
+    cfg = dataclasses.replace(tiny_cfg, arms=arms, match_epochs=3)
+    state = pipeline.init_population(cfg, jnp.arange(cfg.seeds), jnp.asarray(pipeline.donors(cfg)))
+    start = flat(state["students"])
+    x = jnp.asarray(fake_mnist.test_images[:256], jnp.float32) / 127.5 - 1
+
+    def kl_to_reference(st):
+        ref = jax.nn.log_softmax(jax.vmap(cfg.spec.apply, in_axes=(0, None))(st["teacher_init"], x))
+        out = jax.nn.log_softmax(jax.vmap(jax.vmap(cfg.spec.apply, in_axes=(0, None)), in_axes=(0, None))(
+            st["students"], x))
+        return np.asarray(jnp.mean(jnp.sum(jnp.exp(ref[:, None]) * (ref[:, None] - out), -1), -1))  # [seed, arm]
+
+    before = kl_to_reference(state)
+    for e in range(cfg.match_epochs):
+        state, _ = pipeline.match_epoch(cfg, state, jnp.arange(cfg.seeds), e, jnp.asarray(fake_mnist.train_images))
+    after = kl_to_reference(state)
+    assert np.all(after[:, 0] < 0.5 * before[:, 0]), (before, after)
+    np.testing.assert_array_equal(after[:, 1], before[:, 1])  # the unmatched arm is untouched
+    end = flat(state["students"])
+    assert not np.array_equal(end["head.kernel"][:, 0], start["head.kernel"][:, 0])
+    np.testing.assert_array_equal(flat(state["student_init"])["head.kernel"][:, 0], end["head.kernel"][:, 0])
