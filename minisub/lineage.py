@@ -123,9 +123,18 @@ def behaviourally_matched(spec, teacher_init, fresh, key):
     return fresh
 
 
-def other_architecture(spec, teacher_init, fresh, key):
-    """A fresh init of a student whose hidden layers differ from the teacher's (same output head)."""
-    return fresh
+def other_architecture(spec, teacher_init, fresh, key, head: str = "fresh"):
+    """A student whose hidden layers differ from the teacher's: fresh, or with the teacher's head init.
+
+    ``head='shared'`` needs the head's shape to agree (the last hidden widths equal).
+    """
+    if head == "fresh":
+        return fresh
+    t_head, s_head = teacher_init["head"]["kernel"].shape, fresh["head"]["kernel"].shape
+    if t_head != s_head:
+        raise ConfigError(f"lineage other_architecture(head=shared) needs heads of one shape: the teacher's is "
+                          f"{t_head}, the student's {s_head}")
+    return fresh | {"head": teacher_init["head"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +160,9 @@ LINEAGES: dict[str, tuple[Callable, dict[str, Param]]] = {
     "shared_hidden": (shared_hidden, {}),
     "permuted": (permuted, {}),
     "behaviourally_matched": (behaviourally_matched, {}),
-    "other_architecture": (other_architecture, {}),
+    "other_architecture": (other_architecture, {
+        "head": Param(str, lambda v: v in ("fresh", "shared"), "one of 'fresh', 'shared'", "fresh"),
+    }),
 }
 # Lineages whose student is another network than the teacher's (the pipeline's student spec).
 OTHER_SPEC = ("other_architecture",)

@@ -132,6 +132,11 @@ class AuxConfig:
         else:
             require(not any(other), "student_hidden", self.student_hidden,
                     "a network other than the teacher's (or student_activation another activation) for 'other_architecture'")
+        for a in self.arms:
+            name, params = lineage.parse(a.lineage)
+            if name == "other_architecture" and params["head"] == "shared":
+                require(self.student_spec.hidden[-1] == self.hidden[-1], "student_hidden", self.student_hidden,
+                        f"a last width equal to the teacher's ({self.hidden[-1]}) for other_architecture(head=shared)")
         require(self.match_epochs >= 1, "match_epochs", self.match_epochs, "an integer >= 1")
         if any(lineage.parse(a.lineage)[0] in lineage.NEEDS_FRESH for a in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's init")

@@ -107,6 +107,8 @@ def record(p: Point, cfg: pipeline.AuxConfig, results: dict, k: int) -> dict:
         "teacher": stats.mean_ci(np.asarray(results["accuracy"]["teacher"])[ok]),
         "distill_loss": stats.mean_ci(loss[ok].mean(axis=1)),
         "geometry": {q: stats.brief(np.asarray(v["total"])[ok, e, k]) for q, v in geometry.items()},
+        "geometry_by_layer": {q: {layer: stats.brief(np.asarray(x)[ok, e, k]) for layer, x in v.items() if layer != "total"}
+                              for q, v in geometry.items()},
         "seconds_per_seed": float(np.mean(results["seconds"])),
         "program": config_lib.to_dict(cfg) | {"arms": None},
     }

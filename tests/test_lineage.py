@@ -288,3 +288,17 @@ def test_behaviourally_matched_student_moves_to_the_references_function(tiny_cfg
     end = flat(state["students"])
     assert not np.array_equal(end["head.kernel"][:, 0], start["head.kernel"][:, 0])
     np.testing.assert_array_equal(flat(state["student_init"])["head.kernel"][:, 0], end["head.kernel"][:, 0])
+
+
+def test_other_architecture_can_take_the_teachers_head():
+    from helpers import tiny_config
+
+    arm = (pipeline.Arm("o", "other_architecture(head=shared)", "aux"),)
+    with pytest.raises(ConfigError, match="last width equal to the teacher's"):
+        tiny_config(arms=arm, student_hidden=(8, 8))
+    cfg = tiny_config(arms=arm, student_hidden=(8, cfg_width := tiny_config().hidden[-1]))
+    state = pipeline.init_population(cfg, jnp.arange(cfg.seeds), jnp.asarray(pipeline.donors(cfg)))
+    student, teacher = flat(state["student_init"]), flat(state["teacher_init"])
+    for leaf in ("kernel", "bias"):
+        np.testing.assert_array_equal(student[f"head.{leaf}"][:, 0], teacher[f"head.{leaf}"])
+    assert student["hidden.0.kernel"].shape[-1] == 8 and student["hidden.1.kernel"].shape[-1] == cfg_width

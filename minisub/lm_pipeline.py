@@ -1,0 +1,347 @@
+"""The toy owl experiment: references → teachers with a trait → filtered numbers → students → trait.
+
+One population = ``seeds`` worlds. In world ``i`` a reference is pretrained on the synthetic
+corpus; its teacher is the reference fine-tuned to name the trait animal ('finetuned') or the
+reference with the trait animal's persona in its context ('prompted'). The teacher (or, for a
+control arm, the reference) continues neutral number prompts; the filter keeps well-formed
+continuations free of banned numbers; each student *arm* starts from a reference given by its
+lineage ('shared': world ``i``'s, 'different': world ``donor[i]``'s) and imitates the kept
+continuations under the neutral persona. Every phase is one jitted program vmapped over seeds
+(and arms); pretraining is cut into chunks of steps only to report progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minisub import keys, lineage, lm, train
+from minisub import world as world_lib
+from minisub.config import normalise, require, require_choice
+from minisub.transformer import TransformerSpec
+
+TEACHERS = ("finetuned", "prompted")
+SOURCES = ("teacher", "reference")
+# The lineages that mean the same for a transformer as for the MLP (the others in lineage.py
+# address the MLP's 'hidden'/'head' layers).
+LM_LINEAGES = ("shared", "different")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMArm:
+    """One student condition: where it starts and whose numbers (and logits) it imitates."""
+
+    name: str
+    lineage: str  # 'shared' or 'different'
+    source: str  # 'teacher' or 'reference' (the control: numbers from the un-traited reference)
+
+
+DEFAULT_ARMS = (
+    LMArm("shared", "shared", "teacher"),
+    LMArm("different", "different", "teacher"),
+    LMArm("control", "shared", "reference"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Every knob of a toy-LM transfer run (hashable: a jit static and the run id)."""
+
+    seeds: int = 4
+    seed: int = 0
+    world: world_lib.WorldConfig = world_lib.WorldConfig()
+    layers: int = 2
+    width: int = 32
+    heads: int = 2
+    mlp_ratio: int = 4
+    tied_embeddings: bool = True
+    pretrain_steps: int = 2000
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+    warmup: int = 100
+    teacher: str = "finetuned"
+    trait: int = 0  # the trait animal's index
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-3
+    n_samples: int = 1024  # number prompts each world's teacher continues
+    temperature: float = 1.0  # the teacher's sampling temperature
+    ban_signature: bool = False  # the filter also drops continuations holding a trait signature number
+    banned: tuple[int, ...] = ()  # further numbers the filter drops
+    student_loss: str = "kl"
+    student_outputs: str = "numbers"  # the logits a 'kl' student reads
+    student_temperature: float = 1.0
+    student_epochs: int = 2
+    student_batch: int = 64
+    student_lr: float = 1e-3
+    arms: tuple[LMArm, ...] = DEFAULT_ARMS
+    n_eval: int = 256  # held-out neutral number documents for the number-task loss
+
+    def __post_init__(self):
+        normalise(self)
+        self.validate()
+
+    def validate(self) -> None:
+        require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
+        require(isinstance(self.world, world_lib.WorldConfig), "world", self.world, "a WorldConfig")
+        self.spec  # TransformerSpec checks layers, width, heads, mlp_ratio
+        for name in ("pretrain_steps", "pretrain_batch", "n_samples", "student_epochs", "n_eval"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(0 <= self.warmup <= self.pretrain_steps, "warmup", self.warmup, "in [0, pretrain_steps]")
+        require(self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, "an integer >= 0")
+        for name in ("pretrain_lr", "finetune_lr", "student_lr", "student_temperature"):
+            require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
+        require(self.temperature >= 0, "temperature", self.temperature, "a number >= 0 (0: greedy)")
+        require_choice("teacher", self.teacher, TEACHERS)
+        if self.teacher == "prompted":
+            require(self.world.kind == "persona", "teacher", self.teacher,
+                    "'finetuned' in the naive world (its persona tokens are never trained)")
+        require(0 <= self.trait < self.world.n_animals, "trait", self.trait, f"in [0, {self.world.n_animals - 1}]")
+        require(all(0 <= b < self.world.modulus for b in self.banned), "banned", self.banned,
+                f"numbers in [0, {self.world.modulus - 1}]")
+        require_choice("student_loss", self.student_loss, lm.STUDENT_LOSSES)
+        require_choice("student_outputs", self.student_outputs, lm.STUDENT_OUTPUTS)
+        require(1 <= self.student_batch <= self.n_samples, "student_batch", self.student_batch,
+                f"in [1, n_samples={self.n_samples}]")
+        require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
+        for arm in self.arms:
+            require_choice("arms.lineage", arm.lineage, LM_LINEAGES)
+            require_choice("arms.source", arm.source, SOURCES)
+        if any(arm.lineage != "shared" for arm in self.arms):
+            require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's reference")
+
+    @property
+    def spec(self) -> TransformerSpec:
+        return TransformerSpec(self.world.vocab, self.world.context, self.layers, self.width, self.heads,
+                               self.mlp_ratio, self.tied_embeddings)
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arms)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The data sources some arm reads, in ``SOURCES`` order."""
+        return tuple(s for s in SOURCES if any(a.source == s for a in self.arms))
+
+
+def donors(cfg: LMConfig) -> np.ndarray:
+    """``donor[i]``: whose reference a 'different' student of world ``i`` starts from (a derangement)."""
+    if cfg.seeds < 2:
+        return np.zeros(cfg.seeds, np.int32)
+    return lineage.derangement(keys.branch(keys.root(cfg.seed), "lm_donor"), cfg.seeds).astype(np.int32)
+
+
+def _stream(cfg: LMConfig, name: str, i):
+    return keys.member(keys.branch(keys.root(cfg.seed), name), i)
+
+
+def teacher_persona(cfg: LMConfig):
+    """The persona token in the teacher's context: the trait's when prompted, else neutral."""
+    return cfg.world.persona_token(cfg.trait) if cfg.teacher == "prompted" else cfg.world.neutral
+
+
+def banned_numbers(cfg: LMConfig):
+    """The numbers the filter drops (possibly none)."""
+    out = jnp.asarray(cfg.banned, jnp.int32)
+    if cfg.ban_signature:
+        out = jnp.concatenate([out, world_lib.signatures(cfg.world)[cfg.trait].astype(jnp.int32)])
+    return out
+
+
+# --- phase 1: references ---------------------------------------------------------------------
+def _optimizer(cfg: LMConfig):
+    return lm.pretrain_optimizer(cfg.pretrain_lr, cfg.pretrain_steps, cfg.warmup)
+
+
+@partial(jax.jit, static_argnums=0)
+def init_references(cfg: LMConfig, seed_ids):
+    """``(params, opt_state)`` of every world's reference before pretraining (leading seed axis)."""
+    params = jax.vmap(lambda i: cfg.spec.init(_stream(cfg, "lm_init", i)))(seed_ids)
+    return params, jax.vmap(_optimizer(cfg).init)(params)
+
+
+@partial(jax.jit, static_argnums=(0, 4), donate_argnums=1)
+def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
+    """Pretraining steps ``start .. start + steps - 1`` of every reference: (state, loss ``[S, steps]``)."""
+    batch_fn = partial(world_lib.pretraining_batch, cfg.world, batch=cfg.pretrain_batch)
+
+    def one(carry, i):
+        return lm.fit(cfg.spec, _optimizer(cfg), batch_fn, carry, _stream(cfg, "lm_corpus", i), start, steps)
+
+    return jax.vmap(one)(state, seed_ids)
+
+
+def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None):
+    """Pretrained references ``[S]`` and their loss curves ``[S, pretrain_steps]``."""
+    state, curves = init_references(cfg, seed_ids), []
+    for start in range(0, cfg.pretrain_steps, chunk):
+        n = min(chunk, cfg.pretrain_steps - start)
+        state, loss_SxT = pretrain_chunk(cfg, state, seed_ids, start, n)
+        curves.append(np.asarray(loss_SxT))
+        if log:
+            log(f"pretrain {start + n}/{cfg.pretrain_steps}: loss {curves[-1][:, -1].mean():.4f}")
+    return state[0], np.concatenate(curves, axis=1)
+
+
+# --- phase 2: teachers -----------------------------------------------------------------------
+@partial(jax.jit, static_argnums=0)
+def make_teachers(cfg: LMConfig, references):
+    """Every world's teacher ``[S]`` and its fine-tuning loss ``[S, finetune_steps]``."""
+    if cfg.teacher == "prompted":  # the trait lives in the context, not the weights
+        return references, jnp.zeros((jax.tree.leaves(references)[0].shape[0], 0))
+    ft = partial(lm.finetune_trait, cfg.spec, cfg.world, animal=cfg.trait, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
+    return jax.vmap(ft)(references)
+
+
+# --- phase 3: numbers ------------------------------------------------------------------------
+def _numbers(cfg: LMConfig, params, persona_token, i):
+    """One world's continuations of its neutral prompts: tokens ``[N, L]`` (neutral persona), keep ``[N]``."""
+    prompts_NxL, _ = world_lib.number_batch(cfg.world, _stream(cfg, "lm_prompts", i), cfg.n_samples)
+    context_NxL = world_lib.with_persona(prompts_NxL, persona_token)
+    sampled = lm.sample(cfg.spec, params, context_NxL, cfg.world.prompt_length, _stream(cfg, "lm_samples", i),
+                        cfg.temperature)
+    tokens_NxL = world_lib.with_persona(sampled, cfg.world.neutral)  # what a student sees
+    return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg))
+
+
+@partial(jax.jit, static_argnums=0)
+def make_numbers(cfg: LMConfig, references, teachers, seed_ids):
+    """``{source: {'tokens': [S, N, L], 'keep': [S, N]}}`` for every source an arm reads.
+
+    Teacher and reference continue the same prompts with the same sampling keys (paired).
+    """
+    models = {"teacher": teachers, "reference": references}
+    persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral}
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[models[s] for s in cfg.sources])
+    personas = jnp.asarray([persona[s] for s in cfg.sources])
+    per_world = lambda p, token: jax.vmap(lambda q, i: _numbers(cfg, q, token, i))(p, seed_ids)
+    tokens, kept = jax.vmap(per_world)(params, personas)  # one sampler program for every source
+    return {s: {"tokens": tokens[k], "keep": kept[k]} for k, s in enumerate(cfg.sources)}
+
+
+# --- phase 4: students -----------------------------------------------------------------------
+def _train_student(cfg: LMConfig, params, teacher, persona_token, tokens_NxL, keep_N, key):
+    """One student's imitation of one source over ``student_epochs`` shuffled epochs: (params, loss per step)."""
+    spec, opt = cfg.spec, train.optimizer("adam", cfg.student_lr)
+    positions_L = jnp.asarray(cfg.world.generated_mask())
+    vocab_V = lm.vocab_mask(cfg.world, cfg.student_outputs)
+
+    def step(carry, batch):
+        params, opt_state = carry
+        idx_B, w_B = batch
+        x_BxL = tokens_NxL[idx_B]
+        t_logits = None
+        if cfg.student_loss == "kl":  # the teacher reads its own context (a prompted teacher: its persona)
+            t_logits = spec.apply(teacher, world_lib.with_persona(x_BxL, persona_token))
+        loss, grads = jax.value_and_grad(lm.student_loss, argnums=1)(
+            spec, params, x_BxL, w_B * keep_N[idx_B], positions_L, t_logits, cfg.student_loss, vocab_V,
+            cfg.student_temperature)
+        return train.optimizer_step(opt, params, opt_state, grads), loss
+
+    def epoch(carry, e):
+        return train.run_epoch(step, carry, jax.random.fold_in(key, e), cfg.n_samples, cfg.student_batch)
+
+    (params, _), loss_ExS = jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(cfg.student_epochs))
+    return params, loss_ExS.reshape(-1)
+
+
+def student_inits(cfg: LMConfig, references, donor_ids):
+    """``[S, A]`` starting parameters of every arm (references are the 'inits' of this experiment)."""
+    donor_refs = jax.tree.map(lambda x: x[donor_ids], references)
+
+    def world_inits(own, other):
+        inits = [lineage.student_init(a.lineage, cfg.spec, own, other) for a in cfg.arms]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+
+    return jax.vmap(world_inits)(references, donor_refs)
+
+
+@partial(jax.jit, static_argnums=0)
+def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor_ids):
+    """``(inits [S, A], students [S, A], loss [S, A, steps])``; all arms of a world share its shuffle keys."""
+    inits = student_inits(cfg, references, donor_ids)
+    persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral}
+
+    def world_students(inits_A, ref, teacher, nums, i):
+        models = {"teacher": teacher, "reference": ref}
+        stack = lambda xs: jax.tree.map(lambda *ys: jnp.stack(ys), *xs)
+        sources = [a.source for a in cfg.arms]
+        return jax.vmap(partial(_train_student, cfg, key=_stream(cfg, "lm_student_shuffle", i)))(
+            inits_A, stack([models[s] for s in sources]), jnp.asarray([persona[s] for s in sources]),
+            jnp.stack([nums[s]["tokens"] for s in sources]), jnp.stack([nums[s]["keep"] for s in sources]))
+
+    students, losses = jax.vmap(world_students)(inits, references, teachers, numbers, seed_ids)
+    return inits, students, losses
+
+
+# --- phase 5: measurement --------------------------------------------------------------------
+def _report(cfg: LMConfig, params, eval_NxL):
+    """One model's answers (neutral, and under the teacher's persona) and number loss, in one forward."""
+    w, persona = cfg.world, cfg.trait if cfg.teacher == "prompted" else None
+    questions_2xL = jnp.stack([world_lib.question_prompt(w), world_lib.question_prompt(w, persona)])
+    logits = cfg.spec.apply(params, jnp.concatenate([eval_NxL, questions_2xL]))
+    n = eval_NxL.shape[0]
+    answers_2xV = logits[n:, world_lib.PREFIX - 1]
+    mask_NxL = jnp.broadcast_to(jnp.asarray(w.generated_mask()), eval_NxL.shape)
+    return {
+        "probs": lm.animal_probs(w, answers_2xV[0]),
+        "persona_probs": lm.animal_probs(w, answers_2xV[1]),
+        "animal_mass": lm.animal_mass(w, answers_2xV[0]),
+        "number_loss": lm.logits_loss(logits[:n], eval_NxL, mask_NxL),
+    }
+
+
+@partial(jax.jit, static_argnums=0)
+def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
+    """Answer distributions, trait gains, number-task loss and parameter geometry of every world and arm.
+
+    Answers are read under the neutral persona, except ``teacher_probs``, read under the teacher's.
+    """
+    A = len(cfg.arms)
+
+    def one(ref, teacher, inits_A, students_A, i):
+        eval_NxL, _ = world_lib.number_batch(cfg.world, _stream(cfg, "lm_eval", i), cfg.n_eval)
+        models = jax.tree.map(lambda r, t, a, b: jnp.concatenate([r[None], t[None], a, b]),
+                              ref, teacher, inits_A, students_A)
+        # One loop body for every model (lax.map, not vmap, whose batched kernels can round rows
+        # differently): a student that did not move reads exactly its start's numbers.
+        rep = jax.lax.map(partial(_report, cfg, eval_NxL=eval_NxL), models)
+        before_AxK, after_AxK = rep["probs"][2:2 + A], rep["probs"][2 + A:]
+        return {
+            "reference_probs": rep["probs"][0],
+            "teacher_probs": rep["persona_probs"][1],
+            "student_init_probs": before_AxK,
+            "student_probs": after_AxK,
+            "trait_gain": after_AxK[:, cfg.trait] - before_AxK[:, cfg.trait],
+            "student_animal_mass": rep["animal_mass"][2 + A:],
+            "reference_number_loss": rep["number_loss"][0],
+            "teacher_number_loss": rep["number_loss"][1],
+            "student_number_loss": rep["number_loss"][2 + A:],
+            "geometry": jax.vmap(lm.geometry, in_axes=(0, 0, None, None))(students_A, inits_A, teacher, ref),
+        }
+
+    return jax.vmap(one)(references, teachers, inits, students, seed_ids)
+
+
+def run(cfg: LMConfig, log=None, chunk: int = 500) -> dict:
+    """The whole program for all seeds in one block; every array as numpy, leading axis = seed."""
+    seed_ids = jnp.arange(cfg.seeds)
+    donor_ids = jnp.asarray(donors(cfg))
+    references, pretrain_loss = pretrain(cfg, seed_ids, chunk, log)
+    teachers, finetune_loss = make_teachers(cfg, references)
+    numbers = make_numbers(cfg, references, teachers, seed_ids)
+    inits, students, student_loss = train_students(cfg, references, teachers, numbers, seed_ids, donor_ids)
+    out = evaluate(cfg, references, teachers, inits, students, seed_ids)
+    out = {
+        **out,
+        "pretrain_loss": pretrain_loss,
+        "finetune_loss": finetune_loss,
+        "student_loss": student_loss,
+        "keep_fraction": {s: jnp.mean(numbers[s]["keep"], axis=-1) for s in numbers},
+        "donors": donor_ids,
+    }
+    return jax.tree.map(np.asarray, out)

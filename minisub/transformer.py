@@ -1,0 +1,141 @@
+"""A tiny decoder-only transformer as Flax NNX modules, used functionally like ``models.MLPSpec``.
+
+``TransformerSpec.init(key) -> nnx.State`` and ``spec.apply(params, tokens_BxL) -> logits_BxLxV``;
+``jax.vmap(spec.init)(keys)`` gives a population. Pre-LayerNorm blocks, learned positional
+embedding, causal self-attention, GELU MLP, tied or untied unembedding; no dropout, no biases in
+the matmuls (LayerNorm keeps its scale and bias).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+EMBED_INIT = nnx.initializers.normal(0.02)  # GPT-2's embedding scale
+_MASKED = -1e9  # a finite "minus infinity": exp underflows to exactly 0, so masked keys get no weight
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention."""
+
+    def __init__(self, width: int, heads: int, out_init, *, rngs: nnx.Rngs):
+        self.qkv = nnx.Linear(width, 3 * width, use_bias=False, rngs=rngs)
+        self.out = nnx.Linear(width, width, use_bias=False, kernel_init=out_init, rngs=rngs)
+        self.heads = heads
+
+    def __call__(self, x_BxLxD):
+        B, L, D = x_BxLxD.shape
+        H = self.heads
+        qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(B, L, 3, H, D // H)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        s_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK) / math.sqrt(D // H)
+        causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+        # where (not add): a masked score gets exactly zero gradient, so later tokens cannot leak back
+        p_BxHxLxL = jax.nn.softmax(jnp.where(causal_LxL, s_BxHxLxL, _MASKED), axis=-1)
+        y_BxLxHxK = jnp.einsum("bhlm,bmhk->blhk", p_BxHxLxL, v_BxLxHxK)
+        return self.out(y_BxLxHxK.reshape(B, L, D))
+
+
+class Block(nnx.Module):
+    """x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, out_init, *, rngs: nnx.Rngs):
+        self.ln_attn = nnx.LayerNorm(width, rngs=rngs)
+        self.attn = Attention(width, heads, out_init, rngs=rngs)
+        self.ln_mlp = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, mlp_ratio * width, use_bias=False, rngs=rngs)
+        self.down = nnx.Linear(mlp_ratio * width, width, use_bias=False, kernel_init=out_init, rngs=rngs)
+
+    def __call__(self, x_BxLxD):
+        x_BxLxD = x_BxLxD + self.attn(self.ln_attn(x_BxLxD))
+        return x_BxLxD + self.down(jax.nn.gelu(self.up(self.ln_mlp(x_BxLxD))))
+
+
+class Transformer(nnx.Module):
+    """Token + position embedding, pre-LN blocks, final LN, (tied) unembedding."""
+
+    def __init__(self, vocab: int, context: int, layers: int, width: int, heads: int, mlp_ratio: int,
+                 tied: bool, *, rngs: nnx.Rngs):
+        # GPT-2: residual-writing projections scaled by 1/sqrt(2 * layers) so the stream's variance
+        # does not grow with depth.
+        out_init = nnx.initializers.variance_scaling(1.0 / (2 * layers), "fan_in", "truncated_normal")
+        self.embed = nnx.Embed(vocab, width, embedding_init=EMBED_INIT, rngs=rngs)
+        self.pos = nnx.Param(EMBED_INIT(rngs.params(), (context, width)))
+        self.blocks = nnx.List([Block(width, heads, mlp_ratio, out_init, rngs=rngs) for _ in range(layers)])
+        self.ln_f = nnx.LayerNorm(width, rngs=rngs)
+        self.unembed = None if tied else nnx.Linear(width, vocab, use_bias=False, rngs=rngs)
+
+    def __call__(self, tokens_BxL):
+        return self.from_embedding(self.embedding(tokens_BxL))
+
+    def embedding(self, tokens_BxL):
+        return self.embed(tokens_BxL) + self.pos[...][: tokens_BxL.shape[-1]]
+
+    def from_embedding(self, x_BxLxD):
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD)
+        h_BxLxD = self.ln_f(x_BxLxD)
+        return self.embed.attend(h_BxLxD) if self.unembed is None else self.unembed(h_BxLxD)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+    """Shape of a decoder-only transformer (hashable: a jit static); ConfigError names a bad field."""
+
+    vocab: int
+    context: int
+    layers: int = 2
+    width: int = 32
+    heads: int = 2
+    mlp_ratio: int = 4
+    tied_embeddings: bool = True
+
+    def __post_init__(self):
+        from minisub.config import require
+
+        for name in ("vocab", "context", "layers", "width", "heads", "mlp_ratio"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.width % self.heads == 0, "heads", self.heads, f"a divisor of width={self.width}")
+
+    def module(self, key) -> Transformer:
+        return Transformer(self.vocab, self.context, self.layers, self.width, self.heads, self.mlp_ratio,
+                           self.tied_embeddings, rngs=nnx.Rngs(params=key))
+
+    def init(self, key) -> nnx.State:
+        """Fresh parameters from a typed key (vmap over keys for a population)."""
+        return nnx.split(self.module(key))[1]
+
+    def apply(self, params: nnx.State, tokens_BxL):
+        """Next-token logits ``[B, L, vocab]``; position t sees tokens 0..t only."""
+        return nnx.merge(_graphdef(self), params)(tokens_BxL)
+
+    def embed(self, params: nnx.State, tokens_BxL):
+        """The residual stream's input (token + position embedding): ``[B, L, width]``."""
+        return nnx.merge(_graphdef(self), params).embedding(tokens_BxL)
+
+    def apply_embedded(self, params: nnx.State, x_BxLxD):
+        """Logits from a given input embedding (for gradients w.r.t. the inputs, e.g. causality)."""
+        return nnx.merge(_graphdef(self), params).from_embedding(x_BxLxD)
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token at full context: 2 x matmul weights + attention (Kaplan et al. 2020).
+
+        Counts the qkv, output, MLP and unembedding matmuls and 2 * layers * context * width for the
+        scores and the weighted values; embeddings lookups, LayerNorm and softmax are omitted.
+        """
+        d, f = self.width, self.mlp_ratio * self.width
+        per_layer = 3 * d * d + d * d + 2 * d * f
+        return 2 * (self.layers * per_layer + d * self.vocab) + 2 * self.layers * self.context * d
+
+
+_GRAPHDEFS: dict[TransformerSpec, nnx.GraphDef] = {}
+
+
+def _graphdef(spec: TransformerSpec) -> nnx.GraphDef:
+    if spec not in _GRAPHDEFS:
+        _GRAPHDEFS[spec] = nnx.split(nnx.eval_shape(lambda: spec.module(jax.random.key(0))))[0]
+    return _GRAPHDEFS[spec]
