@@ -383,7 +383,8 @@ def readme(summary: dict) -> str:
         stem = f"{STEM}_{family}"
         out += [f"### {family}: {TITLES.get(family, family)}", "",
                 f"![{family}]({stem}.png) ([PDF]({stem}.pdf))", "",
-                table({"families": {family: fam}}), f"Recompute: `{fam['command']}`", ""]
+                table({"families": {family: fam}}), *(layer_table(fam) if family == "lineages" else []),
+                f"Recompute: `{fam['command']}`", ""]
     out += report.regenerate_lines(NAME, summary, PAPER_COMMAND)
     return "\n".join(out)
 
@@ -451,8 +452,14 @@ def _h_heads(f):
     g, full = gain(h, d), gain(s, d)
     share = g["mean"] / full["mean"] if full["mean"] > 0 else float("nan")
     verdict = ("supported" if _sign(g) > 0 and share > 0.5 else
-               "partly: a shared head carries some trait" if _sign(g) > 0 else
-               "not supported on this footing")
+               f"not supported: a shared head keeps {share:.0%} of the gain" if g["mean"] < 0.25 * full["mean"]
+               else "partly")
+    cos = lambda r, layer: r.get("geometry_by_layer", {}).get("update_cos", {}).get(layer, {}).get("mean")
+    if cos(s, "hidden.0") is not None and cos(h, "hidden.0") is not None:
+        verdict += (f". Why: the head's updates are orthogonal by construction (the teacher changes the class rows, "
+                    f"the aux student the aux rows: head cos {cos(s, 'head'):+.3f}); what transmits is the hidden "
+                    f"layers' alignment (shared init: hidden.0 cos {cos(s, 'hidden.0'):+.3f}), which fresh hidden "
+                    f"layers do not have (shared_head: {cos(h, 'hidden.0'):+.3f})")
     return (f"shared_head {_pm(h['accuracy'])}: {_signed(g)} over different-init ({share:.0%} of the shared "
             f"init's {_signed(full)})", verdict)
 
@@ -462,11 +469,16 @@ def _h_hidden(f):
     if not (s and d and h):
         return None
     g, full = gain(h, d), gain(s, d)
+    verdict = ("the hidden layers carry transfer" if _sign(g) > 0 and g["mean"] > 0.5 * full["mean"] else
+               "sharing the hidden layers alone is not enough" if _sign(g) <= 0 or g["mean"] < 0.25 * full["mean"]
+               else "partly")
+    c = h.get("geometry_by_layer", {}).get("update_cos", {}).get("hidden.0", {}).get("mean")
+    if c is not None and _sign(g) <= 0:
+        verdict += (f": the shared hidden layers still move with the teacher's (hidden.0 cos {c:+.3f}), but the "
+                    "trait is read through the student's own class rows, which are a fresh draw here, unrelated "
+                    "to the teacher's; so in this MLP the head is necessary and, by the row above, not sufficient")
     return (f"shared_hidden {_pm(h['accuracy'])}: {_signed(g)} over different-init "
-            f"({g['mean'] / full['mean']:.0%} of the shared init's gain)",
-            "the hidden layers carry transfer" if _sign(g) > 0 and g["mean"] > 0.5 * full["mean"] else
-            "sharing the hidden layers alone is not enough" if _sign(g) <= 0 or g["mean"] < 0.25 * full["mean"]
-            else "partly")
+            f"({g['mean'] / full['mean']:.0%} of the shared init's gain)", verdict)
 
 
 def _perturb_gains(f, part):
@@ -541,6 +553,18 @@ def _h_architecture(f):
     cells = "; ".join(f"{label}: {_pm(r['accuracy'])}" for label, r in zip(OTHER_ARCHITECTURES, rows))
     ok = all(abs(r["accuracy"]["mean"] - r["reference"]["mean"]) < 0.03 for r in rows)
     return cells, "supported: no transfer to another architecture" if ok else "some transfer across architectures"
+
+
+def _h_architecture_head(f):
+    d = _find(f, "lineages", "different")
+    rows = [_find(f, "lineages", label) for label in SHARED_HEAD_ARCHITECTURES]
+    if not (d and all(rows)):
+        return None
+    gains = [gain(r, d) for r in rows]
+    cells = "; ".join(f"{label}: {_pm(r['accuracy'])} ({_signed(g)} over different-init)"
+                      for label, r, g in zip(SHARED_HEAD_ARCHITECTURES, rows, gains))
+    return cells, ("supported: a shared head carries the trait across architectures" if all(_sign(g) > 0 and
+                   g["mean"] > 0.1 for g in gains) else "not supported here: a shared head alone does not carry it")
 
 
 def _h_committee(f):
@@ -683,6 +707,8 @@ HYPOTHESES = (
     ("A different init behaviourally matched to the reference (official repo variant, never reported)",
      "Cloud et al., code", _h_matched),
     ("Students of another architecture (different base model) receive nothing", "Cloud et al. 2025", _h_architecture),
+    ("Transfer survives added layers or another activation when the output heads are shared",
+     "Brockers et al. 2026", _h_architecture_head),
     ("A committee of teachers from different inits mitigates transfer", "Cloud et al. 2025 (proposed)", _h_committee),
     ("A KL-to-base regulariser (liminal training) weakens but does not stop transfer", "Kitkana & Arora 2026",
      _h_liminal),
@@ -717,3 +743,17 @@ def hypothesis_table(summary: dict) -> str:
         ours, verdict = got if got else ("not measured yet", "—")
         rows.append(f"| {claim} | {who} | {ours} | {verdict} |")
     return "\n".join(rows)
+
+
+def layer_table(fam: dict) -> list[str]:
+    """Per lineage, the update cosine cos(Δθ_S, Δθ_T) layer by layer: where the transmitted component sits."""
+    rows = [r for r in fam["points"] if r.get("geometry_by_layer", {}).get("update_cos")]
+    if not rows:
+        return []
+    layers = list(rows[0]["geometry_by_layer"]["update_cos"])
+    out = ["Where the student's update aligns with the teacher's, layer by layer (cos(Δθ_S, Δθ_T), mean over seeds):", "",
+           "| lineage | accuracy | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
+    for r in rows:
+        cells = " | ".join(f"{r['geometry_by_layer']['update_cos'][layer]['mean']:+.3f}" for layer in layers)
+        out.append(f"| {r['value']} | {r['accuracy']['mean']:.3f} | {cells} |")
+    return out + [""]

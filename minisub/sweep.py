@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import pipeline, runner, stats, store
+from minisub import parallel, pipeline, runner, stats, store
 
 MAX_ARMS = 12  # arms per program: more are split over several programs (memory)
 
@@ -158,6 +158,8 @@ def run(points: list[Point], cache: PointCache, mnist_loader: Callable, executio
             print(f"[sweep {time.strftime('%H:%M:%S')}] program {n + 1}/{len(plan)}: {len(readers)} arms x "
                   f"{cfg.seeds} seeds ({readers[0][0].family}: {values})", flush=True)
         directory = store.run_dir(execution.experiment, cfg, results_root)
+        if execution.compute and parallel.is_writer():
+            store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
         results = runner.run(cfg, data, directory, execution=execution)
         if results is None:  # other shards still have seeds of this program
             continue
