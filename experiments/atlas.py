@@ -327,6 +327,9 @@ def family_figure(family: str, fam: dict, out_dir: Path) -> list[Path]:
                 ax.tick_params(labelleft=False)
         if key == "distill_loss":
             (ax.set_yscale if numeric else ax.set_xscale)("log")
+            from matplotlib.ticker import NullFormatter
+
+            (ax.yaxis if numeric else ax.xaxis).set_minor_formatter(NullFormatter())  # no overlapping labels
     ref = sum(r["reference"]["mean"] for r in points) / len(points)
     (left.axhline if numeric else left.axvline)(ref, color="grey", lw=0.8, ls="--", label="reference (teacher's init)")
     if numeric:
@@ -334,6 +337,7 @@ def family_figure(family: str, fam: dict, out_dir: Path) -> list[Path]:
         left.legend(fontsize=7, frameon=False)
     else:
         left.set_xlim(0, 1)
+        left.text(ref + 0.01, -0.6, "reference", color="grey", fontsize=7, va="top")
     fig.suptitle(f"{TITLES.get(family, family)} (mean ± 95% CI, n = {fam['n_seeds']} seeds per point)", fontsize=9)
     return plots.save(fig, Path(out_dir) / f"{STEM}_{family}")
 
