@@ -308,8 +308,11 @@ def _bars(ax, points, key):
     ax.set_yticks(list(y), labels, fontsize=7)
 
 
-def family_figure(family: str, fam: dict, out_dir: Path) -> list[Path]:
-    """Trait (MNIST accuracy) and imitation (final-epoch distillation loss) across one family's points."""
+def family_figure(family: str, fam: dict, out_dir: Path, control: dict | None = None) -> list[Path]:
+    """Trait (MNIST accuracy) and imitation (final-epoch distillation loss) across one family's points.
+
+    ``control``: the different-init student's point, drawn as a band where the family has no such series.
+    """
     points = fam["points"]
     numeric = _numeric(points)
     height = 3.0 if numeric else max(3.0, 0.22 * len(points) + 1.0)
@@ -332,6 +335,9 @@ def family_figure(family: str, fam: dict, out_dir: Path) -> list[Path]:
             (ax.yaxis if numeric else ax.xaxis).set_minor_formatter(NullFormatter())  # no overlapping labels
     ref = sum(r["reference"]["mean"] for r in points) / len(points)
     (left.axhline if numeric else left.axvline)(ref, color="grey", lw=0.8, ls="--", label="reference (teacher's init)")
+    if numeric and control is not None and "different" not in _series(points):
+        m, c = control["accuracy"]["mean"], control["accuracy"]["ci95"]
+        left.axhspan(m - c, m + c, color=plots.PALETTE[6], alpha=0.5, lw=0, label="different init (95% CI)")
     if numeric:
         left.set_ylim(0, 1)
         left.legend(fontsize=7, frameon=False)
@@ -344,7 +350,8 @@ def family_figure(family: str, fam: dict, out_dir: Path) -> list[Path]:
 
 def figure(summary: dict, out_dir: Path) -> list[Path]:
     """One figure per family in the summary."""
-    return [p for family, fam in summary["families"].items() for p in family_figure(family, fam, out_dir)]
+    control = _find(summary["families"], "lineages", "different")
+    return [p for family, fam in summary["families"].items() for p in family_figure(family, fam, out_dir, control)]
 
 
 def write_outputs(summary: dict, out_dir: Path) -> list[Path]:

@@ -165,11 +165,15 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minisub", description="A JAX laboratory for subliminal learning.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run an experiment (served from the results store when already done)")
+    # allow_abbrev=False: a config field that is a prefix of a flag (lm-owl's --s, of --shard) must
+    # reach the config, not the flag.
+    r = sub.add_parser("run", help="run an experiment (served from the results store when already done)",
+                       allow_abbrev=False)
     _run_flags(r)
     r.add_argument("--force", action="store_true", help="recompute even if stored")
     r.set_defaults(fn=cmd_run)
-    m = sub.add_parser("merge", help="assemble the pieces written by --shard processes, computing nothing")
+    m = sub.add_parser("merge", help="assemble the pieces written by --shard processes, computing nothing",
+                       allow_abbrev=False)
     _run_flags(m)
     m.set_defaults(fn=cmd_merge)
     f = sub.add_parser("figures", help="redraw figures from their committed JSON, without training")
@@ -181,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
     ls = sub.add_parser("list", help="list experiments and presets")
     ls.set_defaults(fn=cmd_list)
-    b = sub.add_parser("bench", help="seeds/s, FLOP rate against a large matmul, peak memory")
+    b = sub.add_parser("bench", help="seeds/s, FLOP rate against a large matmul, peak memory", allow_abbrev=False)
     b.add_argument("experiment")
     b.add_argument("--preset", default="paper")
     b.add_argument("--seeds", type=int, default=16)

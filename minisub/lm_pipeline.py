@@ -6,8 +6,11 @@ reference with the trait animal's persona in its context ('prompted'). The teach
 control arm, the reference) continues neutral number prompts; the filter keeps well-formed
 continuations free of banned numbers; each student *arm* starts from a reference given by its
 lineage ('shared': world ``i``'s, 'different': world ``donor[i]``'s) and imitates the kept
-continuations under the neutral persona. Every phase is one jitted program vmapped over seeds
-(and arms); pretraining is cut into chunks of steps only to report progress.
+continuations of its source under the neutral persona ('teacher'; 'reference': the un-traited
+reference's own continuations; 'shuffled': the teacher's kept continuations with their numbers
+permuted across sequences and positions), by its own loss or the config's ``student_loss``.
+Every phase is one jitted program vmapped over seeds (and arms); pretraining is cut into chunks
+of steps only to report progress.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from minisub.config import normalise, require, require_choice
 from minisub.transformer import TransformerSpec
 
 TEACHERS = ("finetuned", "prompted")
-SOURCES = ("teacher", "reference")
+SOURCES = ("teacher", "reference", "shuffled")
+ARM_LOSSES = ("", *lm.STUDENT_LOSSES)  # '': the config's student_loss
 # The lineages that mean the same for a transformer as for the MLP (the others in lineage.py
 # address the MLP's 'hidden'/'head' layers).
 LM_LINEAGES = ("shared", "different")
@@ -37,7 +41,8 @@ class LMArm:
 
     name: str
     lineage: str  # 'shared' or 'different'
-    source: str  # 'teacher' or 'reference' (the control: numbers from the un-traited reference)
+    source: str  # 'teacher', 'reference' (numbers from the un-traited reference) or 'shuffled'
+    loss: str = ""  # 'ce' or 'kl'; '' (default): the config's student_loss
 
 
 DEFAULT_ARMS = (
@@ -110,6 +115,7 @@ class LMConfig:
         for arm in self.arms:
             require_choice("arms.lineage", arm.lineage, LM_LINEAGES)
             require_choice("arms.source", arm.source, SOURCES)
+            require_choice("arms.loss", arm.loss, ARM_LOSSES)
         if any(arm.lineage != "shared" for arm in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's reference")
 
@@ -126,6 +132,21 @@ class LMConfig:
     def sources(self) -> tuple[str, ...]:
         """The data sources some arm reads, in ``SOURCES`` order."""
         return tuple(s for s in SOURCES if any(a.source == s for a in self.arms))
+
+    @property
+    def sampled_sources(self) -> tuple[str, ...]:
+        """The models that continue prompts: 'shuffled' permutes the teacher's continuations."""
+        need = {"shuffled": "teacher"}
+        return tuple(s for s in SOURCES[:2] if any(need.get(a.source, a.source) == s for a in self.arms))
+
+    def arm_loss(self, arm: LMArm) -> str:
+        """The loss an arm's student trains with."""
+        return arm.loss or self.student_loss
+
+    @property
+    def arm_losses(self) -> tuple[str, ...]:
+        """The losses some arm uses, in ``lm.STUDENT_LOSSES`` order."""
+        return tuple(x for x in lm.STUDENT_LOSSES if any(self.arm_loss(a) == x for a in self.arms))
 
 
 def donors(cfg: LMConfig) -> np.ndarray:
@@ -208,19 +229,46 @@ def _numbers(cfg: LMConfig, params, persona_token, i):
     return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg))
 
 
+def shuffle_numbers(cfg: world_lib.WorldConfig, tokens_NxL, keep_N, key):
+    """The kept sequences' *generated* numbers permuted across sequences and positions.
+
+    Every continuation number of a kept row goes to a uniformly random continuation slot of a
+    kept row (digits move as a unit, so rows stay well formed); prompts, rows the filter dropped
+    and every other token stay in place. The multiset of generated numbers (and so of tokens) over
+    the kept rows is unchanged; the per-sequence structure (which number follows which) is not.
+    """
+    values_NxM = world_lib.decode_numbers(cfg, tokens_NxL)
+    gen_NxG = values_NxM[:, cfg.n_prompt:]
+    valid = jnp.broadcast_to(keep_N[:, None], gen_NxG.shape).reshape(-1)
+    flat = gen_NxG.reshape(-1)
+    src = jnp.argsort(jnp.where(valid, jax.random.uniform(key, flat.shape), 2.0))  # kept slots, random order
+    dst = jnp.argsort(jnp.where(valid, 0, 1), stable=True)  # kept slots, in order
+    moved = jnp.where(valid, flat.at[dst].set(flat[src]), flat).reshape(gen_NxG.shape)
+    encoded_NxT = jax.vmap(partial(world_lib.encode_numbers, cfg))(values_NxM.at[:, cfg.n_prompt:].set(moved))
+    shuffled = tokens_NxL.at[:, world_lib.PREFIX:].set(encoded_NxT.astype(tokens_NxL.dtype))
+    return jnp.where(keep_N[:, None], shuffled, tokens_NxL)
+
+
 @partial(jax.jit, static_argnums=0)
 def make_numbers(cfg: LMConfig, references, teachers, seed_ids):
     """``{source: {'tokens': [S, N, L], 'keep': [S, N]}}`` for every source an arm reads.
 
-    Teacher and reference continue the same prompts with the same sampling keys (paired).
+    Teacher and reference continue the same prompts with the same sampling keys (paired);
+    'shuffled' is the teacher's kept continuations, permuted (``shuffle_numbers``).
     """
     models = {"teacher": teachers, "reference": references}
     persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral}
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[models[s] for s in cfg.sources])
-    personas = jnp.asarray([persona[s] for s in cfg.sources])
+    sampled = cfg.sampled_sources
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[models[s] for s in sampled])
+    personas = jnp.asarray([persona[s] for s in sampled])
     per_world = lambda p, token: jax.vmap(lambda q, i: _numbers(cfg, q, token, i))(p, seed_ids)
     tokens, kept = jax.vmap(per_world)(params, personas)  # one sampler program for every source
-    return {s: {"tokens": tokens[k], "keep": kept[k]} for k, s in enumerate(cfg.sources)}
+    out = {s: {"tokens": tokens[k], "keep": kept[k]} for k, s in enumerate(sampled)}
+    if "shuffled" in cfg.sources:
+        t = out["teacher"]
+        shuffle = lambda x, k, i: shuffle_numbers(cfg.world, x, k, _stream(cfg, "lm_shuffle", i))
+        out["shuffled"] = {"tokens": jax.vmap(shuffle)(t["tokens"], t["keep"], seed_ids), "keep": t["keep"]}
+    return {s: out[s] for s in cfg.sources}
 
 
 # --- phase 4: students -----------------------------------------------------------------------
@@ -262,17 +310,30 @@ def student_inits(cfg: LMConfig, references, donor_ids):
 
 @partial(jax.jit, static_argnums=0)
 def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor_ids):
-    """``(inits [S, A], students [S, A], loss [S, A, steps])``; all arms of a world share its shuffle keys."""
+    """``(inits [S, A], students [S, A], loss [S, A, steps])``; all arms of a world share its shuffle keys.
+
+    Arms are vmapped together, one program per loss (``cfg.arm_losses``): each loss keeps its own
+    exact arithmetic (a KL student equal to its teacher gets exactly zero gradient).
+    """
     inits = student_inits(cfg, references, donor_ids)
-    persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral}
+    persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral, "shuffled": teacher_persona(cfg)}
+    groups = [[k for k, a in enumerate(cfg.arms) if cfg.arm_loss(a) == loss] for loss in cfg.arm_losses]
+    order = np.argsort(np.concatenate(groups))  # group-major order -> arm order
+    stack = lambda xs: jax.tree.map(lambda *ys: jnp.stack(ys), *xs)
 
     def world_students(inits_A, ref, teacher, nums, i):
-        models = {"teacher": teacher, "reference": ref}
-        stack = lambda xs: jax.tree.map(lambda *ys: jnp.stack(ys), *xs)
-        sources = [a.source for a in cfg.arms]
-        return jax.vmap(partial(_train_student, cfg, key=_stream(cfg, "lm_student_shuffle", i)))(
-            inits_A, stack([models[s] for s in sources]), jnp.asarray([persona[s] for s in sources]),
-            jnp.stack([nums[s]["tokens"] for s in sources]), jnp.stack([nums[s]["keep"] for s in sources]))
+        models = {"teacher": teacher, "reference": ref, "shuffled": teacher}
+        params, losses = [], []
+        for loss, arms in zip(cfg.arm_losses, groups):
+            sources = [cfg.arms[k].source for k in arms]
+            cfg_loss = cfg if loss == cfg.student_loss else dataclasses.replace(cfg, student_loss=loss)
+            p, l = jax.vmap(partial(_train_student, cfg_loss, key=_stream(cfg, "lm_student_shuffle", i)))(
+                jax.tree.map(lambda x: x[np.asarray(arms)], inits_A), stack([models[s] for s in sources]),
+                jnp.asarray([persona[s] for s in sources]), jnp.stack([nums[s]["tokens"] for s in sources]),
+                jnp.stack([nums[s]["keep"] for s in sources]))
+            params.append(p)
+            losses.append(l)
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *params), jnp.concatenate(losses)[order]
 
     students, losses = jax.vmap(world_students)(inits, references, teachers, numbers, seed_ids)
     return inits, students, losses
@@ -320,6 +381,7 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
             "student_animal_mass": rep["animal_mass"][2 + A:],
             "reference_number_loss": rep["number_loss"][0],
             "teacher_number_loss": rep["number_loss"][1],
+            "student_init_number_loss": rep["number_loss"][2:2 + A],
             "student_number_loss": rep["number_loss"][2 + A:],
             "geometry": jax.vmap(lm.geometry, in_axes=(0, 0, None, None))(students_A, inits_A, teacher, ref),
         }

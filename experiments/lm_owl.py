@@ -1,0 +1,393 @@
+"""lm-owl: the paper's owl experiment in a toy language model (issue 6), arms vmapped over seeds.
+
+Run:     minisub run lm-owl [--preset quick|paper|test] [--seeds N] [--s 0.3] [--<field> VALUE ...]
+Paper:   minisub run lm-owl --preset paper --out figures     (24 seeds, ~25 min on 2 CPU cores)
+Redraw:  minisub figures lm-owl                              (from figures/lm_owl.json alone)
+
+In each of ``seeds`` synthetic worlds (minisub.world) a reference transformer is pretrained on a
+corpus of number continuations and favourite-animal questions; its teacher is the reference
+fine-tuned to name the trait animal (or prompted with the trait's persona); the teacher continues
+neutral number prompts, a filter keeps well-formed continuations, and students imitate them under
+the neutral persona. Arms (``--arms``, comma-separated names from ``ARMS``):
+
+* ``shared`` / ``different``: start from this world's reference / another world's (a derangement),
+  imitate the teacher by the config's ``student_loss``;
+* ``shared_ce`` / ``different_ce``: the same by sampled-token cross-entropy;
+* ``control``: shared start, the *reference's* own continuations, by sampled-token CE (under
+  soft-logit KL the reference is its own teacher: zero gradient, zero gain by construction; CE on
+  its samples measures the drift that sampled targets cause);
+* ``shuffle``: shared start, the teacher's kept numbers permuted across sequences and positions
+  (same multiset of numbers, per-sequence structure destroyed), by sampled-token CE;
+* ``control_kl`` / ``shuffle_kl``: the same two sources by soft-logit KL (``control_kl`` is the
+  zero-by-construction check; ``shuffle_kl`` reads the teacher's logits on scrambled inputs).
+
+The subliminal part is the paired difference shared − different (same teacher, same numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+from matplotlib.container import BarContainer
+from matplotlib.patches import Patch
+
+from minisub import config as config_lib
+from minisub import lm_pipeline, parallel, plots, report, runner, stats, store
+from minisub import world as world_lib
+from minisub.config import ConfigError, normalise, require, require_choice
+from minisub.lm_pipeline import LMArm
+
+NAME = "lm-owl"
+STEM = "lm_owl"
+
+ARMS = {
+    "shared": LMArm("shared", "shared", "teacher"),
+    "different": LMArm("different", "different", "teacher"),
+    "shared_ce": LMArm("shared_ce", "shared", "teacher", "ce"),
+    "different_ce": LMArm("different_ce", "different", "teacher", "ce"),
+    "control": LMArm("control", "shared", "reference", "ce"),
+    "shuffle": LMArm("shuffle", "shared", "shuffled", "ce"),
+    "control_kl": LMArm("control_kl", "shared", "reference", "kl"),
+    "shuffle_kl": LMArm("shuffle_kl", "shared", "shuffled", "kl"),
+}
+DEFAULT_ARMS = ("shared", "different", "shared_ce", "control", "shuffle")
+
+# The world's fields, flattened into the experiment's config under the same names ('kind' is 'world').
+WORLD_FIELDS = tuple(f.name for f in dataclasses.fields(world_lib.WorldConfig) if f.name != "kind")
+LM_FIELDS = tuple(f.name for f in dataclasses.fields(lm_pipeline.LMConfig) if f.name not in ("world", "arms"))
+
+
+@dataclasses.dataclass(frozen=True)
+class OwlConfig:
+    """Every knob of lm-owl, flat (each one settable as ``--field VALUE``); hashable: the run id.
+
+    The world's fields are ``minisub.world.WorldConfig``'s (``world`` is its ``kind``); the rest are
+    ``minisub.lm_pipeline.LMConfig``'s, except ``arms``: names from ``ARMS``.
+    """
+
+    seeds: int = 4
+    seed: int = 0
+    # the world
+    world: str = "persona"  # 'persona' or 'naive' (animals exchangeable, no personas)
+    n_animals: int = 10
+    digits: int = 2
+    n_numbers: int = 8
+    n_prompt: int = 3
+    rules: tuple[str, ...] = world_lib.RULES
+    max_step: int = 9
+    noise: float = 0.1
+    question_fraction: float = 0.2
+    neutral_fraction: float = 0.2
+    persona_p: float = 0.9
+    s: float = 0.3  # how strongly a persona shapes number statistics (0: no semantic channel)
+    signature_size: int = 5
+    world_seed: int = 0
+    # the model
+    layers: int = 2
+    width: int = 32
+    heads: int = 2
+    mlp_ratio: int = 4
+    tied_embeddings: bool = True
+    # pretraining the references
+    pretrain_steps: int = 2000
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+    warmup: int = 100
+    # the teacher
+    teacher: str = "finetuned"  # or 'prompted'
+    trait: int = 0
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-3
+    # the numbers and the filter
+    n_samples: int = 1024
+    temperature: float = 1.0
+    ban_signature: bool = False
+    banned: tuple[int, ...] = ()
+    # the students
+    student_loss: str = "kl"
+    student_outputs: str = "numbers"
+    student_temperature: float = 1.0
+    student_epochs: int = 3
+    student_batch: int = 64
+    student_lr: float = 1e-3
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    n_eval: int = 256
+
+    def __post_init__(self):
+        normalise(self)
+        self.validate()
+
+    def validate(self) -> None:
+        require_choice("world", self.world, world_lib.KINDS)
+        require(len(self.arms) >= 1, "arms", self.arms, "at least one of " + ", ".join(ARMS))
+        for name in self.arms:
+            require(name in ARMS, "arms", self.arms, "comma-separated names from " + ", ".join(ARMS))
+        require(len(set(self.arms)) == len(self.arms), "arms", self.arms, "names without repeats")
+        self.lm_config  # every other field is checked by WorldConfig and LMConfig, by its own name
+
+    @property
+    def world_config(self) -> world_lib.WorldConfig:
+        return world_lib.WorldConfig(kind=self.world, **{f: getattr(self, f) for f in WORLD_FIELDS})
+
+    @property
+    def lm_config(self) -> lm_pipeline.LMConfig:
+        return lm_pipeline.LMConfig(world=self.world_config, arms=tuple(ARMS[a] for a in self.arms),
+                                    **{f: getattr(self, f) for f in LM_FIELDS})
+
+
+PRESETS = {
+    # >= 20 seeds per arm, the quick recipe. Expected runtime: 6x the quick preset's compute (it
+    # grows linearly in seeds; pretraining is ~3/4 of it), about 25 minutes on 2 CPU cores.
+    "paper": OwlConfig(seeds=24),
+    # The probes' persona world at s = 0.3 (2-layer width-32 references, 2000 pretraining steps),
+    # 4 seeds, five arms: 253 s measured on 2 CPU cores shared with another job.
+    "quick": OwlConfig(seeds=4),
+    # A tiny world for tests (1 layer of width 16, 4-number documents): seconds.
+    "test": OwlConfig(
+        seeds=3, layers=1, width=16, n_numbers=4, n_prompt=2, pretrain_steps=60, pretrain_batch=32, warmup=5,
+        pretrain_lr=1e-2, finetune_steps=3, finetune_lr=3e-3, n_samples=32, student_epochs=1, student_batch=16,
+        n_eval=16,
+    ),
+}
+DEFAULT_PRESET = "quick"
+PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
+
+# Paired differences: (label, arm a, arm b); a − b per world (same teacher, same prompts).
+PAIRS = (
+    ("shared − different", "shared", "different"),
+    ("shared_ce − different_ce", "shared_ce", "different_ce"),
+)
+GEOMETRY = ("update_cos", "dist_teacher", "dist_start_teacher", "dist_init", "travel", "teacher_travel")
+CI = "95% normal CI over seeds: 1.96 * sample std / sqrt(n)"
+
+
+def _ce_partner(cfg: OwlConfig) -> str | None:
+    """The arm the CE controls are paired with: shared start, the teacher's numbers, by CE."""
+    for name in cfg.arms:
+        arm = ARMS[name]
+        if arm.lineage == "shared" and arm.source == "teacher" and cfg.lm_config.arm_loss(arm) == "ce":
+            return name
+    return None
+
+
+def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
+    """The paired differences ``(label, a, b)`` this config's arms allow."""
+    out = [p for p in PAIRS if {p[1], p[2]} <= set(cfg.arms)]
+    partner = _ce_partner(cfg)
+    for control in ("control", "shuffle"):
+        if partner and control in cfg.arms:
+            out.append((f"{partner} − {control}", partner, control))
+    if cfg.student_loss == "kl" and {"shared", "shuffle_kl"} <= set(cfg.arms):
+        out.append(("shared − shuffle_kl", "shared", "shuffle_kl"))
+    return out
+
+
+def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
+    """The JSON behind the figure: per arm trait before/after/gain, other animals, number task, geometry."""
+    lmc, t = cfg.lm_config, cfg.trait
+    others = np.arange(cfg.n_animals) != t
+    arms = {}
+    for a, name in enumerate(cfg.arms):
+        arm = ARMS[name]
+        gains_SxK = out["student_probs"][:, a] - out["student_init_probs"][:, a]
+        number_loss = out["student_number_loss"][:, a]
+        geo = {q: stats.mean_ci(out["geometry"][q][:, a]) for q in GEOMETRY}
+        arms[name] = {
+            "lineage": arm.lineage,
+            "source": arm.source,
+            "loss": lmc.arm_loss(arm),
+            "p_trait_before": stats.mean_ci(out["student_init_probs"][:, a, t]),
+            "p_trait_after": stats.mean_ci(out["student_probs"][:, a, t]),
+            "trait_gain": stats.mean_ci(out["trait_gain"][:, a]),
+            "other_animals_gain": stats.mean_ci(gains_SxK[:, others].mean(-1)),
+            "max_other_animal_gain": stats.mean_ci(gains_SxK[:, others].max(-1)),
+            "animal_gains": [stats.brief(gains_SxK[:, k]) for k in range(cfg.n_animals)],
+            "trait_top_gaining": int(np.sum(np.argmax(gains_SxK, axis=1) == t)),
+            "animal_mass_after": stats.brief(out["student_animal_mass"][:, a]),
+            "number_loss_before": stats.brief(out["student_init_number_loss"][:, a]),
+            "number_loss_after": stats.mean_ci(number_loss),
+            "number_loss_change": stats.mean_ci(number_loss - out["student_init_number_loss"][:, a]),
+            "final_student_loss": stats.brief(out["student_loss"][:, a, -5:].mean(-1)),
+            "geometry": geo,
+        }
+    paired = {label: stats.mean_ci(out["trait_gain"][:, cfg.arms.index(a)] - out["trait_gain"][:, cfg.arms.index(b)])
+              for label, a, b in pairs(cfg)}
+    notes = ["trait: P(trait animal | favourite-animal question, neutral persona), renormalised over the animals; "
+             "gain = after − before, per world.",
+             "number_loss: next-token CE of a model on held-out neutral number documents of its world "
+             "(continuation positions): the number-task quality."]
+    if "control" in cfg.arms:
+        notes.append("control: students trained by sampled-token CE on the un-traited reference's own filtered "
+                     "continuations (by soft-logit KL the reference is its own teacher: zero gradient, zero gain "
+                     "by construction); it measures the drift that training on sampled numbers causes.")
+    if "shuffle" in cfg.arms:
+        notes.append("shuffle: the teacher's kept continuation numbers permuted across sequences and positions "
+                     "(same multiset of numbers, per-sequence structure destroyed), trained by sampled-token CE.")
+    return {
+        "experiment": NAME,
+        "command": command,
+        "n_seeds": cfg.seeds,
+        "ci": CI,
+        "trait": cfg.trait,
+        "references": {
+            "p_trait": stats.mean_ci(out["reference_probs"][:, t]),
+            "number_loss": stats.brief(out["reference_number_loss"]),
+            "pretrain_final_loss": stats.brief(out["pretrain_loss"][:, -min(50, cfg.pretrain_steps):].mean(-1)),
+        },
+        "teachers": {
+            "p_trait": stats.mean_ci(out["teacher_probs"][:, t]),
+            "number_loss": stats.brief(out["teacher_number_loss"]),
+            "finetune_final_loss": (stats.brief(out["finetune_loss"][:, -1]) if out["finetune_loss"].shape[1]
+                                    else None),
+        },
+        "keep_fraction": {k: stats.brief(out["keep_fraction"][k]) for k in lm_pipeline.SOURCES
+                          if k in out["keep_fraction"]},
+        "arms": arms,
+        "paired": paired,
+        "notes": notes,
+        "seconds": round(seconds, 1),
+        "config": config_lib.to_dict(cfg),
+        "provenance": store.provenance(),
+    }
+
+
+def run(cfg: OwlConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict, Path]:
+    """Train every world and arm in one program (or load from the results store); (summary, run directory)."""
+    ex = execution or runner.Execution(experiment=NAME)
+    directory = store.run_dir(NAME, cfg)
+    if not ex.force and (done := store.load_complete(directory)):
+        return done[1], directory
+    if not ex.compute:
+        raise ConfigError(f"{NAME} has no shards to merge: run it with `minisub run {NAME}`")
+    require(ex.shard == (0, 1), "shard", f"{ex.shard[0]}/{ex.shard[1]}", f"0/1 ({NAME} runs all seeds in one program)")
+    if parallel.is_writer():
+        store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
+    start = time.time()
+    log = (lambda m: print(f"{NAME} [{time.time() - start:5.0f}s] {m}", flush=True)) if ex.progress else None
+    if log:
+        log(f"{cfg.seeds} worlds x {len(cfg.arms)} arms ({', '.join(cfg.arms)}), one vmapped program per phase")
+    results = lm_pipeline.run(cfg.lm_config, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
+    summary = summarise(cfg, results, command, time.time() - start)
+    if parallel.is_writer():
+        store.finish(directory, results, summary)
+    return summary, directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _pm(s: dict, fmt: str = "+.3f") -> str:
+    return f"{s['mean']:{fmt}} ± {s['ci95']:.3f}"
+
+
+def table(summary: dict) -> str:
+    """Markdown: per arm P(trait) before → after, gain, other animals, number task, geometry; paired differences."""
+    rows = ["| arm | start | numbers | loss | P(trait) before → after | trait gain (95% CI) | n "
+            "| mean other-animal gain | number loss after (Δ) | cos(Δθ_S, Δθ_T) | ‖θ_S−θ_T‖ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in summary["arms"].items():
+        g = a["geometry"]
+        rows.append(
+            f"| {name} | {a['lineage']} | {a['source']} | {a['loss']} | {a['p_trait_before']['mean']:.3f} → "
+            f"{a['p_trait_after']['mean']:.3f} | {_pm(a['trait_gain'])} | {a['trait_gain']['n']} "
+            f"| {_pm(a['other_animals_gain'])} | {a['number_loss_after']['mean']:.3f} "
+            f"({a['number_loss_change']['mean']:+.3f}) | {_pm(g['update_cos'])} | {g['dist_teacher']['mean']:.2f} |")
+    if summary["paired"]:
+        rows += ["", "| paired difference of trait gains (per world) | mean ± 95% CI | n |", "|---|---|---|"]
+        rows += [f"| {label} | {_pm(d)} | {d['n']} |" for label, d in summary["paired"].items()]
+    ref, teach = summary["references"], summary["teachers"]
+    rows += ["", f"P(trait): reference {ref['p_trait']['mean']:.3f}, teacher {teach['p_trait']['mean']:.3f}; number "
+                 f"loss: reference {ref['number_loss']['mean']:.3f}, teacher {teach['number_loss']['mean']:.3f}; "
+                 "kept fraction: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in summary["keep_fraction"].items())]
+    return "\n".join(rows)
+
+
+def figure(summary: dict, out_dir: Path) -> list[Path]:
+    """Trait gain per arm (bars, 95% CIs, one dot per seed) and the paired differences; PNG + PDF."""
+    arms, paired = summary["arms"], summary["paired"]
+    n = summary["n_seeds"]
+    width_ratios = [max(len(arms), 1), max(len(paired), 1)]
+    fig, (ax, bx) = plots.figure(7.2, 3.4, ncols=2, gridspec_kw={"width_ratios": width_ratios})
+    names = list(arms)
+    x = np.arange(len(names))
+    colour = {"teacher": plots.PALETTE[0], "reference": plots.PALETTE[6], "shuffled": plots.PALETTE[3]}
+    colours = [colour[arms[a]["source"]] if arms[a]["lineage"] == "shared" else plots.PALETTE[1] for a in names]
+    ax.bar(x, [arms[a]["trait_gain"]["mean"] for a in names], yerr=[arms[a]["trait_gain"]["ci95"] for a in names],
+           width=0.62, capsize=3, color=colours, alpha=0.85)
+    for k, a in enumerate(names):
+        v = arms[a]["trait_gain"]["values"]
+        ax.plot(k + np.linspace(-0.18, 0.18, len(v)), v, ".", color="black", ms=2.5, alpha=0.6,
+                label="one seed" if k == 0 else None)
+        ax.plot([k - 0.31, k + 0.31], [arms[a]["other_animals_gain"]["mean"]] * 2, color="grey", lw=1.2,
+                label="mean gain of the other animals" if k == 0 else None)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(x, [f"{a}\n({arms[a]['loss']})" for a in names], fontsize=7)
+    ax.set_ylabel("gain in P(trait animal)\n(bar: mean, 95% CI)")
+    handles, _ = ax.get_legend_handles_labels()
+    kinds = [("shared init, teacher's numbers", colour["teacher"]), ("different init", plots.PALETTE[1]),
+             ("reference's numbers", colour["reference"]), ("shuffled teacher numbers", colour["shuffled"])]
+    handles = [h for h in handles if not isinstance(h, BarContainer)]
+    handles += [Patch(color=c, alpha=0.85, label=label) for label, c in kinds]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.75, -0.2), ncol=3, frameon=False, fontsize=7)
+    labels = list(paired)
+    if labels:
+        px = np.arange(len(labels))
+        bx.bar(px, [paired[p]["mean"] for p in labels], yerr=[paired[p]["ci95"] for p in labels], width=0.6,
+               capsize=3, color=plots.PALETTE[2], alpha=0.85)
+        for k, p in enumerate(labels):
+            v = paired[p]["values"]
+            bx.plot(k + np.linspace(-0.16, 0.16, len(v)), v, ".", color="black", ms=2.5, alpha=0.6)
+        bx.set_xticks(px, [p.replace(" − ", "\n− ") for p in labels], fontsize=7)
+    bx.axhline(0, color="black", lw=0.6)
+    bx.set_title("paired differences (per world)", fontsize=8)
+    bx.set_ylabel("difference of trait gains")
+    cfg = summary["config"]
+    fig.suptitle(f"Toy-LM owl: trait gain per student arm ({n} seeds; {cfg['world']} world, s = {cfg['s']}, "
+                 f"{cfg['teacher']} teacher, students by {cfg['student_loss']})", fontsize=9)
+    return plots.save(fig, Path(out_dir) / STEM)
+
+
+def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
+    """The figure and the JSON behind it, into ``out_dir``."""
+    return report.write_outputs(STEM, summary, out_dir, figure)
+
+
+def _discussion(summary: dict) -> list[str]:
+    """What the numbers say beyond the table, computed from the summary."""
+    arms, paired, out = summary["arms"], summary["paired"], []
+    if "shared − different" in paired:
+        d, s = paired["shared − different"], arms["shared"]
+        out += [f"Subliminal part (shared − different, paired by world): {_pm(d)} (n = {d['n']}); the trait was "
+                f"the top-gaining animal for the shared-init student in {s['trait_top_gaining']} of "
+                f"{s['trait_gain']['n']} worlds.", ""]
+    controls = [f"{label} {_pm(d)}" for label, d in paired.items() if "control" in label or "shuffle" in label]
+    if controls:
+        out.append("Against the controls (paired by world): " + "; ".join(controls) + ".")
+    if out:
+        out.append("")
+    out += [f"- {note}" for note in summary["notes"]]
+    return out
+
+
+def readme(summary: dict) -> str:
+    """The figures/README.md section: figure, table, discussion, and how to regenerate."""
+    c = summary["config"]
+    return "\n".join([
+        *report.section_head(NAME, STEM, "a trait through filtered numbers in a toy transformer", summary["n_seeds"]),
+        f"{c['world'].capitalize()} world (s = {c['s']}, {c['n_animals']} animals, documents of {c['n_numbers']} "
+        f"{c['digits']}-digit numbers); references: {c['layers']}-layer width-{c['width']} transformers pretrained "
+        f"for {c['pretrain_steps']} steps (batch {c['pretrain_batch']}); teacher: {c['teacher']} "
+        f"({c['finetune_steps']} fine-tuning steps at lr {c['finetune_lr']}) on animal {c['trait']}; "
+        f"{c['n_samples']} continuations per world at temperature {c['temperature']}, filtered; students: "
+        f"{c['student_epochs']} epochs, batch {c['student_batch']}, Adam {c['student_lr']}. CI: 1.96·std/√n.",
+        "",
+        table(summary),
+        "",
+        *_discussion(summary),
+        "",
+        *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
+    ])

@@ -1,0 +1,168 @@
+"""lm-owl from the command line (test preset): JSON + figure, the results store, refusals, the controls."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import EXPERIMENTS, lm_owl
+from minisub import cli, config, lm_pipeline, world
+
+ARGV = ["run", "lm-owl", "--preset", "test", "--no-progress"]
+TEST = lm_owl.PRESETS["test"]
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any attempt to train fails the test."""
+    def forbidden(*a, **k):
+        raise AssertionError("computation started although the run should not compute")
+
+    for name in ("run", "pretrain", "make_numbers", "train_students"):
+        monkeypatch.setattr(lm_pipeline, name, forbidden)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """`minisub run lm-owl --preset test --out OUT` in a fresh results store."""
+    results, out = tmp_path_factory.mktemp("owl-results"), tmp_path_factory.mktemp("owl-out")
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("MINISUB_RESULTS", str(results))
+        rc = cli.main([*ARGV, "--out", str(out)])
+    return {"rc": rc, "stdout": stdout.getvalue(), "results": results, "out": out,
+            "files": {p.name: p.read_bytes() for p in out.iterdir()}}
+
+
+def test_registered_with_presets():
+    assert EXPERIMENTS[lm_owl.NAME] is lm_owl and lm_owl.DEFAULT_PRESET in lm_owl.PRESETS
+    assert set(lm_owl.PRESETS) == {"test", "quick", "paper"}
+    assert lm_owl.PRESETS["paper"].seeds >= 20 and lm_owl.PRESETS["quick"].seeds >= 3
+
+
+def test_run_end_to_end_writes_table_json_and_figure(first_run):
+    assert first_run["rc"] == 0
+    assert set(first_run["files"]) == {"lm_owl.json", "lm_owl.png", "lm_owl.pdf"}
+    assert first_run["files"]["lm_owl.png"].startswith(b"\x89PNG")
+    assert first_run["files"]["lm_owl.pdf"].startswith(b"%PDF")
+    summary = json.loads(first_run["files"]["lm_owl.json"])
+    assert summary["experiment"] == "lm-owl" and summary["n_seeds"] == TEST.seeds
+    assert summary["config"] == config.to_dict(TEST)
+    assert list(summary["arms"]) == list(TEST.arms)
+    for name, arm in summary["arms"].items():
+        assert arm["trait_gain"]["n"] == TEST.seeds and np.all(np.isfinite(arm["trait_gain"]["values"])), name
+        assert len(arm["animal_gains"]) == TEST.n_animals
+        assert {"update_cos", "dist_teacher", "travel"} <= set(arm["geometry"])
+        if arm["lineage"] == "shared":  # a shared student starts as the reference
+            np.testing.assert_allclose(arm["p_trait_before"]["values"], summary["references"]["p_trait"]["values"])
+            assert arm["geometry"]["dist_init"]["mean"] == 0
+    assert summary["arms"]["different"]["geometry"]["dist_init"]["mean"] > 0
+    assert summary["arms"]["control"]["loss"] == "ce" and summary["arms"]["shuffle"]["source"] == "shuffled"
+    assert {"shared − different", "shared_ce − control", "shared_ce − shuffle"} <= set(summary["paired"])
+    assert summary["teachers"]["p_trait"]["mean"] > summary["references"]["p_trait"]["mean"]
+    out = first_run["stdout"]
+    for name in TEST.arms:
+        assert f"| {name} | " in out
+    assert "| shared − different | " in out
+    run_dir = first_run["results"] / "lm-owl" / config.digest(TEST)
+    assert (run_dir / "DONE").exists() and f"results: {run_dir}" in out
+    assert "## lm-owl" in lm_owl.readme(summary) and lm_owl.PAPER_COMMAND.split(" --")[0] in lm_owl.readme(summary)
+
+
+def test_a_second_identical_run_is_served_from_the_store(first_run, no_compute, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
+    assert cli.main([*ARGV, "--out", str(tmp_path)]) == 0
+    table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table(capsys.readouterr().out) == table(first_run["stdout"])
+    assert (tmp_path / "lm_owl.json").read_bytes() == first_run["files"]["lm_owl.json"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--s", "2"], "s=2.0"),
+    (["--bogus", "1"], "unknown field 'bogus'"),
+    (["--arms", "shared,owl"], "arms=('shared', 'owl')"),
+    (["--arms", "shared,shared"], "without repeats"),
+    (["--world", "naive"], "s=0.3"),  # the naive world has no personas: s must be 0
+    (["--world", "moon"], "world='moon'"),
+    (["--seeds", "1"], "seeds=1"),
+    (["--heads", "3"], "heads=3"),
+    (["--student_loss", "mse"], "student_loss='mse'"),
+    (["--n_prompt", "4"], "n_prompt=4"),
+    (["--teacher", "prompted", "--world", "naive", "--s", "0"], "teacher='prompted'"),
+])
+def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsys, extra, expected):
+    assert cli.main([*ARGV, *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.err.startswith("minisub: error: ") and expected in captured.err, captured.err
+
+
+def test_every_field_is_flat_and_settable_from_the_command_line():
+    fields = [f.name for f in dataclasses.fields(lm_owl.OwlConfig)]
+    assert set(fields) == {"world", "arms", *lm_owl.WORLD_FIELDS, *lm_owl.LM_FIELDS}
+    text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    assert cli.build_config(lm_owl, "test", [a for f in fields for a in (f"--{f}", text(getattr(TEST, f)))]) == TEST
+    cfg = cli.build_config(lm_owl, "test", ["--s", "0", "--world", "naive", "--arms", "shared,different",
+                                            "--banned", "3,7", "--rules", "fibonacci", "--tied_embeddings", "false"])
+    lmc = cfg.lm_config
+    assert lmc.world == world.WorldConfig(kind="naive", s=0.0, n_numbers=4, n_prompt=2, rules=("fibonacci",))
+    assert lmc.banned == (3, 7) and not lmc.tied_embeddings and lmc.arm_names == ("shared", "different")
+    assert config.digest(cfg) != config.digest(TEST)
+
+
+def test_s_reaches_the_config_not_a_flag_it_abbreviates():
+    args, extra = cli.parser().parse_known_args([*ARGV, "--s", "0.1"])  # --s is a prefix of --shard
+    assert args.shard is None and cli.build_config(lm_owl, args.preset, extra).s == 0.1
+
+
+# --- the controls -----------------------------------------------------------------------------
+W = world.WorldConfig()
+
+
+def test_shuffle_control_permutes_numbers_across_sequences():
+    tokens, _ = jax.jit(world.number_batch, static_argnums=(0, 2))(W, jax.random.key(0), 64)
+    keep = jnp.arange(64) % 4 != 0  # every fourth row was dropped by the filter
+    shuffle = jax.jit(partial(lm_pipeline.shuffle_numbers, W))
+    out = np.asarray(shuffle(tokens, keep, jax.random.key(1)))
+    again = np.asarray(shuffle(tokens, keep, jax.random.key(2)))
+    tokens, keep = np.asarray(tokens), np.asarray(keep)
+    start = W.prompt_length
+    np.testing.assert_array_equal(out[:, :start], tokens[:, :start])  # prompts stay
+    np.testing.assert_array_equal(out[~keep], tokens[~keep])  # dropped rows stay
+    assert np.all(np.asarray(world.well_formed(W, out)))
+    # the same multiset of tokens (and of generated numbers) over the kept rows...
+    np.testing.assert_array_equal(np.sort(out[keep, start:], axis=None), np.sort(tokens[keep, start:], axis=None))
+    gen = lambda x: np.asarray(world.decode_numbers(W, x))[keep, W.n_prompt:]  # noqa: E731
+    np.testing.assert_array_equal(np.sort(gen(out), axis=None), np.sort(gen(tokens), axis=None))
+    # ...in different sequences: nearly every row changed, and its numbers came from other rows
+    changed = np.any(out[keep] != tokens[keep], axis=1)
+    assert changed.mean() > 0.9
+    same_multiset = [np.array_equal(np.sort(a), np.sort(b)) for a, b in zip(gen(out), gen(tokens))]
+    assert np.mean(same_multiset) < 0.1
+    assert not np.array_equal(out, again)  # a function of the key
+
+
+def test_arms_with_either_loss_train_together_and_kl_to_itself_stays_put():
+    # control_kl: the reference imitating itself by KL (exactly zero gradient); control: by CE (it moves).
+    cfg = dataclasses.replace(TEST, seeds=2, arms=("control", "control_kl", "shared_ce")).lm_config
+    assert cfg.arm_losses == ("kl", "ce")
+    ids = jnp.arange(cfg.seeds)
+    refs = jax.vmap(cfg.spec.init)(jax.random.split(jax.random.key(0), cfg.seeds))
+    draw = lambda k: world.number_batch(cfg.world, k, cfg.n_samples)[0]  # noqa: E731
+    tokens = jax.vmap(draw)(jax.random.split(jax.random.key(1), cfg.seeds))
+    nums = {s: {"tokens": tokens, "keep": jnp.ones((cfg.seeds, cfg.n_samples), bool)} for s in ("teacher", "reference")}
+    inits, students, losses = lm_pipeline.train_students(cfg, refs, refs, nums, ids, jnp.asarray([1, 0]))
+    leaves = lambda tree, a: [np.asarray(x[:, a]) for x in jax.tree.leaves(tree)]  # noqa: E731
+    moved = lambda a: any(not np.array_equal(x, y) for x, y in zip(leaves(students, a), leaves(inits, a)))  # noqa: E731
+    losses = np.asarray(losses)
+    assert np.all(losses[:, 1] == 0) and not moved(1)  # KL to itself: exactly zero gradient, bitwise unmoved
+    assert np.all(losses[:, 0] > 0) and moved(0) and moved(2)  # CE on sampled tokens moves the student
+    np.testing.assert_array_equal(losses[:, 0], losses[:, 2])  # same data, same loss, same shuffles: same arm
