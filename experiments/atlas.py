@@ -53,16 +53,23 @@ def _pair(family: str, base, value, readout=None, **fields) -> list[sweep.Point]
     return [sweep.Point(family, arm.name, value, _with(base, arm, **fields), readout) for arm in (SHARED, DIFFERENT)]
 
 
-OTHER_ARCHITECTURES = {  # label: the student's network fields (the teacher keeps the recipe's)
-    "other width (128, 128)": {"student_hidden": (128, 128)},
-    "other depth (256, 256, 256)": {"student_hidden": (256, 256, 256)},
-    "other activation (tanh)": {"student_activation": "tanh"},
-}
-# Brockers et al.'s setting: another architecture whose output head is the teacher's init.
-SHARED_HEAD_ARCHITECTURES = {
-    "other depth (256, 256, 256), shared head": {"student_hidden": (256, 256, 256)},
-    "other activation (tanh), shared head": {"student_activation": "tanh"},
-}
+def other_architectures(base) -> dict[str, tuple[str, dict]]:
+    """label: (lineage, the student's network fields); the teacher keeps the recipe's network.
+
+    The '... shared head' rows are Brockers et al.'s setting: another architecture whose output
+    head is the teacher's init (the last hidden width agrees).
+    """
+    h = base.hidden
+    wider, deeper = tuple(max(1, w // 2) for w in h), (*h, h[-1])
+    return {
+        f"other width {wider}": ("other_architecture", {"student_hidden": wider}),
+        f"other depth {deeper}": ("other_architecture", {"student_hidden": deeper}),
+        "other activation (tanh)": ("other_architecture", {"student_activation": "tanh"}),
+        f"other depth {deeper}, shared head": ("other_architecture(head=shared)", {"student_hidden": deeper}),
+        "other activation (tanh), shared head": ("other_architecture(head=shared)", {"student_activation": "tanh"}),
+    }
+
+
 LINEAGE_ROWS = (
     "shared", "different", "interpolated(alpha=0.5)", "perturbed(sigma=0.1, part=all)",
     "perturbed(sigma=0.1, part=hidden)", "perturbed(sigma=0.1, part=head)", "shared_head", "shared_hidden",
@@ -85,11 +92,8 @@ LOSSES = ("kl", "mse")
 
 def fam_lineages(base):
     pts = [sweep.Point("lineages", "aux", row, _with(base, _aux(row.split("(")[0], row))) for row in LINEAGE_ROWS]
-    for label, fields in OTHER_ARCHITECTURES.items():
-        pts.append(sweep.Point("lineages", "aux", label, _with(base, _aux("other", "other_architecture"), **fields)))
-    for label, fields in SHARED_HEAD_ARCHITECTURES.items():
-        arm = _aux("other_head", "other_architecture(head=shared)")
-        pts.append(sweep.Point("lineages", "aux", label, _with(base, arm, **fields)))
+    for label, (text, fields) in other_architectures(base).items():
+        pts.append(sweep.Point("lineages", "aux", label, _with(base, _aux("other", text), **fields)))
     return pts
 
 
@@ -226,19 +230,31 @@ def run(cfg: AtlasConfig, *, command: str, execution: runner.Execution | None = 
     for family in cfg.families:
         points = cfg.points(family)
         records = sweep.run(points, cache, mnist.load_cached, ex)
-        if len(records) < len(points):
-            return None, cache.directory
+        if len(records) < len(points) and (ex.compute or not records):
+            if ex.compute:
+                return None, cache.directory  # other shards still compute some of its points
+            continue
         families[family] = {
             "command": f"minisub run {NAME} --preset paper --family {family} --out figures"
             if cfg.base == "paper" and cfg.seeds == 20 else command,
             "n_seeds": min(r["n_seeds"] for r in records),
             "points": records,
+            # `minisub merge atlas` assembles what is stored: a family may still miss points
+            "missing_points": len(points) - len(records),
         }
+    if not families:
+        return None, cache.directory
     summary = {"experiment": NAME, "command": command, "base": cfg.base,
                "ci": "95% normal CI over seeds: 1.96 * sample std / sqrt(n)",
                "recipe": config_lib.to_dict(cfg.recipe()) | {"arms": None},
                "families": families, "provenance": store.provenance()}
     return summary, cache.directory
+
+
+def pending(cfg: AtlasConfig, directory: Path) -> str:
+    """What to say when no family is complete (other shards computing, or nothing stored to merge)."""
+    return (f"{NAME}: no family of {', '.join(cfg.families)} has stored points yet in {directory}; compute them with: "
+            f"minisub run {NAME} --preset paper --family {cfg.family}")
 
 
 def merge_into(summary: dict, path: Path) -> dict:
@@ -390,13 +406,15 @@ def readme(summary: dict) -> str:
            "aux-only student, task = its last-epoch distillation loss; mean ± 95% CI (1.96·std/√n) over seeds,",
            "differences paired by seed. Numbers: [atlas.json](atlas.json).", "",
            hypothesis_table(summary), ""]
-    todo = [f for f in FAMILIES if f not in summary["families"]]
+    todo = [f for f in FAMILIES if f not in summary["families"] or summary["families"][f].get("missing_points")]
     if todo:
-        out += [f"Families not computed yet: {', '.join(todo)}. `{PAPER_COMMAND}` computes them, reusing every "
+        out += [f"Families not (fully) computed yet: {', '.join(todo)}. `{PAPER_COMMAND}` computes them, reusing every "
                 "committed point.", ""]
     for family, fam in summary["families"].items():
         stem = f"{STEM}_{family}"
-        out += [f"### {family}: {TITLES.get(family, family)}", "",
+        missing = fam.get("missing_points", 0)
+        out += [f"### {family}: {TITLES.get(family, family)}" + (f" ({missing} points still to compute)" if missing
+                                                                  else ""), "",
                 f"![{family}]({stem}.png) ([PDF]({stem}.pdf))", "",
                 table({"families": {family: fam}}), *(layer_table(fam) if family == "lineages" else []),
                 f"Recompute: `{fam['command']}`", ""]
@@ -580,24 +598,27 @@ def _h_matched(f):
             or g["mean"] < 0.02 else "matching the function brings part of the transfer back")
 
 
+def _architectures(f, shared_head: bool) -> list[dict]:
+    return [r for r in f.get("lineages", {}).get("points", [])
+            if str(r["value"]).startswith("other ") and str(r["value"]).endswith("shared head") == shared_head]
+
+
 def _h_architecture(f):
-    d = _find(f, "lineages", "different")
-    rows = [_find(f, "lineages", label) for label in OTHER_ARCHITECTURES]
-    if not (d and all(rows)):
+    d, rows = _find(f, "lineages", "different"), _architectures(f, shared_head=False)
+    if not (d and rows):
         return None
-    cells = "; ".join(f"{label}: {_pm(r['accuracy'])}" for label, r in zip(OTHER_ARCHITECTURES, rows))
+    cells = "; ".join(f"{r['value']}: {_pm(r['accuracy'])}" for r in rows)
     ok = all(abs(r["accuracy"]["mean"] - r["reference"]["mean"]) < 0.03 for r in rows)
     return cells, "supported: no transfer to another architecture" if ok else "some transfer across architectures"
 
 
 def _h_architecture_head(f):
-    d = _find(f, "lineages", "different")
-    rows = [_find(f, "lineages", label) for label in SHARED_HEAD_ARCHITECTURES]
-    if not (d and all(rows)):
+    d, rows = _find(f, "lineages", "different"), _architectures(f, shared_head=True)
+    if not (d and rows):
         return None
     gains = [gain(r, d) for r in rows]
-    cells = "; ".join(f"{label}: {_pm(r['accuracy'])} ({_signed(g)} over different-init)"
-                      for label, r, g in zip(SHARED_HEAD_ARCHITECTURES, rows, gains))
+    cells = "; ".join(f"{r['value']}: {_pm(r['accuracy'])} ({_signed(g)} over different-init)"
+                      for r, g in zip(rows, gains))
     return cells, ("supported: a shared head carries the trait across architectures" if all(_sign(g) > 0 and
                    g["mean"] > 0.1 for g in gains) else "not supported here: a shared head alone does not carry it")
 

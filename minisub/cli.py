@@ -76,6 +76,9 @@ def _run(args, extra, compute: bool) -> int:
     # such as --block, --shard or --out change where and how, never what).
     command = f"minisub run {module.NAME} --preset {args.preset} " + " ".join(shlex.quote(a) for a in extra)
     summary, directory = module.run(cfg, command=command.strip(), execution=execution)
+    if summary is None and hasattr(module, "pending"):
+        print(module.pending(cfg, directory))
+        return 0 if compute else 1
     if summary is None:
         from minisub.runner import missing_seeds
 

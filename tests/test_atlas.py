@@ -95,3 +95,24 @@ def test_atlas_end_to_end_writes_json_figure_and_redraws(tmp_path, capsys):
     (out / "atlas_alpha.png").unlink()
     assert cli.main(["figures", "atlas", "--dir", str(out)]) == 0
     assert (out / "atlas_alpha.png").read_bytes() == before
+
+
+def test_merge_assembles_stored_points_without_computing(tmp_path, capsys, monkeypatch):
+    """`minisub merge atlas` writes every family that has stored points, partial ones marked, training nothing."""
+    from minisub import runner
+
+    out = tmp_path / "figs"
+    assert cli.main(["merge", "atlas", "--preset", "test", "--family", "alpha", "--out", str(out)]) == 1
+    assert "no family" in capsys.readouterr().out
+    assert cli.main(["run", "atlas", "--preset", "test", "--family", "loss", "--out", str(out), "--no-progress"]) == 0
+
+    def forbidden(*a, **k):
+        raise AssertionError("merge must not train")
+
+    monkeypatch.setattr(runner, "run_block", forbidden)
+    (out / "atlas.json").unlink()
+    assert cli.main(["merge", "atlas", "--preset", "test", "--family", "all", "--out", str(out)]) == 0
+    families = json.loads((out / "atlas.json").read_text())["families"]
+    # the loss family is complete; the inputs family shares its uniform-noise (baseline) points
+    assert families["loss"]["missing_points"] == 0
+    assert 0 < families["inputs"]["missing_points"] < len(atlas.INPUTS) * 2
