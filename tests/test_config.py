@@ -23,7 +23,7 @@ from minisub.pipeline import PAPER_ARMS, Arm, AuxConfig
     (dict(n_noise=100, student_batch=101), "student_batch", "[1, 100]"),
     (dict(n_train=100, teacher_batch=200), "teacher_batch", "[1, 100]"),
     (dict(n_train=60001), "n_train", "[1, 60000]"),
-    (dict(noise="pink"), "noise", "'uniform', 'gaussian', 'zeros'"),
+    (dict(noise="pink"), "noise", "'uniform', 'gaussian', 'blurred', 'zeros', 'mnist'"),
     (dict(loss="hinge"), "loss", "'kl'"),
     (dict(activation="swish"), "activation", "'relu'"),
     (dict(init="xavier"), "init", "'normal_fan_in'"),
@@ -32,7 +32,7 @@ from minisub.pipeline import PAPER_ARMS, Arm, AuxConfig
     (dict(hidden=()), "hidden", "widths >= 1"),
     (dict(hidden=(16, 0)), "hidden", "widths >= 1"),
     (dict(arms=()), "arms", "at least one"),
-    (dict(arms=(Arm("x", "cousin", "aux"),)), "arms.lineage", "'shared', 'different'"),
+    (dict(arms=(Arm("x", "cousin", "aux"),)), "lineage", "'shared', 'different', 'interpolated'"),
     (dict(arms=(Arm("x", "shared", "some"),)), "arms.outputs", "'aux', 'class', 'all'"),
     (dict(seeds=1), "seeds", ">= 2 when an arm starts from another seed's init"),
 ])
@@ -135,7 +135,11 @@ ALTERNATIVES = dict(
     n_noise=59_999, noise="gaussian", student_epochs=6, student_lr=1e-3, student_batch=512,
     student_optimizer="sgd", loss="mse", temperature=2.0, arms=PAPER_ARMS[:2],
     trace_every=5, trait_batch=512, n_probe=500, projection="trait",
+    student_hidden=(128, 128), student_activation="tanh", match_epochs=3,
 )
+# Fields whose alternative is only valid together with others.
+OTHER_NETWORK = (Arm("other", "other_architecture", "aux"),)
+COUPLED = {"student_hidden": dict(arms=OTHER_NETWORK), "student_activation": dict(arms=OTHER_NETWORK)}
 
 
 def test_digest_changes_when_any_field_changes():
@@ -144,7 +148,7 @@ def test_digest_changes_when_any_field_changes():
     base = AuxConfig()
     digests = {"<default>": config.digest(base)}
     for name in fields:
-        changed = dataclasses.replace(base, **{name: ALTERNATIVES[name]})
+        changed = dataclasses.replace(base, **{name: ALTERNATIVES[name], **COUPLED.get(name, {})})
         assert getattr(changed, name) != getattr(base, name)
         digests[name] = config.digest(changed)
     assert len(set(digests.values())) == len(digests), digests
@@ -159,4 +163,5 @@ def test_digest_sees_inside_the_arms():
 
 def test_to_dict_is_json_plain():
     d = config.to_dict(AuxConfig())
-    assert d["hidden"] == [256, 256] and d["arms"][0] == {"name": "student_aux", "lineage": "shared", "outputs": "aux"}
+    assert d["hidden"] == [256, 256] and d["arms"][0] == {
+        "name": "student_aux", "lineage": "shared", "outputs": "aux", "lr": None, "liminal": 0.0, "committee": 1}
