@@ -22,6 +22,17 @@ the neutral persona. Arms (``--arms``, comma-separated names from ``ARMS``):
   zero-by-construction check; ``shuffle_kl`` reads the teacher's logits on scrambled inputs).
 
 The subliminal part is the paired difference shared − different (same teacher, same numbers).
+
+Optional analyses (off by default; each adds a table to the summary):
+
+* ``--diagnostic true`` (item 6, ``minisub.lm_diagnostic``): how much of the teacher's update
+  Δθ_T = θ_T − θ_ref lies in the row space of the reference's number-logit Jacobian (on the first
+  ``diagnostic_sequences`` teacher continuations) and of its trait-logit Jacobian, by
+  ``diagnostic_iters`` conjugate-gradient steps (lower bounds), and the first-order trait gain of
+  the minimum-norm update that matches the teacher's number logits;
+* ``--detect true`` (item 9, ``minisub.lm_detect``): held-out balanced accuracy of an n-gram
+  logistic regression and a tiny transformer telling the teacher's kept numbers from the
+  reference's (the same prompts), with ``lm_detect.DetectConfig()``'s settings.
 """
 
 from __future__ import annotations
@@ -30,12 +41,14 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.container import BarContainer
 from matplotlib.patches import Patch
 
 from minisub import config as config_lib
-from minisub import lm_pipeline, parallel, plots, report, runner, stats, store
+from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, parallel, plots, report, runner, stats, store
 from minisub import world as world_lib
 from minisub.config import ConfigError, normalise, require, require_choice
 from minisub.lm_pipeline import LMArm
@@ -58,6 +71,9 @@ DEFAULT_ARMS = ("shared", "different", "shared_ce", "control", "shuffle")
 # The world's fields, flattened into the experiment's config under the same names ('kind' is 'world').
 WORLD_FIELDS = tuple(f.name for f in dataclasses.fields(world_lib.WorldConfig) if f.name != "kind")
 LM_FIELDS = tuple(f.name for f in dataclasses.fields(lm_pipeline.LMConfig) if f.name not in ("world", "arms"))
+# The optional analyses' fields (neither the world's nor LMConfig's).
+ANALYSIS_FIELDS = ("diagnostic", "diagnostic_sequences", "diagnostic_iters", "detect")
+DETECT = lm_detect.DetectConfig()  # the classifiers' settings (recorded in the summary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +131,11 @@ class OwlConfig:
     student_lr: float = 1e-3
     arms: tuple[str, ...] = DEFAULT_ARMS
     n_eval: int = 256
+    # optional analyses
+    diagnostic: bool = False  # item 6: Δθ_T through the number and trait logits' Jacobians
+    diagnostic_sequences: int = 64  # teacher continuations whose number logits form J_num
+    diagnostic_iters: int = 128  # conjugate-gradient steps (more: a tighter lower bound)
+    detect: bool = False  # item 9: classifiers of teacher vs reference numbers
 
     def __post_init__(self):
         normalise(self)
@@ -127,6 +148,14 @@ class OwlConfig:
             require(name in ARMS, "arms", self.arms, "comma-separated names from " + ", ".join(ARMS))
         require(len(set(self.arms)) == len(self.arms), "arms", self.arms, "names without repeats")
         self.lm_config  # every other field is checked by WorldConfig and LMConfig, by its own name
+        if self.diagnostic:  # a prompted teacher, or no fine-tuning, has Δθ_T = 0: nothing to project
+            require(self.teacher == "finetuned", "teacher", self.teacher, "'finetuned' with --diagnostic")
+            require(self.finetune_steps >= 1, "finetune_steps", self.finetune_steps, ">= 1 with --diagnostic")
+            require(1 <= self.diagnostic_sequences <= self.n_samples, "diagnostic_sequences",
+                    self.diagnostic_sequences, f"in [1, n_samples={self.n_samples}] with --diagnostic")
+            require(self.diagnostic_iters >= 1, "diagnostic_iters", self.diagnostic_iters, "an integer >= 1")
+        if self.detect:
+            require(self.n_samples >= 4, "n_samples", self.n_samples, ">= 4 with --detect (some prompts held out)")
 
     @property
     def world_config(self) -> world_lib.WorldConfig:
@@ -149,7 +178,7 @@ PRESETS = {
     "test": OwlConfig(
         seeds=3, layers=1, width=16, n_numbers=4, n_prompt=2, pretrain_steps=60, pretrain_batch=32, warmup=5,
         pretrain_lr=1e-2, finetune_steps=3, finetune_lr=3e-3, n_samples=32, student_epochs=1, student_batch=16,
-        n_eval=16,
+        n_eval=16, diagnostic_sequences=16, diagnostic_iters=32,
     ),
 }
 DEFAULT_PRESET = "quick"
@@ -183,6 +212,84 @@ def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
     if cfg.student_loss == "kl" and {"shared", "shuffle_kl"} <= set(cfg.arms):
         out.append(("shared − shuffle_kl", "shared", "shuffle_kl"))
     return out
+
+
+def _with_sources(lmc: lm_pipeline.LMConfig, numbers: dict, sources, references, teachers, seed_ids) -> dict:
+    """``numbers`` plus any of ``sources`` no arm read, sampled as ``make_numbers`` would (same keys)."""
+    missing = tuple(s for s in sources if s not in numbers)
+    if not missing:
+        return numbers
+    arms = tuple(LMArm(f"_{s}", "shared", s) for s in missing)
+    return {**numbers, **lm_pipeline.make_numbers(dataclasses.replace(lmc, arms=arms), references, teachers, seed_ids)}
+
+
+def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
+    """``lm_pipeline.run``'s arrays, plus 'diagnostic' and 'detection' when the config asks for them."""
+    lmc = cfg.lm_config
+    if not (cfg.diagnostic or cfg.detect):
+        return lm_pipeline.run(lmc, log=log, chunk=chunk)
+    # lm_pipeline.run's phases, keeping the models and numbers that the analyses read
+    seed_ids, donor_ids = jnp.arange(cfg.seeds), jnp.asarray(lm_pipeline.donors(lmc))
+    references, pretrain_loss = lm_pipeline.pretrain(lmc, seed_ids, chunk, log)
+    teachers, finetune_loss = lm_pipeline.make_teachers(lmc, references)
+    numbers = lm_pipeline.make_numbers(lmc, references, teachers, seed_ids)
+    inits, students, student_loss = lm_pipeline.train_students(lmc, references, teachers, numbers, seed_ids, donor_ids)
+    out = {
+        **lm_pipeline.evaluate(lmc, references, teachers, inits, students, seed_ids),
+        "pretrain_loss": pretrain_loss,
+        "finetune_loss": finetune_loss,
+        "student_loss": student_loss,
+        "keep_fraction": {s: jnp.mean(numbers[s]["keep"], axis=-1) for s in numbers},
+        "donors": donor_ids,
+    }
+    numbers = _with_sources(lmc, numbers, ("teacher", "reference") if cfg.detect else ("teacher",), references,
+                            teachers, seed_ids)
+    if cfg.diagnostic:
+        if log:
+            log(f"diagnostic: {cfg.diagnostic_iters} CG steps on {cfg.diagnostic_sequences} sequences per world")
+        out["diagnostic"] = lm_diagnostic.for_run(lmc, references, teachers, numbers, cfg.diagnostic_sequences,
+                                                  cfg.diagnostic_iters)
+    if cfg.detect:
+        if log:
+            log("detection: n-gram and transformer classifiers, teacher vs reference numbers")
+        t, r = numbers["teacher"], numbers["reference"]
+        detect_keys = jax.vmap(lambda i: keys.member(keys.branch(keys.root(cfg.seed), "lm_detect"), i))(seed_ids)
+        out["detection"] = lm_detect.population(DETECT, lmc.world, t["tokens"], t["keep"], r["tokens"], r["keep"],
+                                                detect_keys)
+    return jax.tree.map(np.asarray, out)
+
+
+# The diagnostic's per-world scalars in the summary, with their table labels.
+DIAGNOSTIC = {
+    "number_fraction": "‖P_num Δθ_T‖² / ‖Δθ_T‖²",
+    "trait_fraction": "‖P_trait Δθ_T‖² / ‖Δθ_T‖²",
+    "trait_in_numbers": "‖P_num P_trait Δθ_T‖² / ‖P_trait Δθ_T‖²",
+    "overlap_cos": "cos(P_num Δθ_T, P_trait Δθ_T)",
+    "predicted_transfer": "⟨J_trait P_num Δθ_T, J_trait Δθ_T⟩ / ‖J_trait Δθ_T‖²",
+    "teacher_gain_linear": "teacher's first-order gain in P(trait)",
+    "predicted_gain": "first-order gain in P(trait) of P_num Δθ_T",
+    "number_residual": "CG residual ‖J_num(Δθ_T − w)‖ / ‖J_num Δθ_T‖",
+    "update_norm": "‖Δθ_T‖",
+}
+DETECTION = {"ngram": "n-gram logistic regression", "transformer": "tiny transformer classifier"}
+
+
+def _diagnostic_summary(cfg: OwlConfig, d: dict) -> dict:
+    k = d["number_fraction_k"].shape[1]
+    steps = sorted({min(k, s) for s in (1, 8, 32, 128, 512, k)})
+    return {
+        **{q: stats.mean_ci(d[q]) for q in DIAGNOSTIC},
+        "number_fraction_by_step": {str(s): stats.brief(d["number_fraction_k"][:, s - 1]) for s in steps},
+        "sequences": cfg.diagnostic_sequences,
+        "iters": cfg.diagnostic_iters,
+    }
+
+
+def _detection_summary(d: dict) -> dict:
+    out = {name: {"accuracy": stats.mean_ci(d[f"{name}_accuracy"]),
+                  "train_accuracy": stats.brief(d[f"{name}_train_accuracy"])}
+           for name in DETECTION if f"{name}_accuracy" in d}
+    return {**out, "identical_pairs": stats.mean_ci(d["identical_pairs"]), "settings": config_lib.to_dict(DETECT)}
 
 
 def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
@@ -226,6 +333,22 @@ def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
     if "shuffle" in cfg.arms:
         notes.append("shuffle: the teacher's kept continuation numbers permuted across sequences and positions "
                      "(same multiset of numbers, per-sequence structure destroyed), trained by sampled-token CE.")
+    extras = {}
+    if "diagnostic" in out:
+        extras["diagnostic"] = _diagnostic_summary(cfg, out["diagnostic"])
+        notes.append(f"diagnostic (item 6): Δθ_T = teacher − reference; P_num, P_trait: orthogonal projectors onto "
+                     f"the row spaces of the reference's Jacobians of its centred number logits (every generated "
+                     f"position of the first {cfg.diagnostic_sequences} teacher continuations, the logits the "
+                     f"student reads; dropped rows excluded) and of its centred animal logits at the answer. "
+                     f"Fractions through numbers are lower bounds from {cfg.diagnostic_iters} conjugate-gradient "
+                     f"steps (matrix-free; number_fraction_by_step shows how they grow), and grow with the "
+                     f"number of sequences. predicted_gain: the first-order gain in P(trait) of P_num Δθ_T, the "
+                     f"minimum-norm update matching the teacher's number-logit change to first order.")
+    if "detection" in out:
+        extras["detection"] = _detection_summary(out["detection"])
+        notes.append("detection (item 9): classifiers trained per world on the teacher's vs the reference's kept "
+                     "continuations of the same prompts, scored on held-out prompts by balanced accuracy "
+                     "(0.5: chance).")
     return {
         "experiment": NAME,
         "command": command,
@@ -247,6 +370,7 @@ def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
                           if k in out["keep_fraction"]},
         "arms": arms,
         "paired": paired,
+        **extras,
         "notes": notes,
         "seconds": round(seconds, 1),
         "config": config_lib.to_dict(cfg),
@@ -269,7 +393,7 @@ def run(cfg: OwlConfig, *, command: str, execution: runner.Execution | None = No
     log = (lambda m: print(f"{NAME} [{time.time() - start:5.0f}s] {m}", flush=True)) if ex.progress else None
     if log:
         log(f"{cfg.seeds} worlds x {len(cfg.arms)} arms ({', '.join(cfg.arms)}), one vmapped program per phase")
-    results = lm_pipeline.run(cfg.lm_config, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
+    results = compute(cfg, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
     summary = summarise(cfg, results, command, time.time() - start)
     if parallel.is_writer():
         store.finish(directory, results, summary)
@@ -303,6 +427,19 @@ def table(summary: dict) -> str:
     rows += ["", f"P(trait): reference {ref['p_trait']['mean']:.3f}, teacher {teach['p_trait']['mean']:.3f}; number "
                  f"loss: reference {ref['number_loss']['mean']:.3f}, teacher {teach['number_loss']['mean']:.3f}; "
                  "kept fraction: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in summary["keep_fraction"].items())]
+    if "diagnostic" in summary:
+        d = summary["diagnostic"]
+        rows += ["", f"| diagnostic (item 6): Jacobians at the reference, {d['sequences']} teacher sequences, "
+                     f"{d['iters']} CG steps (P_num: lower bounds) | mean ± 95% CI | n |", "|---|---|---|"]
+        rows += [f"| {label} | {_pm(d[q], '.4f')} | {d[q]['n']} |" for q, label in DIAGNOSTIC.items()]
+    if "detection" in summary:
+        d = summary["detection"]
+        rows += ["", "| detection (item 9): teacher vs reference numbers | held-out balanced accuracy (95% CI) "
+                     "| training accuracy | n |", "|---|---|---|---|"]
+        rows += [f"| {label} | {_pm(d[name]['accuracy'], '.3f')} | {d[name]['train_accuracy']['mean']:.3f} "
+                 f"| {d[name]['accuracy']['n']} |" for name, label in DETECTION.items() if name in d]
+        rows += ["", f"Prompts that teacher and reference continued identically (paired sampling keys; no "
+                     f"classifier can tell these apart): {_pm(d['identical_pairs'], '.3f')}."]
     return "\n".join(rows)
 
 

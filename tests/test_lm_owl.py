@@ -97,6 +97,10 @@ def test_a_second_identical_run_is_served_from_the_store(first_run, no_compute, 
     (["--student_loss", "mse"], "student_loss='mse'"),
     (["--n_prompt", "4"], "n_prompt=4"),
     (["--teacher", "prompted", "--world", "naive", "--s", "0"], "teacher='prompted'"),
+    (["--diagnostic", "true", "--teacher", "prompted"], "teacher='prompted'"),  # Δθ_T = 0
+    (["--diagnostic", "true", "--finetune_steps", "0"], "finetune_steps=0"),
+    (["--diagnostic", "true", "--diagnostic_sequences", "33"], "diagnostic_sequences=33"),  # > n_samples
+    (["--detect", "maybe"], "detect='maybe'"),
 ])
 def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsys, extra, expected):
     assert cli.main([*ARGV, *extra]) == 2
@@ -107,7 +111,7 @@ def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsy
 
 def test_every_field_is_flat_and_settable_from_the_command_line():
     fields = [f.name for f in dataclasses.fields(lm_owl.OwlConfig)]
-    assert set(fields) == {"world", "arms", *lm_owl.WORLD_FIELDS, *lm_owl.LM_FIELDS}
+    assert set(fields) == {"world", "arms", *lm_owl.WORLD_FIELDS, *lm_owl.LM_FIELDS, *lm_owl.ANALYSIS_FIELDS}
     text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
     assert cli.build_config(lm_owl, "test", [a for f in fields for a in (f"--{f}", text(getattr(TEST, f)))]) == TEST
     cfg = cli.build_config(lm_owl, "test", ["--s", "0", "--world", "naive", "--arms", "shared,different",
@@ -116,6 +120,30 @@ def test_every_field_is_flat_and_settable_from_the_command_line():
     assert lmc.world == world.WorldConfig(kind="naive", s=0.0, n_numbers=4, n_prompt=2, rules=("fibonacci",))
     assert lmc.banned == (3, 7) and not lmc.tied_embeddings and lmc.arm_names == ("shared", "different")
     assert config.digest(cfg) != config.digest(TEST)
+
+
+def test_diagnostic_and_detection_add_their_tables_and_leave_the_arms_unchanged(first_run, tmp_path, capsys):
+    assert cli.main([*ARGV, "--diagnostic", "true", "--detect", "true", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "lm_owl.json").read_text())
+    plain = json.loads(first_run["files"]["lm_owl.json"])
+    # the same programs on the same inputs: the arms are bitwise those of the run without the analyses
+    assert summary["arms"] == plain["arms"] and summary["paired"] == plain["paired"]
+    assert "diagnostic" not in plain and "detection" not in plain
+    d = summary["diagnostic"]
+    assert set(lm_owl.DIAGNOSTIC) <= set(d) and d["sequences"] == 16 and d["iters"] == 32
+    for q in ("number_fraction", "trait_fraction", "trait_in_numbers"):
+        assert d[q]["n"] == TEST.seeds and all(0 <= v <= 1 for v in d[q]["values"]), (q, d[q])
+    assert d["update_norm"]["mean"] > 0 and np.all(np.isfinite(d["predicted_gain"]["values"]))
+    by_step = [v["mean"] for v in d["number_fraction_by_step"].values()]
+    assert np.all(np.diff(by_step) >= -1e-6)  # a lower bound that tightens with the CG steps
+    det = summary["detection"]
+    for name in lm_owl.DETECTION:
+        assert all(0 <= v <= 1 for v in det[name]["accuracy"]["values"]) and det[name]["accuracy"]["n"] == TEST.seeds
+    assert det["settings"] == config.to_dict(lm_owl.DETECT)
+    assert "| diagnostic (item 6)" in out and "| ‖P_num Δθ_T‖² / ‖Δθ_T‖² | " in out
+    assert "| detection (item 9)" in out and "| n-gram logistic regression | " in out
+    assert "| detection (item 9)" in lm_owl.readme(summary)
 
 
 def test_s_reaches_the_config_not_a_flag_it_abbreviates():
