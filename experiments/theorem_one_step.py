@@ -142,9 +142,7 @@ def available_inputs(cfg: TheoremConfig) -> tuple[tuple[str, ...], dict[str, str
 
 def donors(cfg: TheoremConfig) -> np.ndarray:
     """``donor[i]``: whose init a 'different' student of seed ``i`` starts from (a derangement, as pipeline.donors)."""
-    if cfg.seeds < 2:
-        return np.zeros(cfg.seeds, np.int32)
-    return lineage.derangement(keys.branch(keys.root(cfg.seed), "donor"), cfg.seeds).astype(np.int32)
+    return lineage.donors(cfg.seed, cfg.seeds, "donor")
 
 
 def _stream(cfg: TheoremConfig, name: str, i):

@@ -219,3 +219,10 @@ def derangement(key, n: int) -> np.ndarray:
         if not np.any(perm == np.arange(n)):
             return perm
     raise RuntimeError("no derangement found")  # pragma: no cover
+
+
+def donors(seed: int, seeds: int, stream: str = "donor") -> np.ndarray:
+    """``donor[i]``: whose init world ``i``'s other-init students take (a derangement; zeros below 2 seeds)."""
+    if seeds < 2:
+        return np.zeros(seeds, np.int32)
+    return derangement(keys.branch(keys.root(seed), stream), seeds).astype(np.int32)

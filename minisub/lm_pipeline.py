@@ -151,9 +151,7 @@ class LMConfig:
 
 def donors(cfg: LMConfig) -> np.ndarray:
     """``donor[i]``: whose reference a 'different' student of world ``i`` starts from (a derangement)."""
-    if cfg.seeds < 2:
-        return np.zeros(cfg.seeds, np.int32)
-    return lineage.derangement(keys.branch(keys.root(cfg.seed), "lm_donor"), cfg.seeds).astype(np.int32)
+    return lineage.donors(cfg.seed, cfg.seeds, "lm_donor")
 
 
 def _stream(cfg: LMConfig, name: str, i):

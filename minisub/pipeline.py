@@ -181,9 +181,7 @@ class AuxConfig:
 
 def donors(cfg: AuxConfig) -> np.ndarray:
     """``donor[i]``: whose init a student of world ``i`` takes when its lineage needs another one."""
-    if cfg.seeds < 2:
-        return np.zeros(cfg.seeds, np.int32)
-    return lineage.derangement(keys.branch(keys.root(cfg.seed), "donor"), cfg.seeds).astype(np.int32)
+    return lineage.donors(cfg.seed, cfg.seeds, "donor")
 
 
 def _stream(cfg: AuxConfig, name: str, i):
