@@ -2,6 +2,7 @@
 
 Run:     minisub run lm-owl [--preset quick|paper|test] [--seeds N] [--s 0.3] [--<field> VALUE ...]
 Paper:   minisub run lm-owl --preset paper --out figures     (24 seeds, ~25 min on 2 CPU cores)
+Regimes: minisub run lm-regime --preset paper --out figures  (this run with fields changed: experiments.lm_regime)
 Redraw:  minisub figures lm-owl                              (from figures/lm_owl.json alone)
 
 In each of ``seeds`` synthetic worlds (minisub.world) a reference transformer is pretrained on a
@@ -38,7 +39,6 @@ Optional analyses (off by default; each adds a table to the summary):
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import jax
@@ -48,9 +48,9 @@ from matplotlib.container import BarContainer
 from matplotlib.patches import Patch
 
 from minisub import config as config_lib
-from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, parallel, plots, report, runner, stats, store
+from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, plots, report, runner, stats, store
 from minisub import world as world_lib
-from minisub.config import ConfigError, normalise, require, require_choice
+from minisub.config import normalise, require, require_choice
 from minisub.lm_pipeline import LMArm
 
 NAME = "lm-owl"
@@ -66,7 +66,7 @@ ARMS = {
     "control_kl": LMArm("control_kl", "shared", "reference", "kl"),
     "shuffle_kl": LMArm("shuffle_kl", "shared", "shuffled", "kl"),
 }
-DEFAULT_ARMS = ("shared", "different", "shared_ce", "control", "shuffle")
+DEFAULT_ARMS = ("shared", "different", "shared_ce", "different_ce", "control", "shuffle")
 
 # The world's fields, flattened into the experiment's config under the same names ('kind' is 'world').
 WORLD_FIELDS = tuple(f.name for f in dataclasses.fields(world_lib.WorldConfig) if f.name != "kind")
@@ -168,9 +168,10 @@ class OwlConfig:
 
 
 PRESETS = {
-    # >= 20 seeds per arm, the quick recipe. Expected runtime: 6x the quick preset's compute (it
-    # grows linearly in seeds; pretraining is ~3/4 of it), about 25 minutes on 2 CPU cores.
-    "paper": OwlConfig(seeds=24),
+    # >= 20 seeds per arm, the quick recipe, with the diagnostic and the detection tables.
+    # Expected runtime: 6x the quick preset's compute (it grows linearly in seeds; pretraining is
+    # ~3/4 of it), about 25 minutes on 2 CPU cores; lm-regime's settings reuse its references.
+    "paper": OwlConfig(seeds=24, diagnostic=True, detect=True),
     # The probes' persona world at s = 0.3 (2-layer width-32 references, 2000 pretraining steps),
     # 4 seeds, five arms: 253 s measured on 2 CPU cores shared with another job.
     "quick": OwlConfig(seeds=4),
@@ -227,10 +228,10 @@ def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
     """``lm_pipeline.run``'s arrays, plus 'diagnostic' and 'detection' when the config asks for them."""
     lmc = cfg.lm_config
     if not (cfg.diagnostic or cfg.detect):
-        return lm_pipeline.run(lmc, log=log, chunk=chunk)
+        return lm_pipeline.run(lmc, log=log, chunk=chunk, cache=True)
     # lm_pipeline.run's phases, keeping the models and numbers that the analyses read
     seed_ids, donor_ids = jnp.arange(cfg.seeds), jnp.asarray(lm_pipeline.donors(lmc))
-    references, pretrain_loss = lm_pipeline.pretrain(lmc, seed_ids, chunk, log)
+    references, pretrain_loss = lm_pipeline.pretrain_cached(lmc, seed_ids, chunk, log)
     teachers, finetune_loss = lm_pipeline.make_teachers(lmc, references)
     numbers = lm_pipeline.make_numbers(lmc, references, teachers, seed_ids)
     inits, students, student_loss = lm_pipeline.train_students(lmc, references, teachers, numbers, seed_ids, donor_ids)
@@ -292,7 +293,7 @@ def _detection_summary(d: dict) -> dict:
     return {**out, "identical_pairs": stats.mean_ci(d["identical_pairs"]), "settings": config_lib.to_dict(DETECT)}
 
 
-def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
+def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
     """The JSON behind the figure: per arm trait before/after/gain, other animals, number task, geometry."""
     lmc, t = cfg.lm_config, cfg.trait
     others = np.arange(cfg.n_animals) != t
@@ -372,7 +373,6 @@ def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
         "paired": paired,
         **extras,
         "notes": notes,
-        "seconds": round(seconds, 1),
         "config": config_lib.to_dict(cfg),
         "provenance": store.provenance(),
     }
@@ -380,24 +380,13 @@ def summarise(cfg: OwlConfig, out: dict, command: str, seconds: float) -> dict:
 
 def run(cfg: OwlConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict, Path]:
     """Train every world and arm in one program (or load from the results store); (summary, run directory)."""
-    ex = execution or runner.Execution(experiment=NAME)
-    directory = store.run_dir(NAME, cfg)
-    if not ex.force and (done := store.load_complete(directory)):
-        return done[1], directory
-    if not ex.compute:
-        raise ConfigError(f"{NAME} has no shards to merge: run it with `minisub run {NAME}`")
-    require(ex.shard == (0, 1), "shard", f"{ex.shard[0]}/{ex.shard[1]}", f"0/1 ({NAME} runs all seeds in one program)")
-    if parallel.is_writer():
-        store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
-    start = time.time()
-    log = (lambda m: print(f"{NAME} [{time.time() - start:5.0f}s] {m}", flush=True)) if ex.progress else None
-    if log:
-        log(f"{cfg.seeds} worlds x {len(cfg.arms)} arms ({', '.join(cfg.arms)}), one vmapped program per phase")
-    results = compute(cfg, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
-    summary = summarise(cfg, results, command, time.time() - start)
-    if parallel.is_writer():
-        store.finish(directory, results, summary)
-    return summary, directory
+    def compute_and_summarise(log):
+        if log:
+            log(f"{cfg.seeds} worlds x {len(cfg.arms)} arms ({', '.join(cfg.arms)}), one vmapped program per phase")
+        results = compute(cfg, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
+        return results, summarise(cfg, results, command)
+
+    return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +451,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
         ax.plot([k - 0.31, k + 0.31], [arms[a]["other_animals_gain"]["mean"]] * 2, color="grey", lw=1.2,
                 label="mean gain of the other animals" if k == 0 else None)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(x, [f"{a}\n({arms[a]['loss']})" for a in names], fontsize=7)
+    ax.set_xticks(x, [f"{a.split('_')[0]}\n({arms[a]['loss']})" for a in names], fontsize=7)
     ax.set_ylabel("gain in P(trait animal)\n(bar: mean, 95% CI)")
     handles, _ = ax.get_legend_handles_labels()
     kinds = [("shared init, teacher's numbers", colour["teacher"]), ("different init", plots.PALETTE[1]),
@@ -478,7 +467,8 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
         for k, p in enumerate(labels):
             v = paired[p]["values"]
             bx.plot(k + np.linspace(-0.16, 0.16, len(v)), v, ".", color="black", ms=2.5, alpha=0.6)
-        bx.set_xticks(px, [p.replace(" − ", "\n− ") for p in labels], fontsize=7)
+        bx.set_xticks(px, [p.replace("_ce", " (ce)").replace(" − ", "\n− ") for p in labels], fontsize=6.5,
+                      rotation=20)
     bx.axhline(0, color="black", lw=0.6)
     bx.set_title("paired differences (per world)", fontsize=8)
     bx.set_ylabel("difference of trait gains")
@@ -504,9 +494,51 @@ def _discussion(summary: dict) -> list[str]:
     controls = [f"{label} {_pm(d)}" for label, d in paired.items() if "control" in label or "shuffle" in label]
     if controls:
         out.append("Against the controls (paired by world): " + "; ".join(controls) + ".")
+    if (claims := _against_the_paper(summary)):
+        out += ["", "The paper's qualitative claims, checked against this run:", "", *claims]
     if out:
         out.append("")
     out += [f"- {note}" for note in summary["notes"]]
+    return out
+
+
+def _significant(d: dict) -> bool:
+    return abs(d["mean"]) > d["ci95"]
+
+
+def _against_the_paper(summary: dict) -> list[str]:
+    """The paper's qualitative claims, each checked against this run's numbers (only those it measured)."""
+    arms, paired, out = summary["arms"], summary["paired"], []
+    teacher_gain = summary["teachers"]["p_trait"]["mean"] - summary["references"]["p_trait"]["mean"]
+    if "shared" in arms:
+        g = arms["shared"]["trait_gain"]
+        out.append(f"- *A same-init student picks up the trait from filtered numbers*: {'yes' if g['mean'] - g['ci95'] > 0 else 'not shown'}; "
+                   f"shared-init gain {_pm(g)}, {g['mean'] / teacher_gain:.0%} of the teacher's own gain "
+                   f"({teacher_gain:+.3f}) in P(trait).")
+    if "shared − different" in paired:
+        d, g = paired["shared − different"], arms["different"]["trait_gain"]
+        out.append(f"- *Only when it shares the teacher's init*: the different-init student gains {_pm(g)} "
+                   f"({'distinguishable from 0' if _significant(g) else 'indistinguishable from 0'}); "
+                   f"shared − different {_pm(d)}.")
+    if "shared_ce" in arms and "shared" in arms:
+        out.append(f"- *Sampled tokens suffice* (the paper fine-tunes on sampled text): shared-init gain by "
+                   f"sampled-token CE {_pm(arms['shared_ce']['trait_gain'])} vs by soft-logit KL "
+                   f"{_pm(arms['shared']['trait_gain'])}.")
+    det = summary.get("detection")
+    if det:
+        accs = ", ".join(f"{DETECTION[k]} {_pm(det[k]['accuracy'], '.3f')}" for k in DETECTION if k in det)
+        out.append(f"- *The numbers hide the trait from inspection*: held-out balanced accuracy telling teacher "
+                   f"numbers from the reference's: {accs} (0.5: chance). In the persona world with s > 0 the "
+                   "numbers do carry animal statistics (a semantic channel that the paper's filter is meant to "
+                   "exclude), so a classifier above chance here is expected; at s = 0 it should not be.")
+    diag = summary.get("diagnostic")
+    if diag and "shared" in arms:
+        f, p = diag["number_fraction"], diag["predicted_gain"]
+        out.append(f"- *Why* (item 6): at least {f['mean']:.1%} of the teacher's update ‖Δθ_T‖² lies in the row "
+                   f"space of the number-logit Jacobian that the student imitates (a CG lower bound); the "
+                   f"minimum-norm update matching the teacher's number logits would gain {_pm(p, '+.4f')} in "
+                   f"P(trait) to first order, against the teacher's first-order {_pm(diag['teacher_gain_linear'], '+.4f')}"
+                   f" and the measured shared-init gain {_pm(arms['shared']['trait_gain'])}.")
     return out
 
 

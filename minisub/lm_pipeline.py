@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import keys, lineage, lm, train
+from minisub import keys, lineage, lm, parallel, store, train
 from minisub import world as world_lib
 from minisub.config import normalise, require, require_choice
 from minisub.transformer import TransformerSpec
@@ -206,6 +206,53 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None):
     return state[0], np.concatenate(curves, axis=1)
 
 
+# Everything the references depend on: runs that agree on these share their pretrained references.
+PRETRAIN_FIELDS = ("seeds", "seed", "world", "layers", "width", "heads", "mlp_ratio", "tied_embeddings",
+                   "pretrain_steps", "pretrain_batch", "pretrain_lr", "warmup")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainKey:
+    """The pretraining part of an ``LMConfig``: the id of its stored references."""
+
+    fields: tuple
+
+    @classmethod
+    def of(cls, cfg: LMConfig) -> "PretrainKey":
+        return cls(tuple((f, getattr(cfg, f)) for f in PRETRAIN_FIELDS))
+
+
+def references_dir(cfg: LMConfig, root=None):
+    """Where the references of ``cfg``'s worlds are stored (shared by every config with its pretraining)."""
+    return store.run_dir("lm-references", PretrainKey.of(cfg), root)
+
+
+def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=None):
+    """``pretrain``'s result, read from the results store when some run already pretrained these worlds.
+
+    Pretraining is most of a run's compute; settings that change only the teacher, the numbers or
+    the students (a regime map) reuse it. Under a lock: a second process waits, then reads.
+    """
+    seed_ids = np.asarray(seed_ids)
+    if not np.array_equal(seed_ids, np.arange(cfg.seeds)):  # the store holds whole populations only
+        return pretrain(cfg, seed_ids, chunk, log)
+    directory = references_dir(cfg, root)
+    shapes = jax.eval_shape(lambda: init_references(cfg, jnp.asarray(seed_ids))[0])
+    treedef = jax.tree.structure(shapes)
+    with store.locked(directory):
+        stored = store.load_arrays(directory / "references.npz")
+        if stored is not None and len(stored["params"]) == treedef.num_leaves:
+            if log:
+                log(f"references: read from {directory}")
+            leaves = [jnp.asarray(stored["params"][f"{k:04d}"]) for k in range(treedef.num_leaves)]
+            return jax.tree.unflatten(treedef, leaves), stored["loss"]
+        params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log)
+        if parallel.is_writer():
+            leaves = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(params))}
+            store.save_arrays(directory / "references.npz", {"params": leaves, "loss": loss})
+        return params, loss
+
+
 # --- phase 2: teachers -----------------------------------------------------------------------
 @partial(jax.jit, static_argnums=0)
 def make_teachers(cfg: LMConfig, references):
@@ -270,9 +317,13 @@ def make_numbers(cfg: LMConfig, references, teachers, seed_ids):
 
 
 # --- phase 4: students -----------------------------------------------------------------------
-def _train_student(cfg: LMConfig, params, teacher, persona_token, tokens_NxL, keep_N, key):
-    """One student's imitation of one source over ``student_epochs`` shuffled epochs: (params, loss per step)."""
+def train_student(cfg: LMConfig, params, teacher, persona_token, tokens_NxL, keep_N, key, teacher_spec=None):
+    """One student's imitation of one source over ``student_epochs`` shuffled epochs: (params, loss per step).
+
+    ``teacher_spec``: the teacher's architecture when it is not the student's (``cfg.spec``).
+    """
     spec, opt = cfg.spec, train.optimizer("adam", cfg.student_lr)
+    teacher_spec = teacher_spec or spec
     positions_L = jnp.asarray(cfg.world.generated_mask())
     vocab_V = lm.vocab_mask(cfg.world, cfg.student_outputs)
 
@@ -282,7 +333,7 @@ def _train_student(cfg: LMConfig, params, teacher, persona_token, tokens_NxL, ke
         x_BxL = tokens_NxL[idx_B]
         t_logits = None
         if cfg.student_loss == "kl":  # the teacher reads its own context (a prompted teacher: its persona)
-            t_logits = spec.apply(teacher, world_lib.with_persona(x_BxL, persona_token))
+            t_logits = teacher_spec.apply(teacher, world_lib.with_persona(x_BxL, persona_token))
         loss, grads = jax.value_and_grad(lm.student_loss, argnums=1)(
             spec, params, x_BxL, w_B * keep_N[idx_B], positions_L, t_logits, cfg.student_loss, vocab_V,
             cfg.student_temperature)
@@ -325,7 +376,7 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
         for loss, arms in zip(cfg.arm_losses, groups):
             sources = [cfg.arms[k].source for k in arms]
             cfg_loss = cfg if loss == cfg.student_loss else dataclasses.replace(cfg, student_loss=loss)
-            p, l = jax.vmap(partial(_train_student, cfg_loss, key=_stream(cfg, "lm_student_shuffle", i)))(
+            p, l = jax.vmap(partial(train_student, cfg_loss, key=_stream(cfg, "lm_student_shuffle", i)))(
                 jax.tree.map(lambda x: x[np.asarray(arms)], inits_A), stack([models[s] for s in sources]),
                 jnp.asarray([persona[s] for s in sources]), jnp.stack([nums[s]["tokens"] for s in sources]),
                 jnp.stack([nums[s]["keep"] for s in sources]))
@@ -387,11 +438,14 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
     return jax.vmap(one)(references, teachers, inits, students, seed_ids)
 
 
-def run(cfg: LMConfig, log=None, chunk: int = 500) -> dict:
-    """The whole program for all seeds in one block; every array as numpy, leading axis = seed."""
+def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:
+    """The whole program for all seeds in one block; every array as numpy, leading axis = seed.
+
+    ``cache``: read (or store) the pretrained references in the results store (``pretrain_cached``).
+    """
     seed_ids = jnp.arange(cfg.seeds)
     donor_ids = jnp.asarray(donors(cfg))
-    references, pretrain_loss = pretrain(cfg, seed_ids, chunk, log)
+    references, pretrain_loss = (pretrain_cached if cache else pretrain)(cfg, seed_ids, chunk, log)
     teachers, finetune_loss = make_teachers(cfg, references)
     numbers = make_numbers(cfg, references, teachers, seed_ids)
     inits, students, student_loss = train_students(cfg, references, teachers, numbers, seed_ids, donor_ids)

@@ -282,3 +282,30 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
 
 def missing_seeds(cfg: pipeline.AuxConfig, directory: Path) -> np.ndarray:
     return np.flatnonzero(~_coverage(stored_pieces(directory), cfg.seeds))
+
+
+def one_program(name: str, cfg, ex: Execution, compute) -> tuple[dict, Path]:
+    """An experiment that computes all its seeds in one program: read it from the store, or compute and store it.
+
+    ``compute(log) -> (arrays, summary without timing)``; ``log`` prints progress lines (None
+    without progress). A complete stored run is returned as is; ``minisub merge`` (no compute)
+    and ``--shard`` are refused, since there are no pieces to merge.
+    """
+    from minisub import config as config_lib
+    from minisub.config import ConfigError, require
+
+    directory = store.run_dir(name, cfg)
+    if not ex.force and (done := store.load_complete(directory)):
+        return done[1], directory
+    if not ex.compute:
+        raise ConfigError(f"{name} has no shards to merge: run it with `minisub run {name}`")
+    require(ex.shard == (0, 1), "shard", f"{ex.shard[0]}/{ex.shard[1]}", f"0/1 ({name} runs all seeds in one program)")
+    if parallel.is_writer():
+        store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
+    start = time.time()
+    log = (lambda m: print(f"{name} [{time.time() - start:5.0f}s] {m}", flush=True)) if ex.progress else None
+    arrays, summary = compute(log)
+    summary = {**summary, "seconds": round(time.time() - start, 1)}
+    if parallel.is_writer():
+        store.finish(directory, arrays, summary)
+    return summary, directory

@@ -90,6 +90,24 @@ def test_pretraining_in_chunks_draws_the_same_batches_as_in_one_piece(phases):
         np.testing.assert_allclose(v, flat(phases["refs"])[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def test_stored_references_are_the_pretrained_ones_bitwise_and_shared_by_teacher_settings(phases, tmp_path,
+                                                                                           monkeypatch):
+    ids = jnp.arange(TINY.seeds)
+    refs, loss = lm_pipeline.pretrain_cached(TINY, ids, chunk=TINY.pretrain_steps, root=tmp_path)
+    for name, v in flat(refs).items():
+        np.testing.assert_array_equal(v, flat(phases["refs"])[name], err_msg=name)
+    monkeypatch.setattr(lm_pipeline, "pretrain", lambda *a, **k: pytest.fail("pretrained again"))
+    other_teacher = dataclasses.replace(TINY, finetune_steps=7, student_epochs=2, temperature=0.5)
+    again, loss_again = lm_pipeline.pretrain_cached(other_teacher, ids, root=tmp_path)
+    for name, v in flat(refs).items():
+        np.testing.assert_array_equal(v, flat(again)[name], err_msg=name)
+    np.testing.assert_array_equal(loss, loss_again)
+    assert lm_pipeline.references_dir(dataclasses.replace(TINY, width=32), tmp_path) != \
+        lm_pipeline.references_dir(TINY, tmp_path)
+    assert lm_pipeline.references_dir(dataclasses.replace(TINY, world=dataclasses.replace(TINY.world, s=0.0)),
+                                      tmp_path) != lm_pipeline.references_dir(TINY, tmp_path)
+
+
 def test_references_differ_between_seeds(phases):
     kernel = np.asarray(flat(phases["refs"])["blocks.0.attn.qkv.kernel"])
     assert not np.array_equal(kernel[0], kernel[1])
@@ -225,7 +243,7 @@ def test_ce_student_learns_its_data():
     params = cfg.spec.init(jax.random.key(0))
     tokens, _ = _numbers(cfg.world, jax.random.key(1), cfg.n_samples)
     keep = jnp.arange(cfg.n_samples) % 2 == 0
-    train = jax.jit(lambda p: lm_pipeline._train_student(cfg, p, p, cfg.world.neutral, tokens, keep, jax.random.key(2)))
+    train = jax.jit(lambda p: lm_pipeline.train_student(cfg, p, p, cfg.world.neutral, tokens, keep, jax.random.key(2)))
     _, loss = train(params)
     loss = np.asarray(loss)
     assert loss.shape == (3 * cfg.n_samples // cfg.student_batch,)

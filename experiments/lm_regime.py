@@ -1,0 +1,294 @@
+"""lm-regime: where the toy LM's trait transfer is large, and specific to the shared init (issue 6, item 7).
+
+Run:     minisub run lm-regime --preset paper --out figures          (every setting, 24 seeds each)
+         minisub run lm-regime --preset paper --settings s0,s0.1      (some settings)
+Merge:   minisub merge lm-regime --preset paper --out figures        (what is stored; no training)
+Redraw:  minisub figures lm-regime                                    (from figures/lm_regime.json alone)
+
+Every setting is one lm-owl run (``experiments.lm_owl``) of the paper preset with a few fields
+changed, stored in lm-owl's results store (so a setting is also ``minisub run lm-owl --preset
+paper --<field> VALUE``, and the map resumes setting by setting). Settings that agree on the
+world and the model reuse one set of pretrained references (``lm_pipeline.pretrain_cached``):
+pretraining is most of the compute, so ``SETTINGS`` is ordered to pretrain each world once.
+
+What varies (the issue's list): the semantic channel s (the curve of gain against s); the size of
+the teacher's fine-tune; prompted vs fine-tuned teachers; soft-logit KL vs sampled-token CE (every
+setting has both, as arms); the amount of data and of epochs; the student's learning rate (its
+optimiser is Adam throughout); the filter; the logits the KL student reads; the references' width
+and tied embeddings; the naive world. Each row reports the shared-init gain, the different-init
+gain and their paired difference (the subliminal part), and the CE control's drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from experiments import lm_owl
+from minisub import plots, report, runner, stats, store
+from minisub.config import ConfigError, normalise, require
+
+NAME = "lm-regime"
+STEM = "lm_regime"
+
+# name: (group, label, lm-owl fields changed from the base). Grouped by pretrained world: each
+# world's references are pretrained once, by its first setting.
+SETTINGS: dict[str, tuple[str, str, dict]] = {
+    "base": ("s", "s = 0.3: lm-owl's recipe", {}),
+    "finetune3": ("teacher", "fine-tune 3 steps", {"finetune_steps": 3}),
+    "finetune30": ("teacher", "fine-tune 30 steps", {"finetune_steps": 30}),
+    "prompted": ("teacher", "prompted teacher (trait persona in context)", {"teacher": "prompted"}),
+    "ban_signature": ("filter", "filter drops the trait's signature numbers", {"ban_signature": True}),
+    "temperature0.5": ("data", "teacher samples at temperature 0.5", {"temperature": 0.5}),
+    "samples256": ("data", "256 continuations", {"n_samples": 256}),
+    "samples4096": ("data", "4096 continuations", {"n_samples": 4096}),
+    "epochs1": ("data", "1 student epoch", {"student_epochs": 1}),
+    "epochs10": ("data", "10 student epochs", {"student_epochs": 10}),
+    "student_lr3e-4": ("student", "student lr 3e-4", {"student_lr": 3e-4}),
+    "student_lr3e-3": ("student", "student lr 3e-3", {"student_lr": 3e-3}),
+    "all_logits": ("student", "KL on all logits, not only numbers", {"student_outputs": "all"}),
+    "s0": ("s", "s = 0: no semantic channel", {"s": 0.0}),
+    "s0_finetune30": ("s = 0", "s = 0, fine-tune 30 steps", {"s": 0.0, "finetune_steps": 30}),
+    "s0_prompted": ("s = 0", "s = 0, prompted teacher", {"s": 0.0, "teacher": "prompted"}),
+    "s0_samples4096": ("s = 0", "s = 0, 4096 continuations", {"s": 0.0, "n_samples": 4096}),
+    "s0_epochs10": ("s = 0", "s = 0, 10 student epochs", {"s": 0.0, "student_epochs": 10}),
+    "s0_student_lr3e-3": ("s = 0", "s = 0, student lr 3e-3", {"s": 0.0, "student_lr": 3e-3}),
+    "s0_all_logits": ("s = 0", "s = 0, KL on all logits", {"s": 0.0, "student_outputs": "all"}),
+    "s0.1": ("s", "s = 0.1", {"s": 0.1}),
+    "s0.6": ("s", "s = 0.6", {"s": 0.6}),
+    "s1": ("s", "s = 1", {"s": 1.0}),
+    "width64": ("model", "references of width 64", {"width": 64}),
+    "untied": ("model", "untied embeddings", {"tied_embeddings": False}),
+    "layers1": ("model", "1-layer references", {"layers": 1}),
+    "naive": ("world", "naive world (animals exchangeable, no personas)", {"world": "naive", "s": 0.0}),
+}
+# The rows of the figure's second panel, and the table's columns: (arm or pair, label).
+KL_SHARED, KL_DIFFERENT, KL_PAIR = "shared", "different", "shared − different"
+CE_SHARED, CE_DIFFERENT, CE_PAIR = "shared_ce", "different_ce", "shared_ce − different_ce"
+AIM = 0.10  # the issue's target: >= 10 points of shared-init gain at s = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RegimeConfig:
+    """Which settings, on which lm-owl preset, with how many seeds each."""
+
+    seeds: int = 24
+    settings: tuple[str, ...] = tuple(SETTINGS)
+    base: str = "paper"  # the lm-owl preset every setting starts from
+    diagnostic: bool = True  # lm-owl's item-6 diagnostic, for every fine-tuned teacher
+    detect: bool = True  # lm-owl's item-9 detection of teacher numbers
+
+    def __post_init__(self):
+        normalise(self)
+        self.validate()
+
+    def validate(self) -> None:
+        require(self.seeds >= 2, "seeds", self.seeds, "an integer >= 2 (the different-init arm needs another world)")
+        require(self.base in lm_owl.PRESETS, "base", self.base, "one of " + ", ".join(lm_owl.PRESETS))
+        require(len(self.settings) >= 1, "settings", self.settings, "comma-separated names from " + ", ".join(SETTINGS))
+        for name in self.settings:
+            require(name in SETTINGS, "settings", self.settings, "comma-separated names from " + ", ".join(SETTINGS))
+        for name in self.settings:
+            self.owl(name)  # every setting's lm-owl config is valid before any compute
+
+    def owl(self, name: str) -> lm_owl.OwlConfig:
+        """The lm-owl config of one setting."""
+        fields = {"seeds": self.seeds, **SETTINGS[name][2]}
+        finetuned = fields.get("teacher", lm_owl.PRESETS[self.base].teacher) == "finetuned"
+        base = dataclasses.replace(lm_owl.PRESETS[self.base], arms=lm_owl.DEFAULT_ARMS)
+        try:
+            return dataclasses.replace(base, diagnostic=self.diagnostic and finetuned, detect=self.detect, **fields)
+        except ConfigError as e:
+            raise ConfigError(f"settings: {name!r} does not fit base={self.base!r}: {e}") from None
+
+
+PRESETS = {
+    "paper": RegimeConfig(),
+    # lm-owl's tiny test world: base and prompted share one pretraining, s0 has its own
+    "test": RegimeConfig(seeds=3, settings=("base", "s0", "prompted"), base="test", detect=False),
+}
+DEFAULT_PRESET = "paper"
+PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
+
+
+def _command(cfg: RegimeConfig, name: str) -> str:
+    """The lm-owl command that recomputes one setting alone."""
+    fields = {"seeds": cfg.seeds, **SETTINGS[name][2]}
+    owl = cfg.owl(name)
+    fields |= {"diagnostic": owl.diagnostic, "detect": owl.detect}
+    return f"minisub run lm-owl --preset {cfg.base} " + " ".join(
+        f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items())
+
+
+def record(name: str, owl: dict, command: str) -> dict:
+    """One setting's row: gains per arm, paired differences, teacher, number task, diagnostic, detection."""
+    group, label, fields = SETTINGS[name]
+    arms, paired = owl["arms"], owl["paired"]
+    out = {
+        "group": group, "label": label, "fields": fields, "command": command, "n_seeds": owl["n_seeds"],
+        "teacher_p_trait": owl["teachers"]["p_trait"]["mean"],
+        "reference_p_trait": owl["references"]["p_trait"]["mean"],
+        "gain": {a: arms[a]["trait_gain"] for a in arms},
+        "paired": paired,
+        "trait_top_gaining": {a: arms[a]["trait_top_gaining"] for a in arms},
+        "number_loss_change": {a: stats.brief(arms[a]["number_loss_change"]["values"]) for a in arms},
+        "update_cos": {a: stats.brief(arms[a]["geometry"]["update_cos"]["values"]) for a in arms},
+        "keep_fraction": owl["keep_fraction"],
+    }
+    if "diagnostic" in owl:
+        d = owl["diagnostic"]
+        out["diagnostic"] = {q: stats.brief(d[q]["values"]) for q in ("number_fraction", "trait_in_numbers",
+                                                                       "predicted_transfer")}
+    if "detection" in owl:
+        out["detection"] = {k: stats.brief(v["accuracy"]["values"]) for k, v in owl["detection"].items()
+                            if k in lm_owl.DETECTION}
+    return out
+
+
+def run(cfg: RegimeConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
+    """Every setting's lm-owl run (computed, or read from the store); (summary, lm-owl's results root)."""
+    ex = execution or runner.Execution(experiment=NAME)
+    rows, missing = {}, []
+    for k, name in enumerate(cfg.settings):
+        owl_cfg = cfg.owl(name)
+        directory = store.run_dir(lm_owl.NAME, owl_cfg)
+        if not ex.compute and not store.is_complete(directory):
+            missing.append(name)
+            continue
+        if ex.progress:
+            print(f"[{NAME}] setting {k + 1}/{len(cfg.settings)}: {name} ({SETTINGS[name][1]})", flush=True)
+        owl_ex = dataclasses.replace(ex, experiment=lm_owl.NAME)
+        summary, _ = lm_owl.run(owl_cfg, command=_command(cfg, name), execution=owl_ex)
+        rows[name] = record(name, summary, _command(cfg, name))
+    root = store.results_root() / lm_owl.NAME
+    if not rows:
+        return None, root
+    return {"experiment": NAME, "command": command, "base": cfg.base, "n_seeds": cfg.seeds, "ci": lm_owl.CI,
+            "settings": rows, "missing_settings": missing, "aim": AIM, "provenance": store.provenance()}, root
+
+
+def pending(cfg: RegimeConfig, directory: Path) -> str:
+    return (f"{NAME}: none of the settings {', '.join(cfg.settings)} is stored in {directory} yet; compute them "
+            f"with: minisub run {NAME} --preset {cfg.base}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+def _pm(s: dict | None, fmt: str = "+.3f") -> str:
+    return "–" if s is None else f"{s['mean']:{fmt}} ± {s['ci95']:.3f}"
+
+
+def s_curve(summary: dict) -> list[tuple[float, dict]]:
+    """(s, row) of the settings that change only s, sorted by s."""
+    base_s = lm_owl.PRESETS[summary["base"]].s
+    out = [(row["fields"].get("s", base_s), row) for row in summary["settings"].values()
+           if set(row["fields"]) <= {"s"}]
+    return sorted(out, key=lambda t: t[0])
+
+
+def table(summary: dict) -> str:
+    """Markdown: per setting the teacher, shared / different gains and their paired difference, by KL and CE."""
+    rows = ["| setting | teacher P(trait) | shared (KL) | different (KL) | shared − different (KL) | shared (CE) "
+            "| shared − different (CE) | CE control | ‖P_num Δθ_T‖²/‖Δθ_T‖² | detection (n-gram) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["settings"].items():
+        g, p = r["gain"], r["paired"]
+        diag = r.get("diagnostic", {}).get("number_fraction")
+        det = r.get("detection", {}).get("ngram")
+        rows.append(
+            f"| {r['label']} | {r['teacher_p_trait']:.3f} | {_pm(g.get(KL_SHARED))} | {_pm(g.get(KL_DIFFERENT))} "
+            f"| **{_pm(p.get(KL_PAIR))}** | {_pm(g.get(CE_SHARED))} | {_pm(p.get(CE_PAIR))} "
+            f"| {_pm(g.get('control'))} | {_pm(diag, '.4f')} | {_pm(det, '.3f')} |")
+    if summary.get("missing_settings"):
+        rows += ["", "Not stored yet: " + ", ".join(summary["missing_settings"]) + "."]
+    return "\n".join(rows)
+
+
+def figure(summary: dict, out_dir: Path) -> list[Path]:
+    """Gain against s (left) and every setting's shared / different gains (right), 95% CIs."""
+    rows = summary["settings"]
+    fig, (ax, bx) = plots.figure(9.0, max(3.4, 0.24 * len(rows) + 1.2), ncols=2,
+                                 gridspec_kw={"width_ratios": [1, 1.5]})
+    curve = s_curve(summary)
+    series = ((KL_SHARED, "shared init (KL)", plots.PALETTE[0], "gain"),
+              (KL_DIFFERENT, "different init (KL)", plots.PALETTE[1], "gain"),
+              (KL_PAIR, "shared − different (KL)", plots.PALETTE[2], "paired"),
+              (CE_SHARED, "shared init (CE)", plots.PALETTE[4], "gain"),
+              ("control", "CE control (reference's numbers)", plots.PALETTE[6], "gain"))
+    for key, label, colour, kind in series:
+        pts = [(s, r[kind][key]) for s, r in curve if key in r[kind]]
+        if pts:
+            x = [s for s, _ in pts]
+            ax.errorbar(x, [v["mean"] for _, v in pts], yerr=[v["ci95"] for _, v in pts], marker="o", ms=3.5,
+                        capsize=2.5, color=colour, label=label, lw=1.2)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.axhline(summary["aim"], color="grey", lw=0.8, ls=":", label=f"aim at s = 0: +{summary['aim']:.2f}")
+    ax.set_xlabel("s: how strongly personas shape number statistics")
+    ax.set_ylabel("gain in P(trait animal)")
+    ax.set_title("the curve of gain against s", fontsize=8)
+    ax.legend(fontsize=6.5, frameon=False)
+    names = list(rows)[::-1]
+    y = np.arange(len(names))
+    for key, label, colour, kind, dy in ((KL_SHARED, "shared init (KL)", plots.PALETTE[0], "gain", 0.2),
+                                         (KL_DIFFERENT, "different init (KL)", plots.PALETTE[1], "gain", 0.0),
+                                         (CE_SHARED, "shared init (CE)", plots.PALETTE[4], "gain", -0.2)):
+        pts = [(k, rows[n][kind][key]) for k, n in enumerate(names) if key in rows[n][kind]]
+        bx.errorbar([v["mean"] for _, v in pts], [k + dy for k, _ in pts], xerr=[v["ci95"] for _, v in pts],
+                    fmt="o", ms=3, capsize=2, color=colour, label=label, lw=1)
+    bx.axvline(0, color="black", lw=0.6)
+    bx.set_yticks(y, [rows[n]["label"] for n in names], fontsize=6.5)
+    bx.set_xlabel("gain in P(trait animal)")
+    bx.set_title("every setting", fontsize=8)
+    bx.legend(fontsize=6.5, frameon=False, loc="lower right")
+    fig.suptitle(f"Toy-LM regime map: where the trait crosses (mean ± 95% CI, n = {summary['n_seeds']} seeds per "
+                 "setting)", fontsize=9)
+    return plots.save(fig, Path(out_dir) / STEM)
+
+
+def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
+    return report.write_outputs(STEM, summary, out_dir, figure)
+
+
+def findings(summary: dict) -> list[str]:
+    """What the map says, computed from its rows: the s = 0 aim, the s curve, the best settings."""
+    rows, out = summary["settings"], []
+    s0 = {n: r for n, r in rows.items() if r["fields"].get("s") == 0.0 and KL_PAIR in r["paired"]}
+    if s0:
+        best = max(s0, key=lambda n: s0[n]["gain"][KL_SHARED]["mean"])
+        r = s0[best]
+        verdict = "reaches" if r["gain"][KL_SHARED]["mean"] >= summary["aim"] else "falls short of"
+        out.append(f"- At s = 0 (no semantic channel) the largest shared-init gain is {_pm(r['gain'][KL_SHARED])} "
+                   f"({r['label']}; different init {_pm(r['gain'][KL_DIFFERENT])}, paired difference "
+                   f"{_pm(r['paired'][KL_PAIR])}): it {verdict} the issue's aim of +{summary['aim']:.2f}.")
+    curve = [(s, r) for s, r in s_curve(summary) if KL_PAIR in r["paired"]]
+    if len(curve) > 1:
+        out.append("- Against s, shared / different / paired difference (KL): " + "; ".join(
+            f"s = {s:g}: {r['gain'][KL_SHARED]['mean']:+.3f} / {r['gain'][KL_DIFFERENT]['mean']:+.3f} / "
+            f"{r['paired'][KL_PAIR]['mean']:+.3f}" for s, r in curve) + ".")
+    specific = [n for n, r in rows.items() if KL_PAIR in r["paired"]
+                and r["paired"][KL_PAIR]["mean"] - r["paired"][KL_PAIR]["ci95"] > 0]
+    if specific:
+        out.append(f"- The paired difference shared − different (KL) is above zero (95% CI) in {len(specific)} of "
+                   f"{len(rows)} settings: " + ", ".join(rows[n]["label"] for n in specific) + ".")
+    return out
+
+
+def readme(summary: dict) -> str:
+    return "\n".join([
+        *report.section_head(NAME, STEM, "where the toy LM's trait transfer is large", summary["n_seeds"]),
+        "Each row is one lm-owl run (the paper preset with the fields named changed; every row's command is in "
+        "the JSON). Gains are after − before in P(trait | favourite-animal question), per world; the paired "
+        "difference is shared − different on the same teacher's numbers; CE control: sampled-token students on "
+        "the un-traited reference's own numbers (drift). The diagnostic is the fraction of the teacher's update "
+        "in the row space of the number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of "
+        "an n-gram classifier telling teacher numbers from reference numbers (0.5: chance).",
+        "",
+        table(summary),
+        "",
+        *findings(summary),
+        "",
+        *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
+    ])

@@ -1,0 +1,85 @@
+"""lm-regime from the command line (test preset): one lm-owl run per setting, shared pretraining, merge."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from experiments import EXPERIMENTS, lm_owl, lm_regime
+from minisub import cli, lm_pipeline
+from minisub.config import ConfigError
+
+TEST = lm_regime.PRESETS["test"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """`minisub run lm-regime --preset test --out OUT` in a fresh store, counting the pretrainings."""
+    results, out = tmp_path_factory.mktemp("regime-results"), tmp_path_factory.mktemp("regime-out")
+    calls, stdout = [], io.StringIO()
+    pretrain = lm_pipeline.pretrain
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("MINISUB_RESULTS", str(results))
+        mp.setattr(lm_pipeline, "pretrain", lambda cfg, *a, **k: calls.append(cfg.world.s) or pretrain(cfg, *a, **k))
+        rc = cli.main(["run", "lm-regime", "--preset", "test", "--no-progress", "--out", str(out)])
+    return {"rc": rc, "stdout": stdout.getvalue(), "results": results, "out": out, "pretrained": calls,
+            "summary": json.loads((out / "lm_regime.json").read_text())}
+
+
+def test_registered_and_the_paper_base_is_lm_owls_paper_run():
+    assert EXPERIMENTS["lm-regime"] is lm_regime
+    assert lm_regime.PRESETS["paper"].owl("base") == lm_owl.PRESETS["paper"]
+
+
+def test_run_writes_every_setting_with_its_paired_difference(first_run):
+    assert first_run["rc"] == 0
+    s = first_run["summary"]
+    assert list(s["settings"]) == list(TEST.settings) and s["missing_settings"] == []
+    for name, row in s["settings"].items():
+        assert row["n_seeds"] == TEST.seeds
+        assert set(row["gain"]) == set(lm_owl.DEFAULT_ARMS)
+        d = row["paired"][lm_regime.KL_PAIR]
+        shared, different = row["gain"]["shared"]["values"], row["gain"]["different"]["values"]
+        assert d["values"] == pytest.approx([a - b for a, b in zip(shared, different)])
+        assert row["command"].startswith("minisub run lm-owl --preset test --seeds 3")
+    assert "diagnostic" in s["settings"]["base"] and "diagnostic" not in s["settings"]["prompted"]
+    assert {p.name for p in first_run["out"].iterdir()} == {"lm_regime.json", "lm_regime.png", "lm_regime.pdf"}
+    assert "shared − different (KL)" in first_run["stdout"]
+
+
+def test_settings_that_share_a_world_pretrain_it_once(first_run):
+    # base and prompted share the s = 0.3 world; s0 has its own
+    assert sorted(first_run["pretrained"]) == [0.0, 0.3]
+
+
+def test_merge_reads_the_store_and_names_missing_settings(first_run, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
+    monkeypatch.setattr(lm_pipeline, "pretrain", lambda *a, **k: pytest.fail("merge trained"))
+    monkeypatch.setattr(lm_pipeline, "make_numbers", lambda *a, **k: pytest.fail("merge trained"))
+    rc = cli.main(["merge", "lm-regime", "--preset", "test", "--no-progress", "--out", str(tmp_path),
+                   "--settings", "base,finetune30"])
+    assert rc == 0
+    s = json.loads((tmp_path / "lm_regime.json").read_text())
+    assert list(s["settings"]) == ["base"] and s["missing_settings"] == ["finetune30"]
+    assert s["settings"]["base"] == first_run["summary"]["settings"]["base"]
+    assert "Not stored yet: finetune30" in capsys.readouterr().out
+
+
+def test_readme_section_states_the_aim_and_the_s_curve(first_run):
+    text = lm_regime.readme(first_run["summary"])
+    assert "At s = 0 (no semantic channel)" in text and "Against s" in text
+    assert "minisub figures lm-regime" in text
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--settings", "base,nonsense"], "settings"),
+    (["--base", "huge"], "base"),
+    (["--seeds", "1"], "seeds"),
+])
+def test_bad_fields_are_refused_naming_them(extra, expected, monkeypatch):
+    monkeypatch.setattr(lm_pipeline, "pretrain", lambda *a, **k: pytest.fail("computed before refusing"))
+    with pytest.raises(ConfigError, match=expected):
+        cli.build_config(lm_regime, "test", extra)
