@@ -210,31 +210,33 @@ def table(summary: dict) -> str:
 def figure(summary: dict, out_dir: Path) -> list[Path]:
     """Gain against s (left) and every setting's shared / different gains (right), 95% CIs."""
     rows = summary["settings"]
-    fig, (ax, bx) = plots.figure(9.0, max(3.4, 0.24 * len(rows) + 1.2), ncols=2,
-                                 gridspec_kw={"width_ratios": [1, 1.5]})
+    fig, (ax, bx) = plots.figure(10.0, max(3.4, 0.3 * len(rows) + 1.2), ncols=2,
+                                 gridspec_kw={"width_ratios": [1, 1.3], "wspace": 0.75})
     curve = s_curve(summary)
     series = ((KL_SHARED, "shared init (KL)", plots.PALETTE[0], "gain"),
               (KL_DIFFERENT, "different init (KL)", plots.PALETTE[1], "gain"),
               (KL_PAIR, "shared − different (KL)", plots.PALETTE[2], "paired"),
               (CE_SHARED, "shared init (CE)", plots.PALETTE[4], "gain"),
               ("control", "CE control (reference's numbers)", plots.PALETTE[6], "gain"))
-    for key, label, colour, kind in series:
+    for k, (key, label, colour, kind) in enumerate(series):
         pts = [(s, r[kind][key]) for s, r in curve if key in r[kind]]
         if pts:
-            x = [s for s, _ in pts]
+            x = [s + 0.012 * (k - 2) for s, _ in pts]  # side by side, so that the error bars do not hide each other
             ax.errorbar(x, [v["mean"] for _, v in pts], yerr=[v["ci95"] for _, v in pts], marker="o", ms=3.5,
                         capsize=2.5, color=colour, label=label, lw=1.2)
     ax.axhline(0, color="black", lw=0.6)
     ax.axhline(summary["aim"], color="grey", lw=0.8, ls=":", label=f"aim at s = 0: +{summary['aim']:.2f}")
+    ax.set_xlim(-0.05, max([1.0] + [s for s, _ in curve]) + 0.05)
     ax.set_xlabel("s: how strongly personas shape number statistics")
     ax.set_ylabel("gain in P(trait animal)")
     ax.set_title("the curve of gain against s", fontsize=8)
-    ax.legend(fontsize=6.5, frameon=False)
+    ax.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     names = list(rows)[::-1]
     y = np.arange(len(names))
     for key, label, colour, kind, dy in ((KL_SHARED, "shared init (KL)", plots.PALETTE[0], "gain", 0.2),
                                          (KL_DIFFERENT, "different init (KL)", plots.PALETTE[1], "gain", 0.0),
                                          (CE_SHARED, "shared init (CE)", plots.PALETTE[4], "gain", -0.2)):
+        # dy: the three estimates of a setting side by side on its row
         pts = [(k, rows[n][kind][key]) for k, n in enumerate(names) if key in rows[n][kind]]
         bx.errorbar([v["mean"] for _, v in pts], [k + dy for k, _ in pts], xerr=[v["ci95"] for _, v in pts],
                     fmt="o", ms=3, capsize=2, color=colour, label=label, lw=1)
@@ -242,7 +244,8 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     bx.set_yticks(y, [rows[n]["label"] for n in names], fontsize=6.5)
     bx.set_xlabel("gain in P(trait animal)")
     bx.set_title("every setting", fontsize=8)
-    bx.legend(fontsize=6.5, frameon=False, loc="lower right")
+    bx.set_ylim(-0.6, len(names) - 0.4)
+    bx.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.suptitle(f"Toy-LM regime map: where the trait crosses (mean ± 95% CI, n = {summary['n_seeds']} seeds per "
                  "setting)", fontsize=9)
     return plots.save(fig, Path(out_dir) / STEM)
