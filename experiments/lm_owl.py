@@ -230,19 +230,8 @@ def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
     if not (cfg.diagnostic or cfg.detect):
         return lm_pipeline.run(lmc, log=log, chunk=chunk, cache=True)
     # lm_pipeline.run's phases, keeping the models and numbers that the analyses read
-    seed_ids, donor_ids = jnp.arange(cfg.seeds), jnp.asarray(lm_pipeline.donors(lmc))
-    references, pretrain_loss = lm_pipeline.pretrain_cached(lmc, seed_ids, chunk, log)
-    teachers, finetune_loss = lm_pipeline.make_teachers(lmc, references)
-    numbers = lm_pipeline.make_numbers(lmc, references, teachers, seed_ids)
-    inits, students, student_loss = lm_pipeline.train_students(lmc, references, teachers, numbers, seed_ids, donor_ids)
-    out = {
-        **lm_pipeline.evaluate(lmc, references, teachers, inits, students, seed_ids),
-        "pretrain_loss": pretrain_loss,
-        "finetune_loss": finetune_loss,
-        "student_loss": student_loss,
-        "keep_fraction": {s: jnp.mean(numbers[s]["keep"], axis=-1) for s in numbers},
-        "donors": donor_ids,
-    }
+    out, kept = lm_pipeline.run_phases(lmc, log, chunk, cache=True)
+    references, teachers, numbers, seed_ids = (kept[k] for k in ("references", "teachers", "numbers", "seed_ids"))
     numbers = _with_sources(lmc, numbers, ("teacher", "reference") if cfg.detect else ("teacher",), references,
                             teachers, seed_ids)
     if cfg.diagnostic:

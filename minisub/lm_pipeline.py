@@ -438,8 +438,8 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
     return jax.vmap(one)(references, teachers, inits, students, seed_ids)
 
 
-def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:
-    """The whole program for all seeds in one block; every array as numpy, leading axis = seed.
+def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> tuple[dict, dict]:
+    """Every phase for all seeds: (arrays as ``run`` returns them, before numpy; the models and numbers).
 
     ``cache``: read (or store) the pretrained references in the results store (``pretrain_cached``).
     """
@@ -449,13 +449,17 @@ def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:
     teachers, finetune_loss = make_teachers(cfg, references)
     numbers = make_numbers(cfg, references, teachers, seed_ids)
     inits, students, student_loss = train_students(cfg, references, teachers, numbers, seed_ids, donor_ids)
-    out = evaluate(cfg, references, teachers, inits, students, seed_ids)
     out = {
-        **out,
+        **evaluate(cfg, references, teachers, inits, students, seed_ids),
         "pretrain_loss": pretrain_loss,
         "finetune_loss": finetune_loss,
         "student_loss": student_loss,
         "keep_fraction": {s: jnp.mean(numbers[s]["keep"], axis=-1) for s in numbers},
         "donors": donor_ids,
     }
-    return jax.tree.map(np.asarray, out)
+    return out, {"references": references, "teachers": teachers, "numbers": numbers, "seed_ids": seed_ids}
+
+
+def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:
+    """The whole program for all seeds in one block; every array as numpy, leading axis = seed."""
+    return jax.tree.map(np.asarray, run_phases(cfg, log, chunk, cache)[0])
