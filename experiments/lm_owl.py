@@ -192,6 +192,7 @@ PAIRS = (
 )
 GEOMETRY = ("update_cos", "dist_teacher", "dist_start_teacher", "dist_init", "travel", "teacher_travel")
 CI = "95% normal CI over seeds: 1.96 * sample std / sqrt(n)"
+SAMPLED_ANSWERS = 100  # answers sampled per model for the trait's sampled frequency
 
 
 def _ce_partner(cfg: OwlConfig) -> str | None:
@@ -282,6 +283,21 @@ def _detection_summary(d: dict) -> dict:
     return {**out, "identical_pairs": stats.mean_ci(d["identical_pairs"]), "settings": config_lib.to_dict(DETECT)}
 
 
+def sampled_trait(cfg: OwlConfig, arm: int, p_before_S, p_after_S) -> dict:
+    """The trait's frequency among ``SAMPLED_ANSWERS`` answers sampled before and after, per world.
+
+    The answer is one token, so sampling the model's answer is a draw from its answer
+    distribution: the frequency is Binomial(n, P(trait)) / n, drawn from a generator keyed by the
+    config's seed and the arm (the same run, the same counts). It carries the sampling noise of the
+    paper's counts of sampled answers; its expectation is P(trait).
+    """
+    rng = np.random.default_rng([cfg.seed, arm])
+    before_S, after_S = (rng.binomial(SAMPLED_ANSWERS, np.clip(p, 0.0, 1.0)) / SAMPLED_ANSWERS
+                         for p in (p_before_S, p_after_S))
+    return {"sampled_trait_before": stats.mean_ci(before_S), "sampled_trait_after": stats.mean_ci(after_S),
+            "sampled_trait_gain": stats.mean_ci(after_S - before_S)}
+
+
 def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
     """The JSON behind the figure: per arm trait before/after/gain, other animals, number task, geometry."""
     lmc, t = cfg.lm_config, cfg.trait
@@ -299,6 +315,7 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
             "p_trait_before": stats.mean_ci(out["student_init_probs"][:, a, t]),
             "p_trait_after": stats.mean_ci(out["student_probs"][:, a, t]),
             "trait_gain": stats.mean_ci(out["trait_gain"][:, a]),
+            **sampled_trait(cfg, a, out["student_init_probs"][:, a, t], out["student_probs"][:, a, t]),
             "other_animals_gain": stats.mean_ci(gains_SxK[:, others].mean(-1)),
             "max_other_animal_gain": stats.mean_ci(gains_SxK[:, others].max(-1)),
             "animal_gains": [stats.brief(gains_SxK[:, k]) for k in range(cfg.n_animals)],
@@ -314,6 +331,9 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
               for label, a, b in pairs(cfg)}
     notes = ["trait: P(trait animal | favourite-animal question, neutral persona), renormalised over the animals; "
              "gain = after − before, per world.",
+             f"sampled_trait: the trait's frequency among {SAMPLED_ANSWERS} answers sampled (temperature 1) "
+             "from each model's answer distribution over the animals, before and after; its expectation is "
+             "P(trait), its spread adds the sampling noise of counting sampled answers, as the paper does.",
              "number_loss: next-token CE of a model on held-out neutral number documents of its world "
              "(continuation positions): the number-task quality."]
     if "control" in cfg.arms:
@@ -375,7 +395,12 @@ def run(cfg: OwlConfig, *, command: str, execution: runner.Execution | None = No
         results = compute(cfg, log=log, chunk=max(1, min(500, cfg.pretrain_steps)))
         return results, summarise(cfg, results, command)
 
-    return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise)
+    def resummarise(arrays, stored):  # the stored run's timing, command and provenance are its own
+        keep = {k: stored[k] for k in ("command", "seconds", "provenance") if k in stored}
+        return {**summarise(cfg, arrays, stored["command"]), **keep}
+
+    return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise,
+                              resummarise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,14 +414,15 @@ def _pm(s: dict, fmt: str = "+.3f") -> str:
 def table(summary: dict) -> str:
     """Markdown: per arm P(trait) before → after, gain, other animals, number task, geometry; paired differences."""
     rows = ["| arm | start | numbers | loss | P(trait) before → after | trait gain (95% CI) | n "
-            "| mean other-animal gain | number loss after (Δ) | cos(Δθ_S, Δθ_T) | ‖θ_S−θ_T‖ |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"| sampled gain ({SAMPLED_ANSWERS} answers) | mean other-animal gain | number loss after (Δ) "
+            "| cos(Δθ_S, Δθ_T) | ‖θ_S−θ_T‖ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in summary["arms"].items():
         g = a["geometry"]
         rows.append(
             f"| {name} | {a['lineage']} | {a['source']} | {a['loss']} | {a['p_trait_before']['mean']:.3f} → "
             f"{a['p_trait_after']['mean']:.3f} | {_pm(a['trait_gain'])} | {a['trait_gain']['n']} "
-            f"| {_pm(a['other_animals_gain'])} | {a['number_loss_after']['mean']:.3f} "
+            f"| {_pm(a['sampled_trait_gain']) if 'sampled_trait_gain' in a else '–'} | {_pm(a['other_animals_gain'])} | {a['number_loss_after']['mean']:.3f} "
             f"({a['number_loss_change']['mean']:+.3f}) | {_pm(g['update_cos'])} | {g['dist_teacher']['mean']:.2f} |")
     if summary["paired"]:
         rows += ["", "| paired difference of trait gains (per world) | mean ± 95% CI | n |", "|---|---|---|"]

@@ -73,11 +73,35 @@ def override(cfg, overrides: dict[str, str]):
     return dataclasses.replace(cfg, **values)
 
 
+LATE = "minisub_late"  # field metadata key: see ``late``
+
+
+def late(default):
+    """A config field added after results were stored under the config's run ids.
+
+    While it holds its default it is left out of ``to_dict`` (so of ``digest``): every stored run
+    keeps its id, and a run that sets it gets a new one.
+    """
+    return dataclasses.field(default=default, metadata={LATE: True})
+
+
+def _plain(obj):
+    """``dataclasses.asdict``, leaving out late fields that hold their defaults."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(LATE) and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
 def to_dict(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return json.loads(json.dumps(_plain(cfg)))
 
 
 def digest(cfg) -> str:
-    """A short, stable hash of every field of the config: the run id."""
+    """A short, stable hash of every field of the config (late fields only when set): the run id."""
     blob = json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

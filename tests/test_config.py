@@ -165,3 +165,58 @@ def test_to_dict_is_json_plain():
     d = config.to_dict(AuxConfig())
     assert d["hidden"] == [256, 256] and d["arms"][0] == {
         "name": "student_aux", "lineage": "shared", "outputs": "aux", "lr": None, "liminal": 0.0, "committee": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    a: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Before:
+    x: int = 1
+    inner: _Inner = _Inner()
+
+
+@dataclasses.dataclass(frozen=True)
+class _InnerAfter:
+    a: int = 1
+    b: float = config.late(0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class _After:
+    x: int = 1
+    inner: _InnerAfter = _InnerAfter()
+    mode: str = config.late("old")
+
+
+def _as(cls_name, obj):
+    """The digest ``obj`` would have if its class were called ``cls_name`` (the run id ignores nothing else)."""
+    import hashlib
+    import json
+    blob = json.dumps({"type": cls_name, **config.to_dict(obj)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_late_fields_at_their_defaults_leave_run_ids_unchanged():
+    assert _as("C", _After()) == _as("C", _Before())  # nested late fields too
+    assert "mode" not in config.to_dict(_After()) and "b" not in config.to_dict(_After())["inner"]
+
+
+def test_late_fields_set_away_from_their_defaults_change_the_run_id():
+    assert _as("C", _After(mode="new")) != _as("C", _Before())
+    assert _as("C", _After(inner=_InnerAfter(b=0.25))) != _as("C", _Before())
+    assert config.to_dict(_After(mode="new"))["mode"] == "new"
+
+
+def test_stored_run_ids_of_the_presets_do_not_move():
+    """Results on disk and in figures/ are found by these ids: a change here orphans them."""
+    from experiments import atlas, lm_owl, mnist_aux, theorem_one_step
+    from minisub import lm_pipeline
+    assert config.digest(mnist_aux.PRESETS["paper"]) == "71afdbe1543e38a7"
+    assert config.digest(theorem_one_step.PRESETS["paper"]) == "b978d35c8028ef8c"
+    assert config.digest(atlas.PRESETS["paper"]) == "555d31ab548592f7"
+    assert config.digest(lm_owl.PRESETS["paper"]) == "b969178ebe839d57"
+    key = lm_pipeline.PretrainKey.of(lm_owl.PRESETS["paper"].lm_config)
+    assert config.digest(key) == "1f933dcefb0a710d"

@@ -60,6 +60,12 @@ def test_run_end_to_end_writes_table_json_and_figure(first_run):
     for name, arm in summary["arms"].items():
         assert arm["trait_gain"]["n"] == TEST.seeds and np.all(np.isfinite(arm["trait_gain"]["values"])), name
         assert len(arm["animal_gains"]) == TEST.n_animals
+        for when in ("before", "after"):  # counts of sampled answers, centred on P(trait)
+            counts = np.asarray(arm[f"sampled_trait_{when}"]["values"]) * lm_owl.SAMPLED_ANSWERS
+            np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
+            p = np.asarray(arm[f"p_trait_{when}"]["values"])
+            sd = np.sqrt(p * (1 - p) / lm_owl.SAMPLED_ANSWERS / TEST.seeds)
+            assert abs(np.mean(counts) / lm_owl.SAMPLED_ANSWERS - p.mean()) <= 5 * sd.max() + 1e-9, (name, when)
         assert {"update_cos", "dist_teacher", "travel"} <= set(arm["geometry"])
         if arm["lineage"] == "shared":  # a shared student starts as the reference
             np.testing.assert_allclose(arm["p_trait_before"]["values"], summary["references"]["p_trait"]["values"])
