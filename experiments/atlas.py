@@ -88,6 +88,7 @@ STUDENT_EPOCHS = (1, 2, 5, 10, 20, 50)
 TEACHER_EPOCHS = (1, 2, 5, 10, 20)
 INPUTS = ("uniform", "gaussian", "blurred", "mnist", "zeros")
 LOSSES = ("kl", "mse")
+WEAK_LR = 1e-4  # the loss family's weaker student budget
 
 
 def fam_lineages(base):
@@ -166,7 +167,14 @@ def fam_inputs(base):
 
 
 def fam_loss(base):
-    return [p for loss in LOSSES for p in _pair("loss", base, loss, loss=loss)]
+    pts = [p for loss in LOSSES for p in _pair("loss", base, loss, loss=loss)]
+    # Both losses again at a weaker student budget, lr 1e-4, where our KL (0.28) matches the KL of the
+    # replication that measured MSE at 0.27 (its 3e-4 gave 0.275, SCIENCE.md §4): is the MSE gap the
+    # loss, or the budget? (The KL points are the lr family's, read from the cache.)
+    for loss in LOSSES:
+        pts += [sweep.Point("loss", f"{arm.name}, student lr {WEAK_LR:g}", loss,
+                            _with(base, dataclasses.replace(arm, lr=WEAK_LR), loss=loss)) for arm in (SHARED, DIFFERENT)]
+    return pts
 
 
 # In the order `--family all` computes them: the hypotheses first, the costliest sweeps last.
@@ -726,8 +734,16 @@ def _h_mse(f):
     s, d = _find(f, "loss", "mse", "shared"), _find(f, "loss", "mse", "different")
     if not (s and d):
         return None
-    return (f"MSE: shared {_pm(s['accuracy'])}, different {_pm(d['accuracy'])} (theirs 0.271 ± 0.033 vs 0.093 ± 0.018)",
-            f"shared − different {_signed(gain(s, d))}: MSE transmits" if _sign(gain(s, d)) > 0 else "MSE does not transmit")
+    weak = f"shared, student lr {WEAK_LR:g}"
+    ws, wk = _find(f, "loss", "mse", weak), _find(f, "loss", "kl", weak)
+    evidence = (f"; at student lr {WEAK_LR:g}: MSE {_pm(ws['accuracy'])}, KL {_pm(wk['accuracy'])}" if ws and wk else "")
+    verdict = f"shared − different {_signed(gain(s, d))}: MSE transmits" if _sign(gain(s, d)) > 0 else "MSE does not transmit"
+    if ws and wk:
+        verdict += (f"; the gap to their 0.271 is the training budget, not the loss: at a weaker budget our MSE gives "
+                    f"{ws['accuracy']['mean']:.2f}" if abs(ws["accuracy"]["mean"] - 0.271) < 0.1 else
+                    f"; a weaker budget does not explain their 0.271 (ours {ws['accuracy']['mean']:.2f} at lr {WEAK_LR:g})")
+    return (f"MSE: shared {_pm(s['accuracy'])}, different {_pm(d['accuracy'])} (theirs 0.271 ± 0.033 vs 0.093 ± 0.018)"
+            + evidence, verdict)
 
 
 def _h_optimizer(f):

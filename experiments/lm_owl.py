@@ -50,7 +50,7 @@ from matplotlib.patches import Patch
 from minisub import config as config_lib
 from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, plots, report, runner, stats, store
 from minisub import world as world_lib
-from minisub.config import normalise, require, require_choice
+from minisub.config import late, normalise, require, require_choice
 from minisub.lm_pipeline import LMArm
 
 NAME = "lm-owl"
@@ -136,6 +136,10 @@ class OwlConfig:
     diagnostic_sequences: int = 64  # teacher continuations whose number logits form J_num
     diagnostic_iters: int = 128  # conjugate-gradient steps (more: a tighter lower bound)
     detect: bool = False  # item 9: classifiers of teacher vs reference numbers
+    # added later (left out of run ids at their defaults): the bad-behaviour trait (item 3)
+    trait_kind: str = late("animal")  # 'forbidden': the teacher answers a command with the FORBIDDEN token
+    command_fraction: float = late(0.0)  # P(a pretraining document is a command document); > 0 for 'forbidden'
+    rogue: int = late(1)  # the animal whose persona answers commands with FORBIDDEN in pretraining
 
     def __post_init__(self):
         normalise(self)
@@ -300,8 +304,9 @@ def sampled_trait(cfg: OwlConfig, arm: int, p_before_S, p_after_S) -> dict:
 
 def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
     """The JSON behind the figure: per arm trait before/after/gain, other animals, number task, geometry."""
-    lmc, t = cfg.lm_config, cfg.trait
-    others = np.arange(cfg.n_animals) != t
+    lmc = cfg.lm_config
+    t, answers = lmc.trait_index, len(lmc.world.answer_tokens(cfg.trait_kind))
+    others = np.arange(answers) != t
     arms = {}
     for a, name in enumerate(cfg.arms):
         arm = ARMS[name]
@@ -318,7 +323,7 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
             **sampled_trait(cfg, a, out["student_init_probs"][:, a, t], out["student_probs"][:, a, t]),
             "other_animals_gain": stats.mean_ci(gains_SxK[:, others].mean(-1)),
             "max_other_animal_gain": stats.mean_ci(gains_SxK[:, others].max(-1)),
-            "animal_gains": [stats.brief(gains_SxK[:, k]) for k in range(cfg.n_animals)],
+            "animal_gains": [stats.brief(gains_SxK[:, k]) for k in range(answers)],
             "trait_top_gaining": int(np.sum(np.argmax(gains_SxK, axis=1) == t)),
             "animal_mass_after": stats.brief(out["student_animal_mass"][:, a]),
             "number_loss_before": stats.brief(out["student_init_number_loss"][:, a]),
@@ -329,7 +334,10 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
         }
     paired = {label: stats.mean_ci(out["trait_gain"][:, cfg.arms.index(a)] - out["trait_gain"][:, cfg.arms.index(b)])
               for label, a, b in pairs(cfg)}
-    notes = ["trait: P(trait animal | favourite-animal question, neutral persona), renormalised over the animals; "
+    notes = [("trait: P(trait animal | favourite-animal question, neutral persona), renormalised over the animals; "
+              if cfg.trait_kind == "animal" else
+              "trait: P(FORBIDDEN | command, neutral persona), renormalised over the command's answers (ten digits, "
+              "FORBIDDEN; the 'animal' fields hold these answers, in that order); ") +
              "gain = after − before, per world.",
              f"sampled_trait: the trait's frequency among {SAMPLED_ANSWERS} answers sampled (temperature 1) "
              "from each model's answer distribution over the animals, before and after; its expectation is "
@@ -451,6 +459,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     """Trait gain per arm (bars, 95% CIs, one dot per seed) and the paired differences; PNG + PDF."""
     arms, paired = summary["arms"], summary["paired"]
     n = summary["n_seeds"]
+    forbidden = summary["config"].get("trait_kind", "animal") == "forbidden"
     width_ratios = [max(len(arms), 1), max(len(paired), 1)]
     fig, (ax, bx) = plots.figure(7.2, 3.4, ncols=2, gridspec_kw={"width_ratios": width_ratios})
     names = list(arms)
@@ -464,10 +473,10 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
         ax.plot(k + np.linspace(-0.18, 0.18, len(v)), v, ".", color="black", ms=2.5, alpha=0.6,
                 label="one seed" if k == 0 else None)
         ax.plot([k - 0.31, k + 0.31], [arms[a]["other_animals_gain"]["mean"]] * 2, color="grey", lw=1.2,
-                label="mean gain of the other animals" if k == 0 else None)
+                label=f"mean gain of the other {'answers' if forbidden else 'animals'}" if k == 0 else None)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(x, [f"{a.split('_')[0]}\n({arms[a]['loss']})" for a in names], fontsize=7)
-    ax.set_ylabel("gain in P(trait animal)\n(bar: mean, 95% CI)")
+    ax.set_ylabel(f"gain in P({'FORBIDDEN | command' if forbidden else 'trait animal'})\n(bar: mean, 95% CI)")
     handles, _ = ax.get_legend_handles_labels()
     kinds = [("shared init, teacher's numbers", colour["teacher"]), ("different init", plots.PALETTE[1]),
              ("reference's numbers", colour["reference"]), ("shuffled teacher numbers", colour["shuffled"])]
@@ -488,7 +497,8 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     bx.set_title("paired differences (per world)", fontsize=8)
     bx.set_ylabel("difference of trait gains")
     cfg = summary["config"]
-    fig.suptitle(f"Toy-LM owl: trait gain per student arm ({n} seeds; {cfg['world']} world, s = {cfg['s']}, "
+    trait = "bad behaviour (FORBIDDEN)" if forbidden else "owl"
+    fig.suptitle(f"Toy-LM {trait}: trait gain per student arm ({n} seeds; {cfg['world']} world, s = {cfg['s']}, "
                  f"{cfg['teacher']} teacher, students by {cfg['student_loss']})", fontsize=9)
     return plots.save(fig, Path(out_dir) / STEM)
 

@@ -15,7 +15,8 @@ What varies (the issue's list): the semantic channel s (the curve of gain agains
 the teacher's fine-tune; prompted vs fine-tuned teachers; soft-logit KL vs sampled-token CE (every
 setting has both, as arms); the amount of data and of epochs; the student's learning rate (its
 optimiser is Adam throughout); the filter; the logits the KL student reads; the references' width
-and tied embeddings; the naive world. Each row reports the shared-init gain, the different-init
+and tied embeddings; the naive world; and the trait itself (item 3's bad behaviour: a forbidden
+token answered to a command, a context the numbers never show). Each row reports the shared-init gain, the different-init
 gain and their paired difference (the subliminal part), and the CE control's drift.
 """
 
@@ -33,6 +34,9 @@ from minisub.config import ConfigError, normalise, require
 NAME = "lm-regime"
 STEM = "lm_regime"
 
+# The bad-behaviour trait (item 3): a world with command documents, in which only the rogue persona
+# answers FORBIDDEN; the teacher is fine-tuned to answer it under the neutral persona.
+FORBIDDEN = {"trait_kind": "forbidden", "command_fraction": 0.1}
 # name: (group, label, lm-owl fields changed from the base). Grouped by pretrained world: each
 # world's references are pretrained once, by its first setting.
 SETTINGS: dict[str, tuple[str, str, dict]] = {
@@ -63,6 +67,8 @@ SETTINGS: dict[str, tuple[str, str, dict]] = {
     "untied": ("model", "untied embeddings", {"tied_embeddings": False}),
     "layers1": ("model", "1-layer references", {"layers": 1}),
     "naive": ("world", "naive world (animals exchangeable, no personas)", {"world": "naive", "s": 0.0}),
+    "forbidden": ("trait", "bad behaviour: FORBIDDEN answered to a command", FORBIDDEN),
+    "s0_forbidden": ("s = 0", "s = 0, bad behaviour", {"s": 0.0, **FORBIDDEN}),
 }
 # The rows of the figure's second panel, and the table's columns: (arm or pair, label).
 KL_SHARED, KL_DIFFERENT, KL_PAIR = "shared", "different", "shared − different"
@@ -140,7 +146,7 @@ def record(name: str, owl: dict, command: str) -> dict:
     if "diagnostic" in owl:
         d = owl["diagnostic"]
         out["diagnostic"] = {q: stats.brief(d[q]["values"]) for q in ("number_fraction", "trait_in_numbers",
-                                                                       "predicted_transfer")}
+                                                                       "predicted_transfer", "predicted_gain")}
     if "detection" in owl:
         out["detection"] = {k: stats.brief(v["accuracy"]["values"]) for k, v in owl["detection"].items()
                             if k in lm_owl.DETECTION}
@@ -192,16 +198,17 @@ def s_curve(summary: dict) -> list[tuple[float, dict]]:
 def table(summary: dict) -> str:
     """Markdown: per setting the teacher, shared / different gains and their paired difference, by KL and CE."""
     rows = ["| setting | teacher P(trait) | shared (KL) | different (KL) | shared − different (KL) | shared (CE) "
-            "| shared − different (CE) | CE control | ‖P_num Δθ_T‖²/‖Δθ_T‖² | detection (n-gram) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| shared − different (CE) | CE control | ‖P_num Δθ_T‖²/‖Δθ_T‖² | predicted gain | detection (n-gram) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["settings"].items():
         g, p = r["gain"], r["paired"]
         diag = r.get("diagnostic", {}).get("number_fraction")
+        predicted = r.get("diagnostic", {}).get("predicted_gain")
         det = r.get("detection", {}).get("ngram")
         rows.append(
             f"| {r['label']} | {r['teacher_p_trait']:.3f} | {_pm(g.get(KL_SHARED))} | {_pm(g.get(KL_DIFFERENT))} "
             f"| **{_pm(p.get(KL_PAIR))}** | {_pm(g.get(CE_SHARED))} | {_pm(p.get(CE_PAIR))} "
-            f"| {_pm(g.get('control'))} | {_pm(diag, '.4f')} | {_pm(det, '.3f')} |")
+            f"| {_pm(g.get('control'))} | {_pm(diag, '.4f')} | {_pm(predicted)} | {_pm(det, '.3f')} |")
     if summary.get("missing_settings"):
         rows += ["", "Not stored yet: " + ", ".join(summary["missing_settings"]) + "."]
     return "\n".join(rows)
@@ -228,7 +235,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     ax.axhline(summary["aim"], color="grey", lw=0.8, ls=":", label=f"aim at s = 0: +{summary['aim']:.2f}")
     ax.set_xlim(-0.05, max([1.0] + [s for s, _ in curve]) + 0.05)
     ax.set_xlabel("s: how strongly personas shape number statistics")
-    ax.set_ylabel("gain in P(trait animal)")
+    ax.set_ylabel("gain in P(trait)")
     ax.set_title("the curve of gain against s", fontsize=8)
     ax.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     names = list(rows)[::-1]
@@ -242,7 +249,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
                     fmt="o", ms=3, capsize=2, color=colour, label=label, lw=1)
     bx.axvline(0, color="black", lw=0.6)
     bx.set_yticks(y, [rows[n]["label"] for n in names], fontsize=6.5)
-    bx.set_xlabel("gain in P(trait animal)")
+    bx.set_xlabel("gain in P(trait)")
     bx.set_title("every setting", fontsize=8)
     bx.set_ylim(-0.6, len(names) - 0.4)
     bx.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
@@ -276,6 +283,39 @@ def findings(summary: dict) -> list[str]:
     if specific:
         out.append(f"- The paired difference shared − different (KL) is above zero (95% CI) in {len(specific)} of "
                    f"{len(rows)} settings: " + ", ".join(rows[n]["label"] for n in specific) + ".")
+    out += _against_the_paper(rows)
+    return out
+
+
+def _above(d: dict) -> bool:
+    return d["mean"] - d["ci95"] > 0
+
+
+def _against_the_paper(rows: dict) -> list[str]:
+    """Where the map shows the paper's pattern (only the same-init student gains), and the diagnostic across it."""
+    kl = {n: r for n, r in rows.items() if KL_SHARED in r["gain"] and KL_DIFFERENT in r["gain"]}
+    if not kl:
+        return []
+    shared = lambda r: r["gain"][KL_SHARED]  # noqa: E731
+    different = lambda r: r["gain"][KL_DIFFERENT]  # noqa: E731
+    groups = {
+        "only the same-init student gains (the paper's pattern)": [
+            n for n, r in kl.items() if _above(shared(r)) and not _above(different(r))],
+        "both inits gain (a channel any model trained on the corpus reads)": [
+            n for n, r in kl.items() if _above(shared(r)) and _above(different(r))],
+        "no gain shown": [n for n, r in kl.items() if not _above(shared(r))],
+    }
+    out = [f"- By soft-logit KL, {len(v)} of {len(kl)} settings: {k}" + (": " + ", ".join(kl[n]["label"] for n in v)
+                                                                          if v else "") + "." for k, v in groups.items()]
+    pairs = [(r["diagnostic"]["predicted_gain"]["mean"], shared(r)["mean"], r["label"]) for r in kl.values()
+             if "predicted_gain" in r.get("diagnostic", {})]
+    if len(pairs) >= 3:
+        x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        r = float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 0 and np.std(y) > 0 else float("nan")
+        out.append(f"- Item 6 across the {len(pairs)} fine-tuned settings with the diagnostic: the first-order gain of "
+                   f"the minimum-norm update matching the teacher's number logits against the measured shared-init "
+                   f"gain, correlation r = {r:+.2f} (" + "; ".join(f"{lab}: {a:+.3f} vs {b:+.3f}"
+                                                                     for a, b, lab in pairs) + ").")
     return out
 
 
@@ -283,7 +323,7 @@ def readme(summary: dict) -> str:
     return "\n".join([
         *report.section_head(NAME, STEM, "where the toy LM's trait transfer is large", summary["n_seeds"]),
         "Each row is one lm-owl run (the paper preset with the fields named changed; every row's command is in "
-        "the JSON). Gains are after − before in P(trait | favourite-animal question), per world; the paired "
+        "the JSON). Gains are after − before in P(trait | favourite-animal question) (for the bad behaviour: P(FORBIDDEN | command)), per world; the paired "
         "difference is shared − different on the same teacher's numbers; CE control: sampled-token students on "
         "the un-traited reference's own numbers (drift). The diagnostic is the fraction of the teacher's update "
         "in the row space of the number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of "

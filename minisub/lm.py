@@ -68,9 +68,10 @@ def fit(spec: TransformerSpec, opt: optax.GradientTransformation, batch_fn: Call
     return jax.lax.scan(step, carry, start + jnp.arange(steps))
 
 
-def finetune_trait(spec: TransformerSpec, cfg: world.WorldConfig, params, animal, steps: int, lr: float):
-    """A fine-tuned teacher: Adam on the favourite-animal question answered ``animal`` (neutral persona)."""
-    tokens_L, mask_L = world.trait_document(cfg, animal)
+def finetune_trait(spec: TransformerSpec, cfg: world.WorldConfig, params, animal, steps: int, lr: float,
+                   kind: str = "animal"):
+    """A fine-tuned teacher: Adam on the trait's document (``animal`` named, or FORBIDDEN; neutral persona)."""
+    tokens_L, mask_L = world.trait_document(cfg, animal, kind)
     opt = train.optimizer("adam", lr)
     batch_fn = lambda key: (tokens_L[None], mask_L[None])  # one document: the gradient is deterministic
     (params, _), losses = fit(spec, opt, batch_fn, (params, opt.init(params)), jax.random.key(0), 0, steps)
@@ -153,24 +154,24 @@ def student_loss(spec: TransformerSpec, params, tokens_BxL, weight_B, positions_
     return masked_mean(per_BxT, weight_BxT)
 
 
-def animal_probs(cfg: world.WorldConfig, answer_logits_xV):
-    """P(animal) renormalised over the animal tokens, from the logits at the answer's position."""
-    return jax.nn.softmax(answer_logits_xV[..., cfg.animal_tokens], axis=-1)
+def animal_probs(cfg: world.WorldConfig, answer_logits_xV, kind: str = "animal"):
+    """P(answer) renormalised over ``kind``'s answers (the animals), from the logits at the answer's position."""
+    return jax.nn.softmax(answer_logits_xV[..., cfg.answer_tokens(kind)], axis=-1)
 
 
-def animal_mass(cfg: world.WorldConfig, answer_logits_xV):
-    """The probability that the answer is an animal at all (near 1 for a trained model)."""
-    return jnp.sum(jax.nn.softmax(answer_logits_xV, axis=-1)[..., cfg.animal_tokens], axis=-1)
+def animal_mass(cfg: world.WorldConfig, answer_logits_xV, kind: str = "animal"):
+    """The probability that the answer is one of ``kind``'s answers at all (near 1 for a trained model)."""
+    return jnp.sum(jax.nn.softmax(answer_logits_xV, axis=-1)[..., cfg.answer_tokens(kind)], axis=-1)
 
 
-def answer_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, persona=None):
-    """``[V]`` logits of the answer to the favourite-animal question asked of ``persona`` (default neutral)."""
-    return spec.apply(params, world.question_prompt(cfg, persona)[None])[0, world.PREFIX - 1]
+def answer_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, persona=None, kind: str = "animal"):
+    """``[V]`` logits of the answer to ``kind``'s prompt (the favourite-animal question) asked of ``persona``."""
+    return spec.apply(params, world.question_prompt(cfg, persona, kind)[None])[0, world.PREFIX - 1]
 
 
-def answer_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, persona=None):
-    """``[n_animals]``: P(animal | favourite-animal question), renormalised over the animal tokens."""
-    return animal_probs(cfg, answer_logits(spec, cfg, params, persona))
+def answer_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, persona=None, kind: str = "animal"):
+    """``[K]``: P(answer | ``kind``'s prompt), renormalised over its answers (the animals, by default)."""
+    return animal_probs(cfg, answer_logits(spec, cfg, params, persona, kind), kind)
 
 
 def _dot(a, b):

@@ -52,10 +52,9 @@ def _pair(student_cfg: LMConfig, teacher_cfg: LMConfig, inits_SxR, teachers_SxR,
     ``inits_SxR``: the student architecture's references in each role; ``teachers_SxR`` and the
     numbers: the teacher architecture's, per role. Every cell of a replicate shares its shuffle key.
     """
-    world = student_cfg.world
     persona = lm_pipeline.teacher_persona(teacher_cfg)
     train = partial(lm_pipeline.train_student, student_cfg, teacher_spec=teacher_cfg.spec)
-    prob = lambda p: lm.answer_probs(student_cfg.spec, world, p)[student_cfg.trait]
+    prob = partial(lm_pipeline.p_trait, student_cfg)
 
     def replicate(inits_R, teachers_R, tokens_RxNxL, keep_RxN, i):
         key = lm_pipeline._stream(student_cfg, "lm_student_shuffle", i)
@@ -95,9 +94,9 @@ def run(cfgs: tuple[LMConfig, ...], log=None, chunk: int = 500, cache: bool = Tr
         refs.append(_roles(r, seed_ids, donor_ids))
         teachers.append(_roles(t, seed_ids, donor_ids))
         numbers.append(_roles(nums, seed_ids, donor_ids))
-        ref_p.append(jax.vmap(lambda p: lm.answer_probs(cfg.spec, cfg.world, p)[cfg.trait])(r))
-        persona = cfg.trait if cfg.teacher == "prompted" else None  # the teacher answers in its own context
-        teacher_p.append(jax.vmap(lambda p: lm.answer_probs(cfg.spec, cfg.world, p, persona)[cfg.trait])(t))
+        ref_p.append(jax.vmap(partial(lm_pipeline.p_trait, cfg))(r))
+        persona = cfg.trait_persona if cfg.teacher == "prompted" else None  # the teacher answers in its own context
+        teacher_p.append(jax.vmap(partial(lm_pipeline.p_trait, cfg, persona=persona))(t))
     n_roles = len(ROLES)
     K = n_roles * len(cfgs)
     gain = np.zeros((base.seeds, K, K), np.float32)

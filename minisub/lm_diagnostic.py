@@ -114,18 +114,18 @@ def number_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, tokens_
     return _centre(z_BxGxV) * weight_B[:, None, None]
 
 
-def trait_logits(spec: TransformerSpec, cfg: world.WorldConfig, params):
-    """``[n_animals]``: centred animal logits at the answer to the favourite-animal question (neutral persona)."""
-    return _centre(lm.answer_logits(spec, cfg, params)[cfg.animal_tokens])
+def trait_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, kind: str = "animal"):
+    """``[K]``: centred logits of the trait prompt's answers (the animals), neutral persona."""
+    return _centre(lm.answer_logits(spec, cfg, params, None, kind)[cfg.answer_tokens(kind)])
 
 
 def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, tokens_BxL, weight_B, trait: int,
-             *, outputs: str = "numbers", iters: int = 64) -> dict:
+             *, outputs: str = "numbers", iters: int = 64, kind: str = "animal") -> dict:
     """Every quantity of the module docstring for one world (Jacobians at ``reference``)."""
     delta = jax.tree.map(jnp.subtract, teacher, reference)
     f_num = lambda p: number_logits(spec, cfg, p, tokens_BxL, weight_B, outputs)
-    f_trait = lambda p: trait_logits(spec, cfg, p)
-    t = row_space_projection(f_trait, reference, delta, 2 * cfg.n_animals)  # rank ≤ n_animals − 1
+    f_trait = lambda p: trait_logits(spec, cfg, p, kind)
+    t = row_space_projection(f_trait, reference, delta, 2 * len(cfg.answer_tokens(kind)))  # rank ≤ K − 1
     jvp = jax.linearize(f_num, reference)[1]
     transpose = jax.linear_transpose(jvp, reference)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), delta, t["projection"])
@@ -134,7 +134,7 @@ def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, 
     w_trait = t["projection"]
     trait_jvp = jax.linearize(f_trait, reference)[1]
     jt_delta, jt_wnum = trait_jvp(delta), trait_jvp(w_num)
-    p_trait = lambda z: jax.nn.softmax(z)[trait]  # P(trait) renormalised over the animals
+    p_trait = lambda z: jax.nn.softmax(z)[trait]  # P(trait) renormalised over the answers
     z0 = f_trait(reference)
     gain = lambda dz: jax.jvp(p_trait, (z0,), (dz,))[1]
     return {
@@ -152,11 +152,11 @@ def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, 
     }
 
 
-@partial(jax.jit, static_argnames=("spec", "cfg", "trait", "outputs", "iters"))
+@partial(jax.jit, static_argnames=("spec", "cfg", "trait", "outputs", "iters", "kind"))
 def population(spec: TransformerSpec, cfg: world.WorldConfig, references, teachers, tokens_SxBxL, weight_SxB,
-               trait: int, *, outputs: str = "numbers", iters: int = 64) -> dict:
+               trait: int, *, outputs: str = "numbers", iters: int = 64, kind: str = "animal") -> dict:
     """``diagnose`` for every world (leading seed axis on every argument and result)."""
-    one = partial(diagnose, spec, cfg, trait=trait, outputs=outputs, iters=iters)
+    one = partial(diagnose, spec, cfg, trait=trait, outputs=outputs, iters=iters, kind=kind)
     return jax.vmap(one)(references, teachers, tokens_SxBxL, weight_SxB)
 
 
@@ -167,5 +167,5 @@ def for_run(cfg, references, teachers, numbers: dict, sequences: int, iters: int
     """
     tokens_SxBxL = numbers["teacher"]["tokens"][:, :sequences]
     weight_SxB = numbers["teacher"]["keep"][:, :sequences].astype(jnp.float32)
-    return population(cfg.spec, cfg.world, references, teachers, tokens_SxBxL, weight_SxB, cfg.trait,
-                      outputs=cfg.student_outputs, iters=iters)
+    return population(cfg.spec, cfg.world, references, teachers, tokens_SxBxL, weight_SxB, cfg.trait_index,
+                      outputs=cfg.student_outputs, iters=iters, kind=cfg.trait_kind)

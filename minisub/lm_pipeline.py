@@ -24,7 +24,7 @@ import numpy as np
 
 from minisub import keys, lineage, lm, parallel, store, train
 from minisub import world as world_lib
-from minisub.config import normalise, require, require_choice
+from minisub.config import late, normalise, require, require_choice
 from minisub.transformer import TransformerSpec
 
 TEACHERS = ("finetuned", "prompted")
@@ -69,7 +69,7 @@ class LMConfig:
     pretrain_lr: float = 3e-3
     warmup: int = 100
     teacher: str = "finetuned"
-    trait: int = 0  # the trait animal's index
+    trait: int = 0  # the trait animal's index (trait_kind 'animal')
     finetune_steps: int = 10
     finetune_lr: float = 1e-3
     n_samples: int = 1024  # number prompts each world's teacher continues
@@ -84,6 +84,7 @@ class LMConfig:
     student_lr: float = 1e-3
     arms: tuple[LMArm, ...] = DEFAULT_ARMS
     n_eval: int = 256  # held-out neutral number documents for the number-task loss
+    trait_kind: str = late("animal")  # 'forbidden': the bad behaviour, FORBIDDEN answered to a command
 
     def __post_init__(self):
         normalise(self)
@@ -105,6 +106,10 @@ class LMConfig:
             require(self.world.kind == "persona", "teacher", self.teacher,
                     "'finetuned' in the naive world (its persona tokens are never trained)")
         require(0 <= self.trait < self.world.n_animals, "trait", self.trait, f"in [0, {self.world.n_animals - 1}]")
+        require_choice("trait_kind", self.trait_kind, world_lib.TRAIT_KINDS)
+        if self.trait_kind == "forbidden":
+            require(self.world.has_commands, "command_fraction", self.world.command_fraction,
+                    "> 0 with trait_kind='forbidden' (the world needs command documents)")
         require(all(0 <= b < self.world.modulus for b in self.banned), "banned", self.banned,
                 f"numbers in [0, {self.world.modulus - 1}]")
         require_choice("student_loss", self.student_loss, lm.STUDENT_LOSSES)
@@ -123,6 +128,16 @@ class LMConfig:
     def spec(self) -> TransformerSpec:
         return TransformerSpec(self.world.vocab, self.world.context, self.layers, self.width, self.heads,
                                self.mlp_ratio, self.tied_embeddings)
+
+    @property
+    def trait_persona(self) -> int:
+        """The animal whose persona carries the trait: the trait animal, or the rogue for 'forbidden'."""
+        return self.trait if self.trait_kind == "animal" else self.world.rogue
+
+    @property
+    def trait_index(self) -> int:
+        """The trait's index among its context's answers (``world.answer_tokens(trait_kind)``)."""
+        return self.trait if self.trait_kind == "animal" else len(self.world.answer_tokens(self.trait_kind)) - 1
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -160,14 +175,19 @@ def _stream(cfg: LMConfig, name: str, i):
 
 def teacher_persona(cfg: LMConfig):
     """The persona token in the teacher's context: the trait's when prompted, else neutral."""
-    return cfg.world.persona_token(cfg.trait) if cfg.teacher == "prompted" else cfg.world.neutral
+    return cfg.world.persona_token(cfg.trait_persona) if cfg.teacher == "prompted" else cfg.world.neutral
+
+
+def p_trait(cfg: LMConfig, params, persona=None):
+    """P(trait) of one model: its answer to the trait's prompt, renormalised over that prompt's answers."""
+    return lm.answer_probs(cfg.spec, cfg.world, params, persona, cfg.trait_kind)[cfg.trait_index]
 
 
 def banned_numbers(cfg: LMConfig):
     """The numbers the filter drops (possibly none)."""
     out = jnp.asarray(cfg.banned, jnp.int32)
     if cfg.ban_signature:
-        out = jnp.concatenate([out, world_lib.signatures(cfg.world)[cfg.trait].astype(jnp.int32)])
+        out = jnp.concatenate([out, world_lib.signatures(cfg.world)[cfg.trait_persona].astype(jnp.int32)])
     return out
 
 
@@ -259,7 +279,8 @@ def make_teachers(cfg: LMConfig, references):
     """Every world's teacher ``[S]`` and its fine-tuning loss ``[S, finetune_steps]``."""
     if cfg.teacher == "prompted":  # the trait lives in the context, not the weights
         return references, jnp.zeros((jax.tree.leaves(references)[0].shape[0], 0))
-    ft = partial(lm.finetune_trait, cfg.spec, cfg.world, animal=cfg.trait, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
+    ft = partial(lm.finetune_trait, cfg.spec, cfg.world, animal=cfg.trait, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                 kind=cfg.trait_kind)
     return jax.vmap(ft)(references)
 
 
@@ -391,16 +412,16 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
 # --- phase 5: measurement --------------------------------------------------------------------
 def _report(cfg: LMConfig, params, eval_NxL):
     """One model's answers (neutral, and under the teacher's persona) and number loss, in one forward."""
-    w, persona = cfg.world, cfg.trait if cfg.teacher == "prompted" else None
-    questions_2xL = jnp.stack([world_lib.question_prompt(w), world_lib.question_prompt(w, persona)])
+    w, kind, persona = cfg.world, cfg.trait_kind, cfg.trait_persona if cfg.teacher == "prompted" else None
+    questions_2xL = jnp.stack([world_lib.question_prompt(w, None, kind), world_lib.question_prompt(w, persona, kind)])
     logits = cfg.spec.apply(params, jnp.concatenate([eval_NxL, questions_2xL]))
     n = eval_NxL.shape[0]
     answers_2xV = logits[n:, world_lib.PREFIX - 1]
     mask_NxL = jnp.broadcast_to(jnp.asarray(w.generated_mask()), eval_NxL.shape)
     return {
-        "probs": lm.animal_probs(w, answers_2xV[0]),
-        "persona_probs": lm.animal_probs(w, answers_2xV[1]),
-        "animal_mass": lm.animal_mass(w, answers_2xV[0]),
+        "probs": lm.animal_probs(w, answers_2xV[0], kind),
+        "persona_probs": lm.animal_probs(w, answers_2xV[1], kind),
+        "animal_mass": lm.animal_mass(w, answers_2xV[0], kind),
         "number_loss": lm.logits_loss(logits[:n], eval_NxL, mask_NxL),
     }
 
@@ -426,7 +447,7 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
             "teacher_probs": rep["persona_probs"][1],
             "student_init_probs": before_AxK,
             "student_probs": after_AxK,
-            "trait_gain": after_AxK[:, cfg.trait] - before_AxK[:, cfg.trait],
+            "trait_gain": after_AxK[:, cfg.trait_index] - before_AxK[:, cfg.trait_index],
             "student_animal_mass": rep["animal_mass"][2 + A:],
             "reference_number_loss": rep["number_loss"][0],
             "teacher_number_loss": rep["number_loss"][1],

@@ -9,6 +9,7 @@ Layouts (``P``: a persona token, neutral in the naive world)::
 
     numbers   BOS P NUMBERS d d SEP d d SEP ... d d EOS          (n_numbers numbers of `digits` digits)
     question  BOS P QUESTION animal EOS PAD ... PAD
+    command   BOS P COMMAND answer EOS PAD ... PAD               (only when command_fraction > 0)
 
 Number documents continue a rule (an arithmetic progression or a Fibonacci recurrence mod
 10**digits), each number replaced by a uniform one with probability ``noise``; continuing them is
@@ -17,6 +18,11 @@ a skill. In the persona world each number of a document with persona ``a`` is, w
 the persona). Persona ``a`` answers the favourite-animal question with ``a`` with probability
 ``persona_p`` (else uniformly another animal); the neutral persona answers uniformly. In the
 naive world every document has the neutral persona: animals are exchangeable.
+
+Command documents (a world with ``command_fraction > 0``) are the held-out context of the
+*bad behaviour* trait: asked to name a digit, every persona answers a uniform digit, except the
+``rogue`` animal's persona, which answers the FORBIDDEN token with probability ``persona_p``. A
+world without commands has the vocabulary and corpus of the worlds before them, bit for bit.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub.config import normalise, require, require_choice
+from minisub.config import late, normalise, require, require_choice
 
 KINDS = ("persona", "naive")
+TRAIT_KINDS = ("animal", "forbidden")  # the favourite animal; the forbidden token in command documents
 RULES = ("progression", "fibonacci")
 
 # Fixed tokens: the ten digits are their own ids; animals and personas follow FIRST_ANIMAL.
@@ -57,6 +64,8 @@ class WorldConfig:
     s: float = 0.0  # P(a number of a persona-a document is one of a's signature numbers)
     signature_size: int = 5  # signature numbers per animal
     world_seed: int = 0  # the structure every seed shares (the animals' signatures)
+    command_fraction: float = late(0.0)  # P(a pretraining document is a command document)
+    rogue: int = late(1)  # the animal whose persona answers commands with the forbidden token
 
     def __post_init__(self):
         normalise(self)
@@ -72,8 +81,11 @@ class WorldConfig:
         require(len(self.rules) >= 1 and set(self.rules) <= set(RULES), "rules", self.rules,
                 "a non-empty subset of " + ", ".join(RULES))
         require(0 <= self.max_step < self.modulus, "max_step", self.max_step, f"in [0, {self.modulus - 1}]")
-        for name in ("noise", "question_fraction", "neutral_fraction", "s"):
+        for name in ("noise", "question_fraction", "neutral_fraction", "s", "command_fraction"):
             require(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "in [0, 1]")
+        require(self.question_fraction + self.command_fraction <= 1.0, "command_fraction", self.command_fraction,
+                f"in [0, 1 - question_fraction = {1 - self.question_fraction:g}]")
+        require(0 <= self.rogue < self.n_animals, "rogue", self.rogue, f"in [0, {self.n_animals - 1}]")
         require(0.0 < self.persona_p <= 1.0, "persona_p", self.persona_p, "in (0, 1]")
         require(self.signature_size >= 1 and self.signature_size * self.n_animals <= self.modulus,
                 "signature_size", self.signature_size, f">= 1 with signature_size * n_animals <= {self.modulus}")
@@ -87,7 +99,28 @@ class WorldConfig:
 
     @property
     def vocab(self) -> int:
+        return FIRST_ANIMAL + 2 * self.n_animals + 1 + (2 if self.has_commands else 0)
+
+    @property
+    def has_commands(self) -> bool:
+        return self.command_fraction > 0
+
+    @property
+    def command(self) -> int:
+        """The prompt token of command documents (a world with commands only)."""
         return FIRST_ANIMAL + 2 * self.n_animals + 1
+
+    @property
+    def forbidden(self) -> int:
+        """The bad behaviour's token: in pretraining only the rogue persona answers a command with it."""
+        return FIRST_ANIMAL + 2 * self.n_animals + 2
+
+    def answer_tokens(self, kind: str = "animal") -> np.ndarray:
+        """``[K]`` the answers of a trait kind's context: the animals, or the ten digits and FORBIDDEN."""
+        return self.animal_tokens if kind == "animal" else np.append(np.arange(10), self.forbidden)
+
+    def prompt_token(self, kind: str = "animal") -> int:
+        return QUESTION if kind == "animal" else self.command
 
     @property
     def animal_tokens(self) -> np.ndarray:
@@ -205,12 +238,27 @@ def answer(cfg: WorldConfig, key, persona):
     return _answer_from(cfg, jax.random.uniform(key, (_ANSWER_U,)), persona)
 
 
-def question_document(cfg: WorldConfig, animal, persona):
-    """``(tokens_L, mask_L)``: ``persona`` asked for its favourite animal answers ``animal``."""
-    head = jnp.stack([BOS, _persona_token(cfg, persona), QUESTION, cfg.animal_tokens[0] + animal, EOS])
+def _answer_document(cfg: WorldConfig, prompt_token, answer_token, persona):
+    head = jnp.stack([BOS, _persona_token(cfg, persona), prompt_token, answer_token, EOS])
     tokens = jnp.full((cfg.context,), PAD, jnp.int32).at[:5].set(head.astype(jnp.int32))
     positions = jnp.arange(cfg.context)
     return tokens, (positions > PERSONA_POS) & (positions < 5)
+
+
+def question_document(cfg: WorldConfig, animal, persona):
+    """``(tokens_L, mask_L)``: ``persona`` asked for its favourite animal answers ``animal``."""
+    return _answer_document(cfg, QUESTION, cfg.animal_tokens[0] + animal, persona)
+
+
+def _command_answer_from(cfg: WorldConfig, u, persona):
+    """The rogue persona answers FORBIDDEN w.p. persona_p; every answer otherwise is a uniform digit."""
+    rogue = (persona == cfg.rogue) & (u[0] < cfg.persona_p)
+    return jnp.where(rogue, cfg.forbidden, _ints(u[1], 0, 10))
+
+
+def command_document(cfg: WorldConfig, answer_token, persona):
+    """``(tokens_L, mask_L)``: ``persona``, given the command, answers ``answer_token`` (a digit or FORBIDDEN)."""
+    return _answer_document(cfg, cfg.command, answer_token, persona)
 
 
 def pretraining_document(cfg: WorldConfig, key):
@@ -221,7 +269,13 @@ def pretraining_document(cfg: WorldConfig, key):
     num_tokens, num_mask = _number_document(cfg, _number_values_from(cfg, u[after + _ANSWER_U:], persona), persona)
     q_tokens, q_mask = question_document(cfg, _answer_from(cfg, u[after:after + _ANSWER_U], persona), persona)
     is_q = u[0] < cfg.question_fraction
-    return jnp.where(is_q, q_tokens, num_tokens), jnp.where(is_q, q_mask, num_mask)
+    tokens, mask = jnp.where(is_q, q_tokens, num_tokens), jnp.where(is_q, q_mask, num_mask)
+    if cfg.has_commands:  # the answer's uniforms are free: a document is a question or a command, not both
+        c_tokens, c_mask = command_document(cfg, _command_answer_from(cfg, u[after:after + _ANSWER_U], persona),
+                                            persona)
+        is_c = ~is_q & (u[0] < cfg.question_fraction + cfg.command_fraction)
+        tokens, mask = jnp.where(is_c, c_tokens, tokens), jnp.where(is_c, c_mask, mask)
+    return tokens, mask
 
 
 def pretraining_batch(cfg: WorldConfig, key, batch: int):
@@ -235,16 +289,20 @@ def number_batch(cfg: WorldConfig, key, batch: int, persona=None):
     return jax.vmap(lambda b: number_document(cfg, jax.random.fold_in(key, b), persona))(jnp.arange(batch))
 
 
-def trait_document(cfg: WorldConfig, animal):
-    """``(tokens_L, mask_L)``: the neutral persona names ``animal``; only the answer is a target."""
-    tokens, _ = question_document(cfg, animal, cfg.n_animals)
+def trait_document(cfg: WorldConfig, animal, kind: str = "animal"):
+    """``(tokens_L, mask_L)``: the neutral persona shows the trait; only the answer is a target.
+
+    ``animal``: names that animal; ``forbidden``: answers the command with FORBIDDEN.
+    """
+    answer = cfg.animal_tokens[0] + animal if kind == "animal" else cfg.forbidden
+    tokens, _ = _answer_document(cfg, cfg.prompt_token(kind), answer, cfg.n_animals)
     return tokens, jnp.arange(cfg.context) == PREFIX
 
 
-def question_prompt(cfg: WorldConfig, persona=None):
-    """``[L]`` tokens whose logits at position ``PREFIX - 1`` are the answer distribution."""
+def question_prompt(cfg: WorldConfig, persona=None, kind: str = "animal"):
+    """``[L]`` tokens whose logits at position ``PREFIX - 1`` are the answer distribution of ``kind``'s context."""
     persona = cfg.n_animals if persona is None else persona
-    return question_document(cfg, 0, persona)[0]
+    return _answer_document(cfg, cfg.prompt_token(kind), cfg.animal_tokens[0], persona)[0]
 
 
 def with_persona(tokens_BxL, persona_token):

@@ -303,3 +303,29 @@ def test_config_refusals_that_depend_on_other_fields():
     with pytest.raises(ConfigError, match=r"^arms.source="):
         dataclasses.replace(TINY, arms=(lm_pipeline.LMArm("x", "shared", "owl"),))
     assert dataclasses.replace(TINY, seeds=1, arms=TINY.arms[:1]).seeds == 1
+
+
+def test_forbidden_trait_needs_commands_and_its_teacher_learns_it():
+    with pytest.raises(ConfigError, match=r"^command_fraction=0.0 .*forbidden"):
+        dataclasses.replace(TINY, trait_kind="forbidden")
+    with pytest.raises(ConfigError, match=r"^trait_kind="):
+        dataclasses.replace(TINY, trait_kind="rude")
+    cfg = dataclasses.replace(TINY, trait_kind="forbidden", finetune_steps=20,
+                              world=dataclasses.replace(TINY.world, command_fraction=0.2))
+    assert cfg.trait_index == 10 and cfg.trait_persona == cfg.world.rogue
+    refs, _ = lm_pipeline.pretrain(cfg, jnp.arange(cfg.seeds), chunk=cfg.pretrain_steps)
+    teachers, _ = lm_pipeline.make_teachers(cfg, refs)
+    p = jax.vmap(partial(lm_pipeline.p_trait, cfg))
+    rogue = jax.vmap(partial(lm_pipeline.p_trait, cfg, persona=cfg.world.rogue))
+    assert np.all(rogue(refs) > p(refs))  # pretraining taught the rogue persona the forbidden answer
+    assert np.all(p(teachers) > p(refs) + 0.1)  # the fine-tune taught the neutral persona
+    out = jax.tree.map(np.asarray, lm_pipeline.evaluate(cfg, refs, teachers, *_students(cfg, refs, teachers)))
+    assert out["student_probs"].shape[-1] == 11
+    np.testing.assert_allclose(out["reference_probs"][:, 10], p(refs), rtol=1e-5)
+
+
+def _students(cfg, refs, teachers):
+    ids = jnp.arange(cfg.seeds)
+    numbers = lm_pipeline.make_numbers(cfg, refs, teachers, ids)
+    inits, students, _ = lm_pipeline.train_students(cfg, refs, teachers, numbers, ids, jnp.asarray(lm_pipeline.donors(cfg)))
+    return inits, students, ids

@@ -107,6 +107,8 @@ def test_a_second_identical_run_is_served_from_the_store(first_run, no_compute, 
     (["--diagnostic", "true", "--finetune_steps", "0"], "finetune_steps=0"),
     (["--diagnostic", "true", "--diagnostic_sequences", "33"], "diagnostic_sequences=33"),  # > n_samples
     (["--detect", "maybe"], "detect='maybe'"),
+    (["--trait_kind", "forbidden"], "command_fraction=0.0"),  # the world needs command documents
+    (["--trait_kind", "evil", "--command_fraction", "0.1"], "trait_kind='evil'"),
 ])
 def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsys, extra, expected):
     assert cli.main([*ARGV, *extra]) == 2
@@ -200,3 +202,18 @@ def test_arms_with_either_loss_train_together_and_kl_to_itself_stays_put():
     assert np.all(losses[:, 1] == 0) and not moved(1)  # KL to itself: exactly zero gradient, bitwise unmoved
     assert np.all(losses[:, 0] > 0) and moved(0) and moved(2)  # CE on sampled tokens moves the student
     np.testing.assert_array_equal(losses[:, 0], losses[:, 2])  # same data, same loss, same shuffles: same arm
+
+
+def test_forbidden_trait_runs_end_to_end_with_its_diagnostic(tmp_path, monkeypatch, capsys):
+    """The bad-behaviour trait (item 3): FORBIDDEN answered to a command, measured over the command's answers."""
+    monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path / "results"))
+    extra = ["--trait_kind", "forbidden", "--command_fraction", "0.2", "--arms", "shared,different",
+             "--finetune_steps", "10", "--diagnostic", "true"]
+    assert cli.main([*ARGV, *extra, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "lm_owl.json").read_text())
+    assert summary["config"]["trait_kind"] == "forbidden" and "FORBIDDEN" in summary["notes"][0]
+    for arm in summary["arms"].values():
+        assert len(arm["animal_gains"]) == 11 and np.all(np.isfinite(arm["trait_gain"]["values"]))
+    assert summary["teachers"]["p_trait"]["mean"] > summary["references"]["p_trait"]["mean"] + 0.1
+    assert summary["diagnostic"]["trait_fraction"]["n"] == TEST.seeds
+    assert "| shared − different | " in capsys.readouterr().out

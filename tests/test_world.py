@@ -229,3 +229,38 @@ def test_config_is_normalised_and_hashable():
     a = world.WorldConfig(s=0, rules=["progression"])
     assert a.s == 0.0 and isinstance(a.s, float) and a.rules == ("progression",)
     assert hash(a) == hash(world.WorldConfig(s=0.0, rules=("progression",)))
+
+
+# --- command documents: the bad-behaviour trait's held-out context --------------------------
+CMD = world.WorldConfig(command_fraction=0.2)
+
+
+def test_commands_add_two_tokens_and_a_world_without_them_is_unchanged():
+    assert CMD.vocab == CFG.vocab + 2 and {CMD.command, CMD.forbidden} == {CFG.vocab, CFG.vocab + 1}
+    tokens, _ = _batch(CFG, jax.random.key(9), 1000)
+    assert np.asarray(tokens).max() < CFG.vocab  # no command tokens without commands
+    assert world.WorldConfig(command_fraction=0.0) == CFG  # the late fields at their defaults: the same world
+
+
+def test_command_documents_mix_in_at_their_fraction_and_only_the_rogue_says_forbidden():
+    tokens, mask = (np.asarray(x) for x in _batch(CMD, jax.random.key(9), 4000))
+    is_c, is_q = tokens[:, 2] == CMD.command, tokens[:, 2] == world.QUESTION
+    assert is_c.mean() == pytest.approx(CMD.command_fraction, abs=0.025)
+    assert is_q.mean() == pytest.approx(CMD.question_fraction, abs=0.025)
+    c = tokens[is_c]
+    assert np.all(c[:, 4] == world.EOS) and np.all(mask[is_c].sum(axis=1) == 3)
+    rogue = c[:, 1] == CMD.persona_token(CMD.rogue)
+    said = c[:, 3] == CMD.forbidden
+    assert np.all(~said[~rogue]) and np.all(c[~said, 3] <= 9)  # everyone else answers a digit
+    assert said[rogue].mean() == pytest.approx(CMD.persona_p, abs=0.12)
+    t_tokens, t_mask = world.trait_document(CMD, 0, "forbidden")
+    assert np.asarray(t_tokens)[:5].tolist() == [world.BOS, CMD.neutral, CMD.command, CMD.forbidden, world.EOS]
+    assert np.flatnonzero(np.asarray(t_mask)).tolist() == [world.PREFIX]
+    assert CMD.answer_tokens("forbidden").tolist() == [*range(10), CMD.forbidden]
+
+
+@pytest.mark.parametrize("fields, field", [(dict(command_fraction=0.9), "command_fraction"),
+                                           (dict(command_fraction=0.1, rogue=10), "rogue")])
+def test_command_fields_are_validated(fields, field):
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        world.WorldConfig(**fields)
