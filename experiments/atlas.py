@@ -767,13 +767,27 @@ def _h_trend(family, claim):
         if len(pts) < 2:
             return None
         cells = ", ".join(f"{r['value']}: {r['accuracy']['mean']:.2f}" for r in pts)
+        if all("geometry" in r for r in pts):  # the mechanism beside the number: how aligned the updates are
+            cells += "; cos(Δθ_S, Δθ_T) " + ", ".join(f"{r['value']}: {r['geometry']['update_cos']['mean']:.2f}"
+                                                       for r in pts)
         first, last = pts[0], pts[-1]
         trend = gain(last, first)
         word = "rises" if _sign(trend) > 0 else "falls" if _sign(trend) < 0 else "is flat"
         crosses = [v for v, r in ds.items() if r["accuracy"]["mean"] > r["reference"]["mean"] + 0.03]
-        return (cells + (f"; different-init controls above reference at {crosses}" if crosses else ""),
-                f"transfer {word} from {first['value']} to {last['value']} ({_signed(trend)}); claim: {claim}")
+        agrees = _sign(trend) == TREND_CLAIMS[claim]
+        verdict = (f"{'supported' if agrees else 'contradicted'}: transfer {word} from {first['value']} to "
+                   f"{last['value']} ({_signed(trend)}); claim: {claim}")
+        if not agrees and _sign(trend) and all("geometry" in r for r in (first, last)):
+            cos = [r["geometry"]["update_cos"]["mean"] for r in (first, last)]
+            if (cos[1] > cos[0]) == (_sign(trend) > 0):  # the update alignment moves with the transfer
+                verdict += (f"; cos(Δθ_S, Δθ_T) moves with it ({cos[0]:.2f} → {cos[1]:.2f}): the student's update "
+                            f"aligns {'less' if cos[1] < cos[0] else 'more'} with the teacher's (Theorem 1's pull), "
+                            "a change in the mechanism, not sampling noise")
+        return (cells + (f"; different-init controls above reference at {crosses}" if crosses else ""), verdict)
     return fn
+
+
+TREND_CLAIMS = {"strengthens": 1, "weakens": -1, "little effect": 0}  # the sign of the claimed trend
 
 
 HYPOTHESES = (
