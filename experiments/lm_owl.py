@@ -514,7 +514,7 @@ def _discussion(summary: dict) -> list[str]:
     if "shared − different" in paired:
         d, s = paired["shared − different"], arms["shared"]
         out += [f"Subliminal part (shared − different, paired by world): {_pm(d)} (n = {d['n']}); the trait was "
-                f"the top-gaining animal for the shared-init student in {s['trait_top_gaining']} of "
+                f"the top-gaining answer for the shared-init student in {s['trait_top_gaining']} of "
                 f"{s['trait_gain']['n']} worlds.", ""]
     controls = [f"{label} {_pm(d)}" for label, d in paired.items() if "control" in label or "shuffle" in label]
     if controls:
@@ -575,7 +575,10 @@ def readme(summary: dict) -> str:
         f"{c['world'].capitalize()} world (s = {c['s']}, {c['n_animals']} animals, documents of {c['n_numbers']} "
         f"{c['digits']}-digit numbers); references: {c['layers']}-layer width-{c['width']} transformers pretrained "
         f"for {c['pretrain_steps']} steps (batch {c['pretrain_batch']}); teacher: {c['teacher']} "
-        f"({c['finetune_steps']} fine-tuning steps at lr {c['finetune_lr']}) on animal {c['trait']}; "
+        f"({c['finetune_steps']} fine-tuning steps at lr {c['finetune_lr']}) "
+        + (f"on animal {c['trait']}; " if c.get("trait_kind", "animal") == "animal" else
+           f"to answer commands with FORBIDDEN (in pretraining only animal {c['rogue']}'s persona does, and "
+           f"{c['command_fraction']:g} of the documents are commands); ") +
         f"{c['n_samples']} continuations per world at temperature {c['temperature']}, filtered; students: "
         f"{c['student_epochs']} epochs, batch {c['student_batch']}, Adam {c['student_lr']}. CI: 1.96·std/√n.",
         "",
