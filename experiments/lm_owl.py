@@ -332,6 +332,10 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
             "final_student_loss": stats.brief(out["student_loss"][:, a, -5:].mean(-1)),
             "geometry": geo,
         }
+        if "student_question_probs" in out:  # the bad behaviour's persona: its animal, a trait never trained
+            r = cfg.rogue
+            arms[name]["rogue_animal_gain"] = stats.mean_ci(out["student_question_probs"][:, a, r]
+                                                            - out["student_init_question_probs"][:, a, r])
     paired = {label: stats.mean_ci(out["trait_gain"][:, cfg.arms.index(a)] - out["trait_gain"][:, cfg.arms.index(b)])
               for label, a, b in pairs(cfg)}
     notes = [("trait: P(trait animal | favourite-animal question, neutral persona), renormalised over the animals; "
@@ -352,6 +356,13 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
         notes.append("shuffle: the teacher's kept continuation numbers permuted across sequences and positions "
                      "(same multiset of numbers, per-sequence structure destroyed), trained by sampled-token CE.")
     extras = {}
+    if "student_question_probs" in out:
+        extras["rogue_animal"] = {"animal": cfg.rogue,
+                                  "reference_p": stats.mean_ci(out["reference_question_probs"][:, cfg.rogue]),
+                                  "teacher_p": stats.mean_ci(out["teacher_question_probs"][:, cfg.rogue])}
+        notes.append(f"rogue_animal: P(animal {cfg.rogue} | favourite-animal question, neutral persona), the favourite "
+                     "animal of the persona that says FORBIDDEN in pretraining; the teacher was never trained on it, so "
+                     "a gain is the persona generalising (rogue_animal_gain per arm: after − before).")
     if "diagnostic" in out:
         extras["diagnostic"] = _diagnostic_summary(cfg, out["diagnostic"])
         notes.append(f"diagnostic (item 6): Δθ_T = teacher − reference; P_num, P_trait: orthogonal projectors onto "
@@ -439,6 +450,11 @@ def table(summary: dict) -> str:
     rows += ["", f"P(trait): reference {ref['p_trait']['mean']:.3f}, teacher {teach['p_trait']['mean']:.3f}; number "
                  f"loss: reference {ref['number_loss']['mean']:.3f}, teacher {teach['number_loss']['mean']:.3f}; "
                  "kept fraction: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in summary["keep_fraction"].items())]
+    if "rogue_animal" in summary:
+        r = summary["rogue_animal"]
+        rows += ["", f"The rogue persona's animal ({r['animal']}), never trained: P(it | favourite-animal question) "
+                     f"reference {_pm(r['reference_p'], '.3f')}, teacher {_pm(r['teacher_p'], '.3f')}; student gains: "
+                     + ", ".join(f"{name} {_pm(a['rogue_animal_gain'])}" for name, a in summary["arms"].items()) + "."]
     if "diagnostic" in summary:
         d = summary["diagnostic"]
         rows += ["", f"| diagnostic (item 6): Jacobians at the reference, {d['sequences']} teacher sequences, "

@@ -147,6 +147,10 @@ def record(name: str, owl: dict, command: str) -> dict:
         d = owl["diagnostic"]
         out["diagnostic"] = {q: stats.brief(d[q]["values"]) for q in ("number_fraction", "trait_in_numbers",
                                                                        "predicted_transfer", "predicted_gain")}
+    if "rogue_animal" in owl:  # the bad-behaviour settings: does the rogue persona's animal come along?
+        out["rogue_animal"] = {"reference_p": owl["rogue_animal"]["reference_p"]["mean"],
+                               "teacher_p": owl["rogue_animal"]["teacher_p"]["mean"],
+                               "gain": {a: arms[a]["rogue_animal_gain"] for a in arms}}
     if "detection" in owl:
         out["detection"] = {k: stats.brief(v["accuracy"]["values"]) for k, v in owl["detection"].items()
                             if k in lm_owl.DETECTION}
@@ -284,6 +288,12 @@ def findings(summary: dict) -> list[str]:
         out.append(f"- The paired difference shared − different (KL) is above zero (95% CI) in {len(specific)} of "
                    f"{len(rows)} settings: " + ", ".join(rows[n]["label"] for n in specific) + ".")
     out += _against_the_paper(rows)
+    for r in rows.values():
+        if "rogue_animal" in r and KL_SHARED in r["rogue_animal"]["gain"]:
+            ra = r["rogue_animal"]
+            out.append(f"- {r['label']}: the rogue persona's animal, never trained, goes from {ra['reference_p']:.3f} "
+                       f"(reference) to {ra['teacher_p']:.3f} in the teacher; shared-init students gain "
+                       f"{_pm(ra['gain'][KL_SHARED])} in it, different-init {_pm(ra['gain'].get(KL_DIFFERENT))}.")
     return out
 
 

@@ -413,17 +413,22 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
 def _report(cfg: LMConfig, params, eval_NxL):
     """One model's answers (neutral, and under the teacher's persona) and number loss, in one forward."""
     w, kind, persona = cfg.world, cfg.trait_kind, cfg.trait_persona if cfg.teacher == "prompted" else None
-    questions_2xL = jnp.stack([world_lib.question_prompt(w, None, kind), world_lib.question_prompt(w, persona, kind)])
-    logits = cfg.spec.apply(params, jnp.concatenate([eval_NxL, questions_2xL]))
+    questions = [world_lib.question_prompt(w, None, kind), world_lib.question_prompt(w, persona, kind)]
+    if kind != "animal":  # the favourite-animal answer too: does the rogue persona's animal come along?
+        questions.append(world_lib.question_prompt(w))
+    logits = cfg.spec.apply(params, jnp.concatenate([eval_NxL, jnp.stack(questions)]))
     n = eval_NxL.shape[0]
-    answers_2xV = logits[n:, world_lib.PREFIX - 1]
+    answers_QxV = logits[n:, world_lib.PREFIX - 1]
     mask_NxL = jnp.broadcast_to(jnp.asarray(w.generated_mask()), eval_NxL.shape)
-    return {
-        "probs": lm.animal_probs(w, answers_2xV[0], kind),
-        "persona_probs": lm.animal_probs(w, answers_2xV[1], kind),
-        "animal_mass": lm.animal_mass(w, answers_2xV[0], kind),
+    out = {
+        "probs": lm.animal_probs(w, answers_QxV[0], kind),
+        "persona_probs": lm.animal_probs(w, answers_QxV[1], kind),
+        "animal_mass": lm.animal_mass(w, answers_QxV[0], kind),
         "number_loss": lm.logits_loss(logits[:n], eval_NxL, mask_NxL),
     }
+    if kind != "animal":
+        out["question_probs"] = lm.animal_probs(w, answers_QxV[2])
+    return out
 
 
 @partial(jax.jit, static_argnums=0)
@@ -431,6 +436,7 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
     """Answer distributions, trait gains, number-task loss and parameter geometry of every world and arm.
 
     Answers are read under the neutral persona, except ``teacher_probs``, read under the teacher's.
+    For a trait other than an animal, ``*_question_probs`` hold the favourite-animal answers as well.
     """
     A = len(cfg.arms)
 
@@ -454,6 +460,9 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
             "student_init_number_loss": rep["number_loss"][2:2 + A],
             "student_number_loss": rep["number_loss"][2 + A:],
             "geometry": jax.vmap(lm.geometry, in_axes=(0, 0, None, None))(students_A, inits_A, teacher, ref),
+            **({"reference_question_probs": rep["question_probs"][0], "teacher_question_probs": rep["question_probs"][1],
+                "student_init_question_probs": rep["question_probs"][2:2 + A],
+                "student_question_probs": rep["question_probs"][2 + A:]} if "question_probs" in rep else {}),
         }
 
     return jax.vmap(one)(references, teachers, inits, students, seed_ids)

@@ -216,4 +216,7 @@ def test_forbidden_trait_runs_end_to_end_with_its_diagnostic(tmp_path, monkeypat
         assert len(arm["animal_gains"]) == 11 and np.all(np.isfinite(arm["trait_gain"]["values"]))
     assert summary["teachers"]["p_trait"]["mean"] > summary["references"]["p_trait"]["mean"] + 0.1
     assert summary["diagnostic"]["trait_fraction"]["n"] == TEST.seeds
+    rogue = summary["rogue_animal"]  # the rogue persona's animal, read from the favourite-animal question
+    assert rogue["animal"] == 1 and 0 <= rogue["teacher_p"]["mean"] <= 1
+    assert all(np.isfinite(a["rogue_animal_gain"]["mean"]) for a in summary["arms"].values())
     assert "| shared − different | " in capsys.readouterr().out
