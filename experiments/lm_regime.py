@@ -288,6 +288,16 @@ def findings(summary: dict) -> list[str]:
         out.append(f"- The paired difference shared − different (KL) is above zero (95% CI) in {len(specific)} of "
                    f"{len(rows)} settings: " + ", ".join(rows[n]["label"] for n in specific) + ".")
     out += _against_the_paper(rows)
+    for r in rows.values():  # the paper's teachers are prompted (a system prompt), not fine-tuned
+        if r["fields"].get("teacher") == "prompted" and KL_SHARED in r["gain"] and KL_DIFFERENT in r["gain"]:
+            sh, di, det = r["gain"][KL_SHARED], r["gain"][KL_DIFFERENT], r.get("detection", {}).get("ngram")
+            pattern = ("only the same-init student gains, as in the paper" if _above(sh) and not _above(di) else
+                       "both inits gain: the numbers carry the persona semantically, which the paper's filter is "
+                       "meant to exclude" if _above(sh) and _above(di) else
+                       "no gain shown: a prompted teacher's trait lives in its context, not its weights, so "
+                       "Theorem 1's pull toward the teacher's parameters is absent")
+            out.append(f"- {r['label']}: shared {_pm(sh)}, different {_pm(di)}"
+                       + (f", detection {det['mean']:.2f}" if det else "") + f": {pattern}.")
     for r in rows.values():
         if "rogue_animal" in r and KL_SHARED in r["rogue_animal"]["gain"]:
             ra = r["rogue_animal"]
