@@ -133,7 +133,9 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     for t in range(K):
         for u in range(K):
             ax.text(u, t, f"{cells[t][u]['mean']:+.3f}\n±{cells[t][u]['ci95']:.3f}", ha="center", va="center",
-                    fontsize=7, color="black", fontweight="bold" if t == u else "normal")
+                    fontsize=7, color="white" if abs(mean[t, u]) > 0.6 * lim else "black",  # legible on dark cells
+                    fontweight="bold" if t == u else "normal")
+    ax.grid(False)
     ax.set_xticks(range(K), labels)
     ax.set_yticks(range(K), labels)
     ax.set_xlabel("student's starting reference")
