@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
@@ -157,8 +157,9 @@ def _shared_tiny(spec, key_data, x, teacher, biases):
     p0 = jax.tree_util.tree_map_with_path(
         lambda path, a: a + biases[: a.shape[-1]] if "bias" in jax.tree_util.keystr(path) else a, p0)
     loss_T = theory.classification_loss(spec, *teacher)
-    return theory.sweep(spec, (IMITATIONS[0], IMITATIONS[1], IMITATIONS[3]), loss_T, p0, p0, x,
-                        jnp.asarray([1e-7, 1e-6, 1e-5]))
+    out = theory.sweep(spec, (IMITATIONS[0], IMITATIONS[1], IMITATIONS[3]), loss_T, p0, p0, x,
+                       jnp.asarray([1e-7, 1e-6, 1e-5]))
+    return out, jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(p0)))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -169,6 +170,7 @@ def _shared_tiny(spec, key_data, x, teacher, biases):
     input_scale=st.sampled_from([0.1, 1.0, 5.0]),
     bias_scale=st.sampled_from([0.01, 0.3]),
 )
+@example(seed=383, which=0, x_kind="shifted", input_scale=5.0, bias_scale=0.01)  # rounding dominates at ε = 1e-7
 def test_shared_init_inner_product_is_nonnegative_and_first_order_at_small_eps(
         seed, which, x_kind, input_scale, bias_scale):
     spec = SPECS[which]
@@ -182,13 +184,15 @@ def test_shared_init_inner_product_is_nonnegative_and_first_order_at_small_eps(
         x = jnp.asarray(input_scale * x, jnp.float64)
         teacher = (jax.random.normal(k[2], (8, spec.n_in), jnp.float64), jax.random.randint(k[3], (8,), 0, 3))
         biases = bias_scale * jax.random.normal(jax.random.fold_in(k[3], 1), (8,), jnp.float64)
-        out = jax.device_get(_shared_tiny(spec, jax.random.key_data(k[1]), x, teacher, biases))
+        out, p0_norm = jax.device_get(_shared_tiny(spec, jax.random.key_data(k[1]), x, teacher, biases))
     for name, o in out.items():
         inner, pred = o["inner"], o["predicted"]
         scale = o["student_norm"] * o["teacher_norm"]
+        # Δθ_S = θ_S − θ⁰ loses up to half an ulp of each coordinate of θ⁰: float64 rounding of ⟨Δθ_S, Δθ_T⟩
+        rounding = 4 * np.finfo(np.float64).eps * p0_norm * o["teacher_norm"]
         assert np.all(pred >= 0), name
-        assert np.all(inner >= -1e-9 * scale), (name, inner, pred)
-        assert np.all(np.abs(inner - pred) <= 1e-3 * pred + 1e-9 * scale), (name, inner, pred)
+        assert np.all(inner >= -1e-9 * scale - rounding), (name, inner, pred)
+        assert np.all(np.abs(inner - pred) <= 1e-3 * pred + 1e-9 * scale + rounding), (name, inner, pred)
 
 
 def test_relative_error_shrinks_linearly_as_eps_shrinks():
