@@ -294,8 +294,12 @@ def findings(summary: dict) -> list[str]:
             pattern = ("only the same-init student gains, as in the paper" if _above(sh) and not _above(di) else
                        "both inits gain: the numbers carry the persona semantically, which the paper's filter is "
                        "meant to exclude" if _above(sh) and _above(di) else
-                       "no gain shown: a prompted teacher's trait lives in its context, not its weights, so "
-                       "Theorem 1's pull toward the teacher's parameters is absent")
+                       "no gain shown: a prompted teacher has the student's own weights (Δθ_T = 0: no displacement "
+                       "for Theorem 1's pull)" + (", and its numbers are indistinguishable from the reference's "
+                       "(the persona in context leaves number statistics unchanged when s = 0), so nothing "
+                       "carries the trait; the paper's system-prompted teachers do transmit, so its LLMs carry "
+                       "the prompt into their numbers in a way this world does not"
+                       if det and det["mean"] < 0.55 else ""))
             out.append(f"- {r['label']}: shared {_pm(sh)}, different {_pm(di)}"
                        + (f", detection {det['mean']:.2f}" if det else "") + f": {pattern}.")
     for r in rows.values():
@@ -307,8 +311,12 @@ def findings(summary: dict) -> list[str]:
     return out
 
 
+MIN_GAIN = 0.02  # a gain below 2 points of P(trait) counts as none, whatever its CI
+
+
 def _above(d: dict) -> bool:
-    return d["mean"] - d["ci95"] > 0
+    """A gain shown: 95% CI above 0 and at least MIN_GAIN."""
+    return d["mean"] - d["ci95"] > 0 and d["mean"] >= MIN_GAIN
 
 
 def _against_the_paper(rows: dict) -> list[str]:
@@ -323,7 +331,7 @@ def _against_the_paper(rows: dict) -> list[str]:
             n for n, r in kl.items() if _above(shared(r)) and not _above(different(r))],
         "both inits gain (a channel any model trained on the corpus reads)": [
             n for n, r in kl.items() if _above(shared(r)) and _above(different(r))],
-        "no gain shown": [n for n, r in kl.items() if not _above(shared(r))],
+        f"no gain shown (CI above 0 and ≥ {MIN_GAIN:g})": [n for n, r in kl.items() if not _above(shared(r))],
     }
     out = [f"- By soft-logit KL, {len(v)} of {len(kl)} settings: {k}" + (": " + ", ".join(kl[n]["label"] for n in v)
                                                                           if v else "") + "." for k, v in groups.items()]
