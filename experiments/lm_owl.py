@@ -344,7 +344,7 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
               "FORBIDDEN; the 'animal' fields hold these answers, in that order); ") +
              "gain = after − before, per world.",
              f"sampled_trait: the trait's frequency among {SAMPLED_ANSWERS} answers sampled (temperature 1) "
-             "from each model's answer distribution over the animals, before and after; its expectation is "
+             "from each model's distribution over the trait prompt's answers, before and after; its expectation is "
              "P(trait), its spread adds the sampling noise of counting sampled answers, as the paper does.",
              "number_loss: next-token CE of a model on held-out neutral number documents of its world "
              "(continuation positions): the number-task quality."]
@@ -441,7 +441,7 @@ def table(summary: dict) -> str:
         rows.append(
             f"| {name} | {a['lineage']} | {a['source']} | {a['loss']} | {a['p_trait_before']['mean']:.3f} → "
             f"{a['p_trait_after']['mean']:.3f} | {_pm(a['trait_gain'])} | {a['trait_gain']['n']} "
-            f"| {_pm(a['sampled_trait_gain']) if 'sampled_trait_gain' in a else '–'} | {_pm(a['other_animals_gain'])} | {a['number_loss_after']['mean']:.3f} "
+            f"| {_pm(a['sampled_trait_gain'])} | {_pm(a['other_animals_gain'])} | {a['number_loss_after']['mean']:.3f} "
             f"({a['number_loss_change']['mean']:+.3f}) | {_pm(g['update_cos'])} | {g['dist_teacher']['mean']:.2f} |")
     if summary["paired"]:
         rows += ["", "| paired difference of trait gains (per world) | mean ± 95% CI | n |", "|---|---|---|"]

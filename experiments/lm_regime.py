@@ -16,8 +16,9 @@ the teacher's fine-tune; prompted vs fine-tuned teachers; soft-logit KL vs sampl
 setting has both, as arms); the amount of data and of epochs; the student's learning rate (its
 optimiser is Adam throughout); the filter; the logits the KL student reads; the references' width
 and tied embeddings; the naive world; and the trait itself (item 3's bad behaviour: a forbidden
-token answered to a command, a context the numbers never show). Each row reports the shared-init gain, the different-init
-gain and their paired difference (the subliminal part), and the CE control's drift.
+token answered to a command, a context the numbers never show). Each row reports the shared-init
+gain, the different-init gain and their paired difference (the subliminal part), and the CE
+control's drift.
 """
 
 from __future__ import annotations
@@ -351,7 +352,8 @@ def readme(summary: dict) -> str:
     return "\n".join([
         *report.section_head(NAME, STEM, "where the toy LM's trait transfer is large", summary["n_seeds"]),
         "Each row is one lm-owl run (the paper preset with the fields named changed; every row's command is in "
-        "the JSON). Gains are after − before in P(trait | favourite-animal question) (for the bad behaviour: P(FORBIDDEN | command)), per world; the paired "
+        "the JSON). Gains are after − before in P(trait | favourite-animal question) (for the bad behaviour: "
+        "P(FORBIDDEN | command)), per world; the paired "
         "difference is shared − different on the same teacher's numbers; CE control: sampled-token students on "
         "the un-traited reference's own numbers (drift). The diagnostic is the fraction of the teacher's update "
         "in the row space of the number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of "
