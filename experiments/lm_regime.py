@@ -64,6 +64,7 @@ SETTINGS: dict[str, tuple[str, str, dict]] = {
     "s0.1": ("s", "s = 0.1", {"s": 0.1}),
     "s0.6": ("s", "s = 0.6", {"s": 0.6}),
     "s1": ("s", "s = 1", {"s": 1.0}),
+    "width16": ("model", "references of width 16 (lm-cross's)", {"width": 16}),
     "width64": ("model", "references of width 64", {"width": 64}),
     "untied": ("model", "untied embeddings", {"tied_embeddings": False}),
     "layers1": ("model", "1-layer references", {"layers": 1}),

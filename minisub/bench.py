@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import mnist, pipeline, runner
+from minisub import lm_pipeline, mnist, pipeline, runner
 
 
 def matmul_rate(n: int = 4096, repeats: int = 10) -> float:
@@ -65,6 +65,58 @@ def report(cfg: pipeline.AuxConfig) -> dict:
     m["ratio"] = m["flop_rate"] / ceiling
     m["peak_rss_gb"] = peak_rss_gb()
     rows = table_rows(m)
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return m
+
+
+def lm_pretrain_flops_per_step(cfg: lm_pipeline.LMConfig) -> int:
+    """Counted FLOPs of one pretraining step of one reference: forward + backward = 3 x forward."""
+    return 3 * cfg.spec.flops_per_token() * cfg.world.context * cfg.pretrain_batch
+
+
+def measure_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
+    """Time ``steps`` pretraining steps of ``cfg.seeds`` references in one vmapped program (compiled first)."""
+    seed_ids = jnp.arange(cfg.seeds)
+    state = lm_pipeline.init_references(cfg, seed_ids)
+    t = time.perf_counter()
+    state, loss = lm_pipeline.pretrain_chunk(cfg, state, seed_ids, 0, steps)  # compiles, then runs
+    jax.block_until_ready(loss)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    state, loss = lm_pipeline.pretrain_chunk(cfg, state, seed_ids, steps, steps)
+    jax.block_until_ready(loss)
+    steady = time.perf_counter() - t
+    flops = cfg.seeds * steps * lm_pretrain_flops_per_step(cfg)
+    return {
+        "seeds": cfg.seeds,
+        "wall_s": first + steady,
+        "steady_wall_s": steady * cfg.pretrain_steps / steps,  # the whole pretraining at the steady rate
+        "flops_total": float(cfg.seeds * cfg.pretrain_steps * lm_pretrain_flops_per_step(cfg)),
+        "flop_rate": float(flops / steady),
+        "steps": steps,
+        "step_s": steady / steps,
+    }
+
+
+
+def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
+    """Print and return the pretraining benchmark of ``cfg``'s references (the bulk of a toy-LM run)."""
+    ceiling = matmul_rate()
+    m = measure_lm(cfg, steps)
+    m.update(matmul_rate=ceiling, ratio=m["flop_rate"] / ceiling, peak_rss_gb=peak_rss_gb())
+    rows = [
+        ("backend", f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"),
+        ("references (seeds)", f"{m['seeds']}"),
+        ("model", f"{cfg.layers} layers, width {cfg.width}, context {cfg.world.context}, batch {cfg.pretrain_batch}"),
+        ("pretraining step, steady", f"{1e3 * m['step_s']:.1f} ms for all {m['seeds']} references"),
+        ("whole pretraining, steady", f"{m['steady_wall_s']:.0f} s ({cfg.pretrain_steps} steps)"),
+        ("counted FLOPs (pretraining)", f"{m['flops_total']:.3e}  ({lm_pretrain_flops_per_step(cfg):.3e} per step per reference)"),
+        ("achieved FLOP rate", f"{m['flop_rate'] / 1e9:.2f} GFLOP/s (steady state)"),
+        ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
+        ("ratio", f"{100 * m['ratio']:.2f}% of the matmul rate"),
+        ("peak memory (RSS)", f"{m['peak_rss_gb']:.2f} GB"),
+    ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     return m

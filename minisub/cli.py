@@ -147,7 +147,10 @@ def cmd_bench(args, extra) -> int:
 
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
-    bench.report(cfg)
+    if hasattr(cfg, "lm_config"):  # a toy-LM experiment: pretraining is the bulk of its compute
+        bench.report_lm(cfg.lm_config, args.steps)
+    else:
+        bench.report(cfg)
     return 0
 
 
@@ -192,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("experiment")
     b.add_argument("--preset", default="paper")
     b.add_argument("--seeds", type=int, default=16)
+    b.add_argument("--steps", type=int, default=50, help="toy-LM experiments: pretraining steps timed")
     b.set_defaults(fn=cmd_bench)
     return p
 
