@@ -284,6 +284,7 @@ def findings(summary: dict) -> list[str]:
         out.append("- Against s, shared / different / paired difference (KL): " + "; ".join(
             f"s = {s:g}: {r['gain'][KL_SHARED]['mean']:+.3f} / {r['gain'][KL_DIFFERENT]['mean']:+.3f} / "
             f"{r['paired'][KL_PAIR]['mean']:+.3f}" for s, r in curve) + ".")
+        out += _semantic_along_s(curve)
     specific = [n for n, r in rows.items() if KL_PAIR in r["paired"]
                 and r["paired"][KL_PAIR]["mean"] - r["paired"][KL_PAIR]["ci95"] > 0]
     if specific:
@@ -311,6 +312,24 @@ def findings(summary: dict) -> list[str]:
                        f"(reference) to {ra['teacher_p']:.3f} in the teacher; shared-init students gain "
                        f"{_pm(ra['gain'][KL_SHARED])} in it, different-init {_pm(ra['gain'].get(KL_DIFFERENT))}.")
     return out
+
+
+def _semantic_along_s(curve: list[tuple[float, dict]]) -> list[str]:
+    """Whether other-init students read the fine-tuned teacher's numbers as s (and their detectability) grows."""
+    pts = [(s, r) for s, r in curve if "ngram" in r.get("detection", {})]
+    if len(pts) < 2:
+        return []
+    diff = [r["gain"][KL_DIFFERENT] for _, r in pts]
+    shown = [s for (s, _), d in zip(pts, diff) if _above(d)]
+    det = ", ".join(f"{r['detection']['ngram']['mean']:.2f} at s = {s:g}" for s, r in pts)
+    lo, hi = min(d["mean"] for d in diff), max(d["mean"] for d in diff)
+    if shown:
+        verdict = "a semantic channel opens: other-init students gain at s = " + ", ".join(f"{s:g}" for s in shown)
+    else:
+        verdict = ("no other-init student gains at any s: the numbers become distinguishable from the reference's, "
+                   "but what makes them so is not something a model of another init reads as the trait")
+    return [f"- Different-init gain (KL) along s: {lo:+.3f} to {hi:+.3f}, while an n-gram classifier tells the "
+            f"teacher's numbers from the reference's at {det}: {verdict}."]
 
 
 MIN_GAIN = 0.02  # a gain below 2 points of P(trait) counts as none, whatever its CI

@@ -83,3 +83,16 @@ def test_bad_fields_are_refused_naming_them(extra, expected, monkeypatch):
     monkeypatch.setattr(lm_pipeline, "pretrain", lambda *a, **k: pytest.fail("computed before refusing"))
     with pytest.raises(ConfigError, match=expected):
         cli.build_config(lm_regime, "test", extra)
+
+
+def _row(different: float, detection: float) -> dict:
+    est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
+    return {"gain": {lm_regime.KL_DIFFERENT: est(different)}, "detection": {"ngram": est(detection)}}
+
+
+def test_the_s_curve_names_a_semantic_channel_only_where_other_inits_gain():
+    closed = lm_regime._semantic_along_s([(0.0, _row(0.0, 0.52)), (1.0, _row(0.005, 0.63))])
+    assert len(closed) == 1 and "no other-init student gains at any s" in closed[0] and "0.63 at s = 1" in closed[0]
+    opened = lm_regime._semantic_along_s([(0.0, _row(0.0, 0.52)), (1.0, _row(0.2, 0.9))])
+    assert "a semantic channel opens: other-init students gain at s = 1" in opened[0]
+    assert lm_regime._semantic_along_s([(0.0, _row(0.0, 0.5))]) == []  # one point is no curve
