@@ -16,6 +16,7 @@ of steps only to report progress.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from functools import partial
 
 import jax
@@ -214,13 +215,31 @@ def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
     return jax.vmap(one)(state, seed_ids)
 
 
-def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None):
-    """Pretrained references ``[S]`` and their loss curves ``[S, pretrain_steps]``."""
-    state, curves = init_references(cfg, seed_ids), []
-    for start in range(0, cfg.pretrain_steps, chunk):
+def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Path | None = None):
+    """Pretrained references ``[S]`` and their loss curves ``[S, pretrain_steps]``.
+
+    With ``checkpoint`` (a file), the state after every chunk is stored there and a rerun resumes
+    from it: the same chunk program continues from the same state, so the result is bitwise that
+    of an uninterrupted run. A checkpoint written with another chunk size is ignored.
+    """
+    state = init_references(cfg, seed_ids)
+    treedef = jax.tree.structure(state)
+    done, curves = 0, []
+    saved = store.load_arrays(checkpoint) if checkpoint is not None else None
+    if saved is not None and int(saved["chunk"]) == chunk and len(saved["state"]) == treedef.num_leaves:
+        state = jax.tree.unflatten(treedef, [jnp.asarray(saved["state"][f"{k:04d}"])
+                                             for k in range(treedef.num_leaves)])
+        done, curves = int(saved["step"]), [saved["loss"]]
+        if log:
+            log(f"pretrain: resumed at step {done}/{cfg.pretrain_steps} from {checkpoint}")
+    for start in range(done, cfg.pretrain_steps, chunk):
         n = min(chunk, cfg.pretrain_steps - start)
         state, loss_SxT = pretrain_chunk(cfg, state, seed_ids, start, n)
         curves.append(np.asarray(loss_SxT))
+        if checkpoint is not None and start + n < cfg.pretrain_steps and parallel.is_writer():
+            leaves = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(state))}
+            store.save_arrays(checkpoint, {"state": leaves, "loss": np.concatenate(curves, axis=1),
+                                           "step": np.asarray(start + n), "chunk": np.asarray(chunk)})
         if log:
             log(f"pretrain {start + n}/{cfg.pretrain_steps}: loss {curves[-1][:, -1].mean():.4f}")
     return state[0], np.concatenate(curves, axis=1)
@@ -266,10 +285,12 @@ def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=No
                 log(f"references: read from {directory}")
             leaves = [jnp.asarray(stored["params"][f"{k:04d}"]) for k in range(treedef.num_leaves)]
             return jax.tree.unflatten(treedef, leaves), stored["loss"]
-        params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log)
+        checkpoint = directory / "pretraining_checkpoint.npz"  # a killed pretraining resumes from its last chunk
+        params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log, checkpoint)
         if parallel.is_writer():
             leaves = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(params))}
             store.save_arrays(directory / "references.npz", {"params": leaves, "loss": loss})
+            checkpoint.unlink(missing_ok=True)
         return params, loss
 
 

@@ -108,6 +108,33 @@ def test_stored_references_are_the_pretrained_ones_bitwise_and_shared_by_teacher
                                       tmp_path) != lm_pipeline.references_dir(TINY, tmp_path)
 
 
+def test_a_killed_pretraining_resumes_from_its_checkpoint_bitwise(tmp_path, monkeypatch):
+    ids, chunk, checkpoint = jnp.arange(TINY.seeds), TINY.pretrain_steps // 4, tmp_path / "checkpoint.npz"
+    whole, whole_loss = lm_pipeline.pretrain(TINY, ids, chunk=chunk)
+    real, starts = lm_pipeline.pretrain_chunk, []
+
+    def dies_after_two_chunks(cfg, state, seed_ids, start, steps):
+        if len(starts) == 2:
+            raise KeyboardInterrupt("killed")
+        starts.append(start)
+        return real(cfg, state, seed_ids, start, steps)
+
+    monkeypatch.setattr(lm_pipeline, "pretrain_chunk", dies_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        lm_pipeline.pretrain(TINY, ids, chunk=chunk, checkpoint=checkpoint)
+    assert checkpoint.exists() and starts == [0, chunk]
+    starts.clear()
+    monkeypatch.setattr(lm_pipeline, "pretrain_chunk", lambda *a: starts.append(a[3]) or real(*a))
+    resumed, resumed_loss = lm_pipeline.pretrain(TINY, ids, chunk=chunk, checkpoint=checkpoint)
+    assert starts == [2 * chunk, 3 * chunk]  # only the chunks the killed run had not finished
+    np.testing.assert_array_equal(resumed_loss, whole_loss)
+    for name, v in flat(whole).items():
+        np.testing.assert_array_equal(v, flat(resumed)[name], err_msg=name)
+    starts.clear()  # a checkpoint of another chunk size is not resumed from
+    lm_pipeline.pretrain(TINY, ids, chunk=chunk * 2, checkpoint=checkpoint)
+    assert starts == [0, 2 * chunk]
+
+
 def test_references_differ_between_seeds(phases):
     kernel = np.asarray(flat(phases["refs"])["blocks.0.attn.qkv.kernel"])
     assert not np.array_equal(kernel[0], kernel[1])
