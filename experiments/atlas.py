@@ -789,8 +789,24 @@ def _h_trend(family, claim):
                 verdict += (f"; cos(Δθ_S, Δθ_T) moves with it ({cos[0]:.2f} → {cos[1]:.2f}): the student's update "
                             f"aligns {'less' if cos[1] < cos[0] else 'more'} with the teacher's (Theorem 1's pull), "
                             "a change in the mechanism, not sampling noise")
+        verdict += _interior_peak(pts)
         return (cells + (f"; different-init controls above reference at {crosses}" if crosses else ""), verdict)
     return fn
+
+
+def _interior_peak(pts: list[dict]) -> str:
+    """A clause when transfer peaks inside the sweep (CI-separated from both ends), with the alignment beside it."""
+    top = max(pts, key=lambda r: r["accuracy"]["mean"])
+    if top is pts[0] or top is pts[-1] or _sign(gain(top, pts[0])) <= 0 or _sign(gain(top, pts[-1])) <= 0:
+        return ""
+    out = (f"; not monotone: transfer peaks at {top['value']} ({top['accuracy']['mean']:.2f}; "
+           f"{_signed(gain(top, pts[0]))} over {pts[0]['value']}, {_signed(gain(top, pts[-1]))} over {pts[-1]['value']})")
+    if all("geometry" in r for r in pts):
+        cos = [r["geometry"]["update_cos"]["mean"] for r in pts]
+        if all(a > b for a, b in zip(cos, cos[1:])):
+            out += (f", while cos(Δθ_S, Δθ_T) falls at every step ({cos[0]:.2f} → {cos[-1]:.2f}): below the peak the "
+                    "student's update is better aligned yet transmits less, so alignment alone does not set the transfer")
+    return out
 
 
 TREND_CLAIMS = {"strengthens": 1, "weakens": -1, "little effect": 0}  # the sign of the claimed trend

@@ -116,3 +116,20 @@ def test_merge_assembles_stored_points_without_computing(tmp_path, capsys, monke
     # the loss family is complete; the inputs family shares its uniform-noise (baseline) points
     assert families["loss"]["missing_points"] == 0
     assert 0 < families["inputs"]["missing_points"] < len(atlas.INPUTS) * 2
+
+
+def _point(value, accuracies, cos):
+    mean = sum(accuracies) / len(accuracies)
+    return {"series": "shared", "value": value, "accuracy": {"mean": mean, "ci95": 0.01, "values": accuracies},
+            "reference": {"mean": 0.1, "ci95": 0.0}, "geometry": {"update_cos": {"mean": cos}}}
+
+
+def test_a_trend_that_peaks_inside_the_sweep_says_so_with_the_alignment():
+    peaked = [_point(64, [0.45, 0.47, 0.49], 0.7), _point(256, [0.55, 0.56, 0.57], 0.5),
+              _point(1024, [0.25, 0.26, 0.27], 0.1)]
+    clause = atlas._interior_peak(peaked)
+    assert "not monotone: transfer peaks at 256" in clause and "falls at every step (0.70 → 0.10)" in clause
+    monotone = [_point(64, [0.6, 0.6, 0.6], 0.7), _point(256, [0.5, 0.5, 0.5], 0.5), _point(1024, [0.3, 0.3, 0.3], 0.1)]
+    assert atlas._interior_peak(monotone) == ""
+    row = atlas._h_trend("width", "weakens")({"width": {"points": peaked}})
+    assert row[1].startswith("supported: transfer falls from 64 to 1024") and "peaks at 256" in row[1]
