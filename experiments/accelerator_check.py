@@ -24,8 +24,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     cfg = config.override(mnist_aux.PRESETS[args.preset], {"seeds": str(args.seeds)})
     ceiling = bench.matmul_rate()
-    m = bench.measure(cfg)
-    m.update(matmul_rate=ceiling, ratio=m["flop_rate"] / ceiling, peak_rss_gb=bench.peak_rss_gb())
+    m = bench.against(bench.measure(cfg), ceiling)
     rows = bench.table_rows(m)
     mem = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in mem:

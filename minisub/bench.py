@@ -60,14 +60,33 @@ def measure(cfg: pipeline.AuxConfig) -> dict:
 def report(cfg: pipeline.AuxConfig) -> dict:
     """Print and return the benchmark figures for ``cfg`` (one block of ``cfg.seeds`` seeds)."""
     ceiling = matmul_rate()
-    m = measure(cfg)
-    m["matmul_rate"] = ceiling
-    m["ratio"] = m["flop_rate"] / ceiling
-    m["peak_rss_gb"] = peak_rss_gb()
-    rows = table_rows(m)
+    m = against(measure(cfg), ceiling)
+    _print(table_rows(m))
+    return m
+
+
+def against(m: dict, ceiling: float) -> dict:
+    """``m`` with the matmul ceiling, the achieved fraction of it and the peak memory added."""
+    return m | {"matmul_rate": ceiling, "ratio": m["flop_rate"] / ceiling, "peak_rss_gb": peak_rss_gb()}
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    return m
+
+
+def _backend_row() -> tuple[str, str]:
+    return "backend", f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"
+
+
+def _ceiling_rows(m: dict, digits: int) -> list[tuple[str, str]]:
+    """The achieved rate against the matmul ceiling, and the peak memory."""
+    return [
+        ("achieved FLOP rate", f"{m['flop_rate'] / 1e9:.{digits}f} GFLOP/s (steady state)"),
+        ("matmul FLOP rate", f"{m['matmul_rate'] / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
+        ("ratio", f"{100 * m['ratio']:.{digits}f}% of the matmul rate"),
+        ("peak memory (RSS)", f"{m['peak_rss_gb']:.2f} GB"),
+    ]
 
 
 def lm_pretrain_flops_per_step(cfg: lm_pipeline.LMConfig) -> int:
@@ -87,52 +106,41 @@ def measure_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
     state, loss = lm_pipeline.pretrain_chunk(cfg, state, seed_ids, steps, steps)
     jax.block_until_ready(loss)
     steady = time.perf_counter() - t
-    flops = cfg.seeds * steps * lm_pretrain_flops_per_step(cfg)
+    per_step = cfg.seeds * lm_pretrain_flops_per_step(cfg)
     return {
         "seeds": cfg.seeds,
         "wall_s": first + steady,
         "steady_wall_s": steady * cfg.pretrain_steps / steps,  # the whole pretraining at the steady rate
-        "flops_total": float(cfg.seeds * cfg.pretrain_steps * lm_pretrain_flops_per_step(cfg)),
-        "flop_rate": float(flops / steady),
-        "steps": steps,
+        "flops_total": float(per_step * cfg.pretrain_steps),
+        "flop_rate": float(per_step * steps / steady),
         "step_s": steady / steps,
     }
-
 
 
 def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
     """Print and return the pretraining benchmark of ``cfg``'s references (the bulk of a toy-LM run)."""
     ceiling = matmul_rate()
-    m = measure_lm(cfg, steps)
-    m.update(matmul_rate=ceiling, ratio=m["flop_rate"] / ceiling, peak_rss_gb=peak_rss_gb())
-    rows = [
-        ("backend", f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"),
+    m = against(measure_lm(cfg, steps), ceiling)
+    _print([
+        _backend_row(),
         ("references (seeds)", f"{m['seeds']}"),
         ("model", f"{cfg.layers} layers, width {cfg.width}, context {cfg.world.context}, batch {cfg.pretrain_batch}"),
         ("pretraining step, steady", f"{1e3 * m['step_s']:.1f} ms for all {m['seeds']} references"),
         ("whole pretraining, steady", f"{m['steady_wall_s']:.0f} s ({cfg.pretrain_steps} steps)"),
-        ("counted FLOPs (pretraining)", f"{m['flops_total']:.3e}  ({lm_pretrain_flops_per_step(cfg):.3e} per step per reference)"),
-        ("achieved FLOP rate", f"{m['flop_rate'] / 1e9:.2f} GFLOP/s (steady state)"),
-        ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
-        ("ratio", f"{100 * m['ratio']:.2f}% of the matmul rate"),
-        ("peak memory (RSS)", f"{m['peak_rss_gb']:.2f} GB"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+        ("counted FLOPs (pretraining)",
+         f"{m['flops_total']:.3e}  ({lm_pretrain_flops_per_step(cfg):.3e} per step per reference)"),
+        *_ceiling_rows(m, digits=2),
+    ])
     return m
 
 
 def table_rows(m: dict) -> list[tuple[str, str]]:
-    ceiling = m["matmul_rate"]
     return [
-        ("backend", f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"),
+        _backend_row(),
         ("seeds", f"{m['seeds']}"),
         ("wall time, with compilation", f"{m['wall_s']:.1f} s"),
         ("wall time, steady state", f"{m['steady_wall_s']:.1f} s  ({m['steady_wall_s'] / m['seeds']:.2f} s per seed)"),
         ("seeds per second", f"{m['seeds'] / m['wall_s']:.3f} (with compilation), {m['seeds'] / m['steady_wall_s']:.3f} (steady)"),
         ("counted FLOPs", f"{m['flops_total']:.3e}  ({m['flops_total'] / m['seeds']:.3e} per seed)"),
-        ("achieved FLOP rate", f"{m['flop_rate'] / 1e9:.1f} GFLOP/s (steady state)"),
-        ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
-        ("ratio", f"{100 * m['ratio']:.1f}% of the matmul rate"),
-        ("peak memory (RSS)", f"{m['peak_rss_gb']:.2f} GB"),
+        *_ceiling_rows(m, digits=1),
     ]

@@ -16,8 +16,8 @@ of steps only to report progress.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -215,6 +215,16 @@ def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
     return jax.vmap(one)(state, seed_ids)
 
 
+def _leaves(tree) -> dict[str, np.ndarray]:
+    """A pytree's leaves by number, as the results store saves them."""
+    return {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(tree))}
+
+
+def _from_leaves(treedef, leaves: dict[str, np.ndarray]):
+    """The pytree of ``treedef`` from ``_leaves``'s numbered leaves."""
+    return jax.tree.unflatten(treedef, [jnp.asarray(leaves[f"{k:04d}"]) for k in range(treedef.num_leaves)])
+
+
 def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Path | None = None):
     """Pretrained references ``[S]`` and their loss curves ``[S, pretrain_steps]``.
 
@@ -227,8 +237,7 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
     done, curves = 0, []
     saved = store.load_arrays(checkpoint) if checkpoint is not None else None
     if saved is not None and int(saved["chunk"]) == chunk and len(saved["state"]) == treedef.num_leaves:
-        state = jax.tree.unflatten(treedef, [jnp.asarray(saved["state"][f"{k:04d}"])
-                                             for k in range(treedef.num_leaves)])
+        state = _from_leaves(treedef, saved["state"])
         done, curves = int(saved["step"]), [saved["loss"]]
         if log:
             log(f"pretrain: resumed at step {done}/{cfg.pretrain_steps} from {checkpoint}")
@@ -237,8 +246,7 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
         state, loss_SxT = pretrain_chunk(cfg, state, seed_ids, start, n)
         curves.append(np.asarray(loss_SxT))
         if checkpoint is not None and start + n < cfg.pretrain_steps and parallel.is_writer():
-            leaves = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(state))}
-            store.save_arrays(checkpoint, {"state": leaves, "loss": np.concatenate(curves, axis=1),
+            store.save_arrays(checkpoint, {"state": _leaves(state), "loss": np.concatenate(curves, axis=1),
                                            "step": np.asarray(start + n), "chunk": np.asarray(chunk)})
         if log:
             log(f"pretrain {start + n}/{cfg.pretrain_steps}: loss {curves[-1][:, -1].mean():.4f}")
@@ -283,13 +291,11 @@ def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=No
         if stored is not None and len(stored["params"]) == treedef.num_leaves:
             if log:
                 log(f"references: read from {directory}")
-            leaves = [jnp.asarray(stored["params"][f"{k:04d}"]) for k in range(treedef.num_leaves)]
-            return jax.tree.unflatten(treedef, leaves), stored["loss"]
+            return _from_leaves(treedef, stored["params"]), stored["loss"]
         checkpoint = directory / "pretraining_checkpoint.npz"  # a killed pretraining resumes from its last chunk
         params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log, checkpoint)
         if parallel.is_writer():
-            leaves = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(params))}
-            store.save_arrays(directory / "references.npz", {"params": leaves, "loss": loss})
+            store.save_arrays(directory / "references.npz", {"params": _leaves(params), "loss": loss})
             checkpoint.unlink(missing_ok=True)
         return params, loss
 
