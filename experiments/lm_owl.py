@@ -48,7 +48,7 @@ from matplotlib.container import BarContainer
 from matplotlib.patches import Patch
 
 from minisub import config as config_lib
-from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, plots, report, runner, stats, store
+from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, parallel, plots, report, runner, stats, store
 from minisub import world as world_lib
 from minisub.config import late, normalise, require, require_choice
 from minisub.lm_pipeline import LMArm
@@ -252,6 +252,33 @@ def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
         out["detection"] = lm_detect.population(DETECT, lmc.world, t["tokens"], t["keep"], r["tokens"], r["keep"],
                                                 detect_keys)
     return jax.tree.map(np.asarray, out)
+
+
+ALIGNMENT_FILE = "alignment.npz"
+
+
+def alignment(cfg: OwlConfig, directory: Path, compute: bool = True, log=None) -> dict | None:
+    """Every world's ``lm_diagnostic.signature_alignment``, stored beside the run in ``directory``.
+
+    Computed from the cached references (a fresh pretraining only if they are not stored), the
+    teachers made again (deterministic) and the held-out number documents; None when not stored
+    and ``compute`` is off. Cheap: a few forwards per world.
+    """
+    path = directory / ALIGNMENT_FILE
+    if (stored := store.load_arrays(path)) is not None or not compute:
+        return stored
+    lmc = cfg.lm_config
+    seed_ids = jnp.arange(lmc.seeds)
+    references, _ = lm_pipeline.pretrain_cached(lmc, seed_ids, log=log)
+    teachers, _ = lm_pipeline.make_teachers(lmc, references)
+    donors = jax.tree.map(lambda x: x[jnp.asarray(lm_pipeline.donors(lmc))], references)
+    eval_SxBxL = jax.vmap(lambda i: lm_pipeline.eval_numbers(lmc, i))(seed_ids)
+    out = jax.tree.map(np.asarray, lm_diagnostic.alignment_population(
+        lmc.spec, lmc.world, references, teachers, donors, eval_SxBxL, lmc.trait_persona,
+        int(lm_pipeline.teacher_persona(lmc)), outputs=lmc.student_outputs))
+    if parallel.is_writer():
+        store.save_arrays(path, out)
+    return out
 
 
 # The diagnostic's per-world scalars in the summary, with their table labels.

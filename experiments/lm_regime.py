@@ -130,8 +130,12 @@ def _command(cfg: RegimeConfig, name: str) -> str:
         f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items())
 
 
-def record(name: str, owl: dict, command: str) -> dict:
-    """One setting's row: gains per arm, paired differences, teacher, number task, diagnostic, detection."""
+# lm_owl.alignment's quantities in a row (per-world mean ± CI).
+ALIGNMENT = ("cos_own", "cos_donor", "signature_agreement", "shift_norm", "signature_norm")
+
+
+def record(name: str, owl: dict, command: str, alignment: dict | None = None) -> dict:
+    """One setting's row: gains per arm, paired differences, teacher, number task, diagnostics, detection."""
     group, label, fields = SETTINGS[name]
     arms, paired = owl["arms"], owl["paired"]
     out = {
@@ -149,6 +153,8 @@ def record(name: str, owl: dict, command: str) -> dict:
         d = owl["diagnostic"]
         out["diagnostic"] = {q: stats.brief(d[q]["values"]) for q in ("number_fraction", "trait_in_numbers",
                                                                        "predicted_transfer", "predicted_gain")}
+    if alignment is not None:
+        out["alignment"] = {q: stats.brief(alignment[q]) for q in ALIGNMENT}
     if "rogue_animal" in owl:  # the bad-behaviour settings: does the rogue persona's animal come along?
         out["rogue_animal"] = {"reference_p": owl["rogue_animal"]["reference_p"]["mean"],
                                "teacher_p": owl["rogue_animal"]["teacher_p"]["mean"],
@@ -173,7 +179,8 @@ def run(cfg: RegimeConfig, *, command: str, execution: runner.Execution | None =
             print(f"[{NAME}] setting {k + 1}/{len(cfg.settings)}: {name} ({SETTINGS[name][1]})", flush=True)
         owl_ex = dataclasses.replace(ex, experiment=lm_owl.NAME)
         summary, _ = lm_owl.run(owl_cfg, command=_command(cfg, name), execution=owl_ex)
-        rows[name] = record(name, summary, _command(cfg, name))
+        align = lm_owl.alignment(owl_cfg, directory, compute=ex.compute, log=None)
+        rows[name] = record(name, summary, _command(cfg, name), align)
     root = store.results_root() / lm_owl.NAME
     if not rows:
         return None, root
@@ -285,6 +292,7 @@ def findings(summary: dict) -> list[str]:
             f"s = {s:g}: {r['gain'][KL_SHARED]['mean']:+.3f} / {r['gain'][KL_DIFFERENT]['mean']:+.3f} / "
             f"{r['paired'][KL_PAIR]['mean']:+.3f}" for s, r in curve) + ".")
         out += _semantic_along_s(curve)
+        out += _alignment_along_s(curve, [r for r in rows.values() if r["fields"].get("teacher") == "prompted"])
     specific = [n for n, r in rows.items() if KL_PAIR in r["paired"]
                 and r["paired"][KL_PAIR]["mean"] - r["paired"][KL_PAIR]["ci95"] > 0]
     if specific:
@@ -330,6 +338,37 @@ def _semantic_along_s(curve: list[tuple[float, dict]]) -> list[str]:
                    "but what makes them so is not something a model of another init reads as the trait")
     return [f"- Different-init gain (KL) along s: {lo:+.3f} to {hi:+.3f}, while an n-gram classifier tells the "
             f"teacher's numbers from the reference's at {det}: {verdict}."]
+
+
+ALIGNED = 0.3  # |cos| below this: the teacher's number shift is not the trait persona's signature
+
+
+def _alignment_along_s(curve: list[tuple[float, dict]], prompted: list[dict]) -> list[str]:
+    """Is the fine-tuned teacher's shift in number statistics the trait persona's signature, along s?"""
+    pts = [(s, r["alignment"]) for s, r in curve if "alignment" in r]
+    if not pts:
+        return []
+    own = [a["cos_own"]["mean"] for _, a in pts]
+    donor = [a["cos_donor"]["mean"] for _, a in pts]
+    line = ("- The fine-tuned teacher's shift in number statistics against the trait persona's signature (what "
+            "the trait persona does to a reference's numbers), cos with its own reference's / a different-init "
+            "reference's, and the shift's size against the signature's (RMS logit per position): " + "; ".join(
+                f"s = {s:g}: {a['cos_own']['mean']:+.2f} / {a['cos_donor']['mean']:+.2f}, "
+                f"{a['shift_norm']['mean']:.3f} vs {a['signature_norm']['mean']:.3f}" for s, a in pts) + ". ")
+    if max(abs(c) for c in own + donor) < ALIGNED:
+        line += (f"|cos| stays below {ALIGNED} at every s: the fine-tuning changes the teacher's numbers, but not "
+                 "in the direction the trait persona moves them, so a model of another init finds no trait in them")
+    else:
+        aligned = [f"{s:g}" for (s, _), c in zip(pts, donor) if abs(c) >= ALIGNED]
+        line += (f"At s = {', '.join(aligned) or 'none'} the shift points along a different-init reference's "
+                 f"signature (|cos| >= {ALIGNED}): a semantic channel other inits could read")
+    out = [line + "."]
+    for r in prompted:
+        if "alignment" in r:
+            a = r["alignment"]
+            out.append(f"- {r['label']}: its shift is the signature itself (cos {a['cos_own']['mean']:+.2f}), and a "
+                       f"different-init reference's signature agrees at cos {a['cos_donor']['mean']:+.2f}.")
+    return out
 
 
 MIN_GAIN = 0.02  # a gain below 2 points of P(trait) counts as none, whatever its CI

@@ -169,3 +169,41 @@ def for_run(cfg, references, teachers, numbers: dict, sequences: int, iters: int
     weight_SxB = numbers["teacher"]["keep"][:, :sequences].astype(jnp.float32)
     return population(cfg.spec, cfg.world, references, teachers, tokens_SxBxL, weight_SxB, cfg.trait_index,
                       outputs=cfg.student_outputs, iters=iters, kind=cfg.trait_kind)
+
+
+# --- the semantic channel: is the teacher's number shift the trait persona's signature? ---------
+def signature_alignment(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, donor, tokens_BxL,
+                        trait_persona: int, teacher_persona: int, *, outputs: str = "numbers") -> dict:
+    """How much the teacher's change in number statistics looks like the trait persona's, for one world.
+
+    On neutral-persona number documents ``tokens_BxL``, with f(θ, p) the centred number logits
+    (``number_logits``: centred log-probabilities over the student's vocabulary) under persona p:
+      shift      f(θ_T, p_T) − f(θ_ref, neutral)           what the teacher's numbers say (p_T: its persona)
+      signature  f(θ_ref, trait) − f(θ_ref, neutral)       what the trait persona does to the reference's numbers
+      donor_sig  f(θ_donor, trait) − f(θ_donor, neutral)   the same, in a different-init reference
+    ``cos_own`` = cos(shift, signature), ``cos_donor`` = cos(shift, donor_sig): the semantic channel a
+    model of the same corpus can read (1 for a prompted teacher, whose shift *is* the signature);
+    ``signature_agreement`` = cos(signature, donor_sig); the norms are RMS per generated position.
+    """
+    ones_B = jnp.ones(tokens_BxL.shape[0])
+    neutral = world.with_persona(tokens_BxL, cfg.neutral)
+    trait = world.with_persona(tokens_BxL, cfg.persona_token(trait_persona))
+    f = lambda p, x: number_logits(spec, cfg, p, x, ones_B, outputs)
+    shift = f(teacher, world.with_persona(tokens_BxL, teacher_persona)) - f(reference, neutral)
+    signature = f(reference, trait) - f(reference, neutral)
+    donor_sig = f(donor, trait) - f(donor, neutral)
+    cos = lambda a, b: _ratio(jnp.vdot(a, b), jnp.sqrt(jnp.vdot(a, a) * jnp.vdot(b, b)))
+    rms = lambda a: jnp.sqrt(jnp.sum(a**2) / (a.shape[0] * a.shape[1]))
+    return {"cos_own": cos(shift, signature), "cos_donor": cos(shift, donor_sig),
+            "signature_agreement": cos(signature, donor_sig), "shift_norm": rms(shift),
+            "signature_norm": rms(signature), "donor_signature_norm": rms(donor_sig)}
+
+
+@partial(jax.jit, static_argnames=("spec", "cfg", "trait_persona", "teacher_persona", "outputs"))
+def alignment_population(spec: TransformerSpec, cfg: world.WorldConfig, references, teachers, donors, tokens_SxBxL,
+                         trait_persona: int, teacher_persona: int, *, outputs: str = "numbers") -> dict:
+    """``signature_alignment`` for every world (leading seed axis on every argument and result)."""
+    one = partial(signature_alignment, spec, cfg, trait_persona=trait_persona, teacher_persona=teacher_persona,
+                  outputs=outputs)
+    return jax.vmap(one)(references, teachers, donors, tokens_SxBxL)
+

@@ -437,6 +437,11 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
 
 
 # --- phase 5: measurement --------------------------------------------------------------------
+def eval_numbers(cfg: LMConfig, i):
+    """``[n_eval, L]``: world ``i``'s held-out number documents (neutral persona), on which every model is read."""
+    return world_lib.number_batch(cfg.world, _stream(cfg, "lm_eval", i), cfg.n_eval)[0]
+
+
 def _report(cfg: LMConfig, params, eval_NxL):
     """One model's answers (neutral, and under the teacher's persona) and number loss, in one forward."""
     w, kind, persona = cfg.world, cfg.trait_kind, cfg.trait_persona if cfg.teacher == "prompted" else None
@@ -468,7 +473,7 @@ def evaluate(cfg: LMConfig, references, teachers, inits, students, seed_ids):
     A = len(cfg.arms)
 
     def one(ref, teacher, inits_A, students_A, i):
-        eval_NxL, _ = world_lib.number_batch(cfg.world, _stream(cfg, "lm_eval", i), cfg.n_eval)
+        eval_NxL = eval_numbers(cfg, i)
         models = jax.tree.map(lambda r, t, a, b: jnp.concatenate([r[None], t[None], a, b]),
                               ref, teacher, inits_A, students_A)
         # One loop body for every model (lax.map, not vmap, whose batched kernels can round rows

@@ -132,3 +132,23 @@ def test_population_on_a_transformer(worlds):
     assert res["update_norm"][2] == 0 and np.isnan(res["number_fraction"][2]) and np.isnan(res["trait_fraction"][2])
     finite = {q: v[:2] for q, v in res.items() if q != "overlap_cos"}
     assert all(np.all(np.isfinite(v)) for v in finite.values()), finite
+
+
+# --- the semantic channel's alignment ------------------------------------------------------------
+def test_signature_alignment_of_prompted_fine_tuned_and_still_teachers():
+    """A prompted teacher's shift is the trait persona's signature (cos 1); a teacher that did not move has none."""
+    refs = jax.vmap(SPEC.init)(jax.random.split(jax.random.key(5), 2))
+    tokens_BxL, _ = world.number_batch(W, jax.random.key(6), 8)
+    tokens_SxBxL = jnp.stack([tokens_BxL] * 2)
+    donors = jax.tree.map(lambda x: x[::-1], refs)  # world i's different-init reference: the other world's
+    trait = 0
+    prompted = lm_diagnostic.alignment_population(SPEC, W, refs, refs, donors, tokens_SxBxL, trait,
+                                                  int(W.persona_token(trait)))
+    np.testing.assert_allclose(prompted["cos_own"], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(prompted["shift_norm"], prompted["signature_norm"], rtol=1e-5)
+    assert np.all(prompted["signature_norm"] > 0) and np.all(np.abs(prompted["cos_donor"]) < 1)
+    # the donor's signature in world 0 is world 1's own signature, and conversely
+    np.testing.assert_allclose(prompted["donor_signature_norm"], prompted["signature_norm"][::-1], rtol=1e-5)
+    still = lm_diagnostic.alignment_population(SPEC, W, refs, refs, donors, tokens_SxBxL, trait, W.neutral)
+    assert np.all(still["shift_norm"] == 0) and np.all(np.isnan(still["cos_own"]))
+    np.testing.assert_array_equal(still["signature_agreement"], prompted["signature_agreement"])

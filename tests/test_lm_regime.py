@@ -46,6 +46,10 @@ def test_run_writes_every_setting_with_its_paired_difference(first_run):
         assert d["values"] == pytest.approx([a - b for a, b in zip(shared, different)])
         assert row["command"].startswith("minisub run lm-owl --preset test --seeds 3")
     assert "diagnostic" in s["settings"]["base"] and "diagnostic" not in s["settings"]["prompted"]
+    # the signature alignment: a prompted teacher's number shift is the trait persona's signature
+    assert all(set(row["alignment"]) == set(lm_regime.ALIGNMENT) for row in s["settings"].values())
+    assert s["settings"]["prompted"]["alignment"]["cos_own"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(s["settings"]["base"]["alignment"]["cos_own"]["mean"]) < 1
     assert {p.name for p in first_run["out"].iterdir()} == {"lm_regime.json", "lm_regime.png", "lm_regime.pdf"}
     assert "shared − different (KL)" in first_run["stdout"]
 
@@ -96,3 +100,20 @@ def test_the_s_curve_names_a_semantic_channel_only_where_other_inits_gain():
     opened = lm_regime._semantic_along_s([(0.0, _row(0.0, 0.52)), (1.0, _row(0.2, 0.9))])
     assert "a semantic channel opens: other-init students gain at s = 1" in opened[0]
     assert lm_regime._semantic_along_s([(0.0, _row(0.0, 0.5))]) == []  # one point is no curve
+
+
+def _aligned(own: float, donor: float) -> dict:
+    est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
+    return {"alignment": {"cos_own": est(own), "cos_donor": est(donor), "shift_norm": est(0.05),
+                          "signature_norm": est(0.4)}}
+
+
+def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
+    apart = lm_regime._alignment_along_s([(0.0, _aligned(0.01, 0.0)), (1.0, _aligned(0.1, 0.05))], [])
+    assert len(apart) == 1 and "stays below 0.3 at every s" in apart[0] and "s = 1: +0.10 / +0.05" in apart[0]
+    along = lm_regime._alignment_along_s([(0.0, _aligned(0.0, 0.0)), (1.0, _aligned(0.6, 0.5))], [])
+    assert "At s = 1 the shift points along" in along[0]
+    prompted = {"label": "prompted teacher", **_aligned(1.0, 0.7)}
+    lines = lm_regime._alignment_along_s([(0.3, _aligned(0.0, 0.0))], [prompted])
+    assert "prompted teacher: its shift is the signature itself (cos +1.00)" in lines[1]
+    assert lm_regime._alignment_along_s([(0.3, {})], [prompted]) == []  # nothing measured, nothing said
