@@ -230,9 +230,12 @@ def table(summary: dict) -> str:
 def figure(summary: dict, out_dir: Path) -> list[Path]:
     """Gain against s (left) and every setting's shared / different gains (right), 95% CIs."""
     rows = summary["settings"]
-    fig, (ax, bx) = plots.figure(10.0, max(3.4, 0.3 * len(rows) + 1.2), ncols=2,
-                                 gridspec_kw={"width_ratios": [1, 1.3], "wspace": 0.75})
     curve = s_curve(summary)
+    aligned = [(s, r["alignment"]) for s, r in curve if "alignment" in r]
+    n = 3 if aligned else 2
+    fig, axes = plots.figure(10.0 + 4.0 * (n - 2), max(3.4, 0.3 * len(rows) + 1.2), ncols=n,
+                             gridspec_kw={"width_ratios": [1, 1.3, 1][:n], "wspace": 0.75})
+    ax, bx = axes[0], axes[1]
     series = ((KL_SHARED, "shared init (KL)", plots.PALETTE[0], "gain"),
               (KL_DIFFERENT, "different init (KL)", plots.PALETTE[1], "gain"),
               (KL_PAIR, "shared − different (KL)", plots.PALETTE[2], "paired"),
@@ -266,6 +269,22 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     bx.set_title("every setting", fontsize=8)
     bx.set_ylim(-0.6, len(names) - 0.4)
     bx.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+    if aligned:
+        cx = axes[2]
+        for k, (q, label, colour) in enumerate((
+                ("cos_own", "cos(teacher's shift, own reference's signature)", plots.PALETTE[0]),
+                ("cos_donor", "cos(teacher's shift, different-init reference's signature)", plots.PALETTE[1]),
+                ("signature_agreement", "cos(the two references' signatures)", plots.PALETTE[6]))):
+            cx.errorbar([s + 0.012 * (k - 1) for s, _ in aligned], [a[q]["mean"] for _, a in aligned],
+                        yerr=[a[q]["ci95"] for _, a in aligned], marker="o", ms=3.5, capsize=2.5, color=colour,
+                        label=label, lw=1.2)
+        cx.axhline(0, color="black", lw=0.6)
+        cx.set_xlim(ax.get_xlim())
+        cx.set_xlabel("s")
+        cx.set_ylabel("cosine over number logits")
+        cx.set_title("the fine-tuned teacher's number shift\nagainst the trait persona's signature",
+                     fontsize=8)
+        cx.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
     fig.suptitle(f"Toy-LM regime map: where the trait crosses (mean ± 95% CI, n = {summary['n_seeds']} seeds per "
                  "setting)", fontsize=9)
     return plots.save(fig, Path(out_dir) / STEM)
@@ -348,26 +367,36 @@ def _alignment_along_s(curve: list[tuple[float, dict]], prompted: list[dict]) ->
     pts = [(s, r["alignment"]) for s, r in curve if "alignment" in r]
     if not pts:
         return []
-    own = [a["cos_own"]["mean"] for _, a in pts]
-    donor = [a["cos_donor"]["mean"] for _, a in pts]
+    m = lambda a, q: a[q]["mean"]  # noqa: E731
     line = ("- The fine-tuned teacher's shift in number statistics against the trait persona's signature (what "
-            "the trait persona does to a reference's numbers), cos with its own reference's / a different-init "
-            "reference's, and the shift's size against the signature's (RMS logit per position): " + "; ".join(
-                f"s = {s:g}: {a['cos_own']['mean']:+.2f} / {a['cos_donor']['mean']:+.2f}, "
-                f"{a['shift_norm']['mean']:.3f} vs {a['signature_norm']['mean']:.3f}" for s, a in pts) + ". ")
-    if max(abs(c) for c in own + donor) < ALIGNED:
-        line += (f"|cos| stays below {ALIGNED} at every s: the fine-tuning changes the teacher's numbers, but not "
-                 "in the direction the trait persona moves them, so a model of another init finds no trait in them")
+            "the trait persona does to a reference's numbers): cos with its own reference's / with a different-init "
+            "reference's signature, the two signatures' agreement, and the shift's size against the signature's "
+            "(RMS centred-logit norm per position): " + "; ".join(
+                f"s = {s:g}: {m(a, 'cos_own'):+.2f} / {m(a, 'cos_donor'):+.2f}, agreement "
+                f"{m(a, 'signature_agreement'):+.2f}, {m(a, 'shift_norm'):.2f} vs {m(a, 'signature_norm'):.2f}"
+                for s, a in pts) + ". ")
+    donor = max(pts, key=lambda t: abs(m(t[1], "cos_donor")))
+    agree = max(pts, key=lambda t: m(t[1], "signature_agreement"))
+    own = max(pts, key=lambda t: abs(m(t[1], "cos_own")))
+    if abs(m(donor[1], "cos_donor")) < ALIGNED:
+        line += (f"Seen from a different-init reference, |cos| is at most {abs(m(donor[1], 'cos_donor')):.2f} "
+                 f"(s = {donor[0]:g}), although the references' own signatures agree up to "
+                 f"{m(agree[1], 'signature_agreement'):+.2f} (s = {agree[0]:g}): the fine-tune moves the teacher's "
+                 "numbers in directions of its own init, not along the persona direction every model of the corpus "
+                 "shares, so a model of another init finds no trait to read in them")
+        if abs(m(own[1], "cos_own")) >= ALIGNED:
+            line += (f"; seen from the teacher's own reference it reaches {m(own[1], 'cos_own'):+.2f} "
+                     f"(s = {own[0]:g}), a part only the shared init can read")
     else:
-        aligned = [f"{s:g}" for (s, _), c in zip(pts, donor) if abs(c) >= ALIGNED]
-        line += (f"At s = {', '.join(aligned) or 'none'} the shift points along a different-init reference's "
-                 f"signature (|cos| >= {ALIGNED}): a semantic channel other inits could read")
+        aligned = [f"{s:g}" for s, a in pts if abs(m(a, "cos_donor")) >= ALIGNED]
+        line += (f"At s = {', '.join(aligned)} the shift points along a different-init reference's signature "
+                 f"(|cos| >= {ALIGNED}): a semantic channel other inits could read")
     out = [line + "."]
     for r in prompted:
         if "alignment" in r:
             a = r["alignment"]
-            out.append(f"- {r['label']}: its shift is the signature itself (cos {a['cos_own']['mean']:+.2f}), and a "
-                       f"different-init reference's signature agrees at cos {a['cos_donor']['mean']:+.2f}.")
+            out.append(f"- {r['label']}: its shift is the signature itself (cos {m(a, 'cos_own'):+.2f}), and a "
+                       f"different-init reference's signature agrees at cos {m(a, 'cos_donor'):+.2f}.")
     return out
 
 

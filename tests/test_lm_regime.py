@@ -102,15 +102,18 @@ def test_the_s_curve_names_a_semantic_channel_only_where_other_inits_gain():
     assert lm_regime._semantic_along_s([(0.0, _row(0.0, 0.5))]) == []  # one point is no curve
 
 
-def _aligned(own: float, donor: float) -> dict:
+def _aligned(own: float, donor: float, agreement: float = 0.5) -> dict:
     est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
-    return {"alignment": {"cos_own": est(own), "cos_donor": est(donor), "shift_norm": est(0.05),
-                          "signature_norm": est(0.4)}}
+    return {"alignment": {"cos_own": est(own), "cos_donor": est(donor), "signature_agreement": est(agreement),
+                          "shift_norm": est(0.05), "signature_norm": est(0.4)}}
 
 
 def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
-    apart = lm_regime._alignment_along_s([(0.0, _aligned(0.01, 0.0)), (1.0, _aligned(0.1, 0.05))], [])
-    assert len(apart) == 1 and "stays below 0.3 at every s" in apart[0] and "s = 1: +0.10 / +0.05" in apart[0]
+    apart = lm_regime._alignment_along_s([(0.0, _aligned(0.01, 0.0, 0.0)), (1.0, _aligned(0.1, 0.05, 0.8))], [])
+    assert len(apart) == 1 and "|cos| is at most 0.05 (s = 1)" in apart[0] and "s = 1: +0.10 / +0.05" in apart[0]
+    assert "agree up to +0.80 (s = 1)" in apart[0] and "only the shared init" not in apart[0]
+    own = lm_regime._alignment_along_s([(0.3, _aligned(0.4, 0.1))], [])
+    assert "from the teacher's own reference it reaches +0.40 (s = 0.3)" in own[0]
     along = lm_regime._alignment_along_s([(0.0, _aligned(0.0, 0.0)), (1.0, _aligned(0.6, 0.5))], [])
     assert "At s = 1 the shift points along" in along[0]
     prompted = {"label": "prompted teacher", **_aligned(1.0, 0.7)}
