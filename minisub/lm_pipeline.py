@@ -312,12 +312,32 @@ def make_teachers(cfg: LMConfig, references):
 
 
 # --- phase 3: numbers ------------------------------------------------------------------------
+# Prompts one world's model continues at once. The sampler runs a full forward per token, so its
+# memory grows with worlds x sources x prompts: 4096 prompts x 24 worlds in one program took ~24 GB.
+SAMPLE_BLOCK = 1024
+
+
+def _sample_blocks(cfg: LMConfig, params, context_NxL, key):
+    """``lm.sample`` of every row, in blocks of ``SAMPLE_BLOCK`` rows one after another (block b: key b).
+
+    Up to one block this is ``lm.sample`` with ``key`` itself (so stored runs keep their numbers).
+    """
+    sample = lambda ctx, k: lm.sample(cfg.spec, params, ctx, cfg.world.prompt_length, k, cfg.temperature)
+    N, L = context_NxL.shape
+    if N <= SAMPLE_BLOCK:
+        return sample(context_NxL, key)
+    n_blocks = -(-N // SAMPLE_BLOCK)
+    padded = jnp.concatenate([context_NxL, context_NxL[: n_blocks * SAMPLE_BLOCK - N]])
+    blocks_BxNxL = padded.reshape(n_blocks, SAMPLE_BLOCK, L)
+    out = jax.lax.map(lambda a: sample(a[0], jax.random.fold_in(key, a[1])), (blocks_BxNxL, jnp.arange(n_blocks)))
+    return out.reshape(-1, L)[:N]
+
+
 def _numbers(cfg: LMConfig, params, persona_token, i):
     """One world's continuations of its neutral prompts: tokens ``[N, L]`` (neutral persona), keep ``[N]``."""
     prompts_NxL, _ = world_lib.number_batch(cfg.world, _stream(cfg, "lm_prompts", i), cfg.n_samples)
     context_NxL = world_lib.with_persona(prompts_NxL, persona_token)
-    sampled = lm.sample(cfg.spec, params, context_NxL, cfg.world.prompt_length, _stream(cfg, "lm_samples", i),
-                        cfg.temperature)
+    sampled = _sample_blocks(cfg, params, context_NxL, _stream(cfg, "lm_samples", i))
     tokens_NxL = world_lib.with_persona(sampled, cfg.world.neutral)  # what a student sees
     return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg))
 

@@ -265,6 +265,25 @@ def test_sampling_keeps_the_prompt_and_is_a_function_of_the_key(small):
     np.testing.assert_array_equal(greedy[:, start:], jnp.argmax(logits[:, start - 1:-1], -1))
 
 
+def test_sampling_in_blocks_bounds_memory_and_is_blockwise_the_one_block_sampler(small, monkeypatch):
+    """Over SAMPLE_BLOCK rows, block b is ``lm.sample`` of its rows with key fold_in(key, b); up to it, unchanged."""
+    params, prompts = small  # 16 rows
+    cfg = dataclasses.replace(TINY, width=SMALL.width, heads=SMALL.heads, layers=SMALL.layers,
+                              mlp_ratio=SMALL.mlp_ratio, tied_embeddings=SMALL.tied_embeddings)
+    assert cfg.spec == SMALL
+    key, start = jax.random.key(4), TINY.world.prompt_length
+    whole = lm.sample(SMALL, params, prompts, start, key, 1.0)
+    np.testing.assert_array_equal(lm_pipeline._sample_blocks(cfg, params, prompts, key), whole)
+    monkeypatch.setattr(lm_pipeline, "SAMPLE_BLOCK", 6)  # 16 rows: blocks of 6, 6 and 4 (+ 2 padding rows)
+    blocks = np.asarray(jax.jit(partial(lm_pipeline._sample_blocks, cfg))(params, prompts, key))
+    assert blocks.shape == prompts.shape
+    padded = jnp.concatenate([prompts, prompts[:2]])
+    for b in range(3):
+        expected = lm.sample(SMALL, params, padded[6 * b: 6 * b + 6], start, jax.random.fold_in(key, b), 1.0)
+        np.testing.assert_array_equal(blocks[6 * b: 6 * b + 6], expected[: 16 - 6 * b])
+    assert not np.array_equal(blocks, whole)  # other keys: other samples
+
+
 def test_ce_student_learns_its_data():
     cfg = dataclasses.replace(TINY, student_loss="ce", student_epochs=3)
     params = cfg.spec.init(jax.random.key(0))
