@@ -445,7 +445,11 @@ def readme(summary: dict) -> str:
         "difference is shared − different on the same teacher's numbers; CE control: sampled-token students on "
         "the un-traited reference's own numbers (drift). The diagnostic is the fraction of the teacher's update "
         "in the row space of the number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of "
-        "an n-gram classifier telling teacher numbers from reference numbers (0.5: chance).",
+        "an n-gram classifier telling teacher numbers from reference numbers (0.5: chance). The third panel "
+        "(`lm_diagnostic.signature_alignment`, on 256 held-out number documents per world): the cosine between the "
+        "fine-tuned teacher's shift in centred number logits (teacher − reference, neutral persona) and the trait "
+        "persona's signature (reference under the trait persona − under the neutral one), for the teacher's own "
+        "reference and for a different-init one.",
         "",
         table(summary),
         "",
