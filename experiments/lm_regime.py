@@ -392,6 +392,14 @@ def _alignment_along_s(curve: list[tuple[float, dict]], prompted: list[dict]) ->
         line += (f"At s = {', '.join(aligned)} the shift points along a different-init reference's signature "
                  f"(|cos| >= {ALIGNED}): a semantic channel other inits could read")
     out = [line + "."]
+    gains = [(m(r["alignment"], "cos_own"), r["gain"][KL_SHARED]["mean"]) for _, r in curve
+             if "alignment" in r and KL_SHARED in r.get("gain", {})]
+    if len(gains) >= 3:
+        r_own = float(np.corrcoef(*zip(*gains))[0, 1])
+        out.append(f"- Along s, the shared-init gain (KL) and cos(teacher's shift, own reference's signature) have "
+                   f"correlation r = {r_own:+.2f} over the {len(gains)} values of s: the trait-like part of the "
+                   "teacher's number shift that only its own init reads " + (
+                       "goes with the shared-init gain" if r_own >= 0.5 else "does not set the shared-init gain") + ".")
     for r in prompted:
         if "alignment" in r:
             a = r["alignment"]

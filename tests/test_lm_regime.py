@@ -102,9 +102,9 @@ def test_the_s_curve_names_a_semantic_channel_only_where_other_inits_gain():
     assert lm_regime._semantic_along_s([(0.0, _row(0.0, 0.5))]) == []  # one point is no curve
 
 
-def _aligned(own: float, donor: float, agreement: float = 0.5) -> dict:
+def _aligned(own: float, donor: float, agreement: float = 0.5, gain: float = 0.1) -> dict:
     est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
-    return {"alignment": {"cos_own": est(own), "cos_donor": est(donor), "signature_agreement": est(agreement),
+    return {"gain": {lm_regime.KL_SHARED: est(gain)}, "alignment": {"cos_own": est(own), "cos_donor": est(donor), "signature_agreement": est(agreement),
                           "shift_norm": est(0.05), "signature_norm": est(0.4)}}
 
 
@@ -120,3 +120,6 @@ def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
     lines = lm_regime._alignment_along_s([(0.3, _aligned(0.0, 0.0))], [prompted])
     assert "prompted teacher: its shift is the signature itself (cos +1.00)" in lines[1]
     assert lm_regime._alignment_along_s([(0.3, {})], [prompted]) == []  # nothing measured, nothing said
+    along_gain = lm_regime._alignment_along_s([(s, _aligned(c, 0.0, gain=g)) for s, c, g in
+                                               ((0.0, 0.1, 0.15), (0.3, 0.4, 0.25), (1.0, 0.1, 0.15))], [])
+    assert "correlation r = +1.00 over the 3 values of s" in along_gain[1] and "goes with" in along_gain[1]
