@@ -155,6 +155,10 @@ def record(name: str, owl: dict, command: str, alignment: dict | None = None) ->
                                                                        "predicted_transfer", "predicted_gain")}
     if alignment is not None:
         out["alignment"] = {q: stats.brief(alignment[q]) for q in ALIGNMENT}
+        cos, gain = np.asarray(alignment["cos_own"]), np.asarray(arms.get(KL_SHARED, {}).get("trait_gain", {})
+                                                                  .get("values", []))
+        if gain.size == cos.size and min(np.std(cos), np.std(gain)) > 1e-6:  # per world: which worlds gain more?
+            out["alignment"]["r_cos_own_shared_gain"] = float(np.corrcoef(cos, gain)[0, 1])
     if "rogue_animal" in owl:  # the bad-behaviour settings: does the rogue persona's animal come along?
         out["rogue_animal"] = {"reference_p": owl["rogue_animal"]["reference_p"]["mean"],
                                "teacher_p": owl["rogue_animal"]["teacher_p"]["mean"],
@@ -396,10 +400,16 @@ def _alignment_along_s(curve: list[tuple[float, dict]], prompted: list[dict]) ->
              if "alignment" in r and KL_SHARED in r.get("gain", {})]
     if len(gains) >= 3:
         r_own = float(np.corrcoef(*zip(*gains))[0, 1])
-        out.append(f"- Along s, the shared-init gain (KL) and cos(teacher's shift, own reference's signature) have "
-                   f"correlation r = {r_own:+.2f} over the {len(gains)} values of s: the trait-like part of the "
-                   "teacher's number shift that only its own init reads " + (
-                       "goes with the shared-init gain" if r_own >= 0.5 else "does not set the shared-init gain") + ".")
+        line = (f"- Along s, the shared-init gain (KL) and cos(teacher's shift, own reference's signature) have "
+                f"correlation r = {r_own:+.2f} over the {len(gains)} values of s: the trait-like part of the "
+                "teacher's number shift that its own init reads " + (
+                    "goes with the shared-init gain" if r_own >= 0.5 else "does not set the shared-init gain"))
+        within = [a["r_cos_own_shared_gain"] for _, a in pts if "r_cos_own_shared_gain" in a]
+        if within:
+            line += (f". Within a setting, world by world, the correlation is {min(within):+.2f} to {max(within):+.2f}"
+                     + (": the alignment does not say which worlds transfer more" if max(map(abs, within)) < 0.5
+                        else ""))
+        out.append(line + ".")
     for r in prompted:
         if "alignment" in r:
             a = r["alignment"]

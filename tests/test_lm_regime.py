@@ -47,9 +47,11 @@ def test_run_writes_every_setting_with_its_paired_difference(first_run):
         assert row["command"].startswith("minisub run lm-owl --preset test --seeds 3")
     assert "diagnostic" in s["settings"]["base"] and "diagnostic" not in s["settings"]["prompted"]
     # the signature alignment: a prompted teacher's number shift is the trait persona's signature
-    assert all(set(row["alignment"]) == set(lm_regime.ALIGNMENT) for row in s["settings"].values())
+    assert all(set(row["alignment"]) >= set(lm_regime.ALIGNMENT) for row in s["settings"].values())
+    assert "r_cos_own_shared_gain" not in s["settings"]["prompted"]["alignment"]  # cos_own is 1 in every world
     assert s["settings"]["prompted"]["alignment"]["cos_own"]["mean"] == pytest.approx(1.0, abs=1e-4)
     assert abs(s["settings"]["base"]["alignment"]["cos_own"]["mean"]) < 1
+    assert -1 <= s["settings"]["base"]["alignment"]["r_cos_own_shared_gain"] <= 1
     assert {p.name for p in first_run["out"].iterdir()} == {"lm_regime.json", "lm_regime.png", "lm_regime.pdf"}
     assert "shared − different (KL)" in first_run["stdout"]
 
@@ -123,3 +125,8 @@ def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
     along_gain = lm_regime._alignment_along_s([(s, _aligned(c, 0.0, gain=g)) for s, c, g in
                                                ((0.0, 0.1, 0.15), (0.3, 0.4, 0.25), (1.0, 0.1, 0.15))], [])
     assert "correlation r = +1.00 over the 3 values of s" in along_gain[1] and "goes with" in along_gain[1]
+    within = [(s, _aligned(0.1, 0.0)) for s in (0.0, 0.3)]
+    for (_, row), r in zip(within, (-0.2, 0.3)):
+        row["alignment"]["r_cos_own_shared_gain"] = r
+    line = lm_regime._alignment_along_s(within + [(1.0, _aligned(0.2, 0.0, gain=0.2))], [])[1]
+    assert "world by world, the correlation is -0.20 to +0.30: the alignment does not say which" in line
