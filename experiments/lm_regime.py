@@ -2,7 +2,9 @@
 
 Run:     minisub run lm-regime --preset paper --out figures          (every setting, 24 seeds each)
          minisub run lm-regime --preset paper --settings s0,s0.1      (some settings)
-Merge:   minisub merge lm-regime --preset paper --out figures        (what is stored; no training)
+Merge:   minisub merge lm-regime --preset paper --out figures        (what is stored; no training; settings
+                                                                      not stored here keep their rows in the
+                                                                      JSON already at --out)
 Redraw:  minisub figures lm-regime                                    (from figures/lm_regime.json alone)
 
 Every setting is one lm-owl run (``experiments.lm_owl``) of the paper preset with a few fields
@@ -24,6 +26,7 @@ control's drift.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -294,8 +297,34 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     return plots.save(fig, Path(out_dir) / STEM)
 
 
+def keep_written_rows(summary: dict, path: Path) -> dict:
+    """``summary`` plus the rows of its missing settings that the JSON at ``path`` holds for the same runs.
+
+    The results store is local to a machine, the written JSON travels with the repository: a map
+    merged where only some settings are stored keeps the others' committed rows instead of dropping
+    them. A row is kept only if it is the same lm-owl run (same base, seeds and changed fields); it
+    is marked ``"kept_from"``.
+    """
+    if not summary.get("missing_settings") or not Path(path).exists():
+        return summary
+    old = json.loads(Path(path).read_text())
+    same = old.get("base") == summary["base"] and old.get("n_seeds") == summary["n_seeds"]
+    kept = {n: {**old["settings"][n], "kept_from": Path(path).name} for n in summary["missing_settings"]
+            if same and n in old.get("settings", {}) and old["settings"][n].get("fields") == SETTINGS[n][2]}
+    if not kept:
+        return summary
+    order = [n for n in SETTINGS if n in summary["settings"] or n in kept]
+    rows = {**summary["settings"], **kept}
+    return {**summary, "settings": {n: rows[n] for n in order},
+            "missing_settings": [n for n in summary["missing_settings"] if n not in kept]}
+
+
 def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
-    return report.write_outputs(STEM, summary, out_dir, figure)
+    path = Path(out_dir) / f"{STEM}.json"
+    merged = keep_written_rows(summary, path)
+    if kept := [n for n, r in merged["settings"].items() if "kept_from" in r and n not in summary["settings"]]:
+        print(f"[{NAME}] kept from {path} (not in this results store): " + ", ".join(kept))
+    return report.write_outputs(STEM, merged, out_dir, figure)
 
 
 def findings(summary: dict) -> list[str]:

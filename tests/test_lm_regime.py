@@ -74,6 +74,29 @@ def test_merge_reads_the_store_and_names_missing_settings(first_run, monkeypatch
     assert "Not stored yet: finetune30" in capsys.readouterr().out
 
 
+def test_merge_keeps_the_written_rows_of_settings_this_store_lacks(first_run, monkeypatch, capsys, tmp_path):
+    """A map merged on another machine keeps the committed rows of the same runs, and only those."""
+    written = json.loads((first_run["out"] / "lm_regime.json").read_text())
+    base = written["settings"]["base"]
+    written["settings"]["finetune30"] = {**base, "fields": lm_regime.SETTINGS["finetune30"][2]}  # as if run elsewhere
+    written["settings"]["s0"]["fields"] = {"s": 0.5}  # another run under the same name: not kept
+    (tmp_path / "lm_regime.json").write_text(json.dumps(written))
+    monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
+    stored = first_run["results"] / "lm-owl"
+    s0_dir = next(d for d in stored.iterdir() if json.loads((d / "config.json").read_text())["config"]["s"] == 0.0)
+    complete = lm_regime.store.is_complete
+    monkeypatch.setattr(lm_regime.store, "is_complete", lambda d: d != s0_dir and complete(d))  # no s0 here
+    rc = cli.main(["merge", "lm-regime", "--preset", "test", "--no-progress", "--out", str(tmp_path),
+                   "--settings", "base,finetune30,s0"])
+    assert rc == 0
+    s = json.loads((tmp_path / "lm_regime.json").read_text())
+    assert list(s["settings"]) == ["base", "finetune30"] and s["missing_settings"] == ["s0"]
+    assert s["settings"]["finetune30"]["kept_from"] == "lm_regime.json" and "kept_from" not in s["settings"]["base"]
+    assert "kept from" in capsys.readouterr().out
+    other_seeds = {**s, "n_seeds": 5, "missing_settings": ["finetune30"]}
+    assert lm_regime.keep_written_rows(other_seeds, tmp_path / "lm_regime.json") == other_seeds
+
+
 def test_readme_section_states_the_aim_and_the_s_curve(first_run):
     text = lm_regime.readme(first_run["summary"])
     assert "At s = 0 (no semantic channel)" in text and "Against s" in text
