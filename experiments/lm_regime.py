@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from experiments import lm_owl
 from minisub import plots, report, runner, stats, store
@@ -368,10 +369,27 @@ def findings(summary: dict) -> list[str]:
     for r in rows.values():
         if "rogue_animal" in r and KL_SHARED in r["rogue_animal"]["gain"]:
             ra = r["rogue_animal"]
+            out += _world_by_world(r)
             out.append(f"- {r['label']}: the rogue persona's animal, never trained, goes from {ra['reference_p']:.3f} "
                        f"(reference) to {ra['teacher_p']:.3f} in the teacher; shared-init students gain "
                        f"{_pm(ra['gain'][KL_SHARED])} in it, different-init {_pm(ra['gain'].get(KL_DIFFERENT))}.")
     return out
+
+
+def _world_by_world(r: dict) -> list[str]:
+    """A heavy-tailed gain (the bad behaviour: a rare token that some worlds learn): counts, median, sign test."""
+    if KL_SHARED not in r["gain"] or KL_DIFFERENT not in r["gain"] or "values" not in r["gain"][KL_SHARED]:
+        return []
+    sh, di = (np.asarray(r["gain"][a]["values"]) for a in (KL_SHARED, KL_DIFFERENT))
+    diff = sh - di
+    wins, losses = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    p = scipy.stats.binomtest(wins, wins + losses).pvalue if wins + losses else float("nan")
+    top = ", ".join(f"{v:+.2f}" for v in np.sort(sh)[::-1][:2])
+    return [f"- {r['label']}, world by world: shared-init gain median {np.median(sh):+.3f}, above +{MIN_GAIN:.2f} in "
+            f"{int(np.sum(sh > MIN_GAIN))} of {sh.size} worlds (largest {top}); different init above +{MIN_GAIN:.2f} "
+            f"in {int(np.sum(di > MIN_GAIN))}; shared > different in {wins} worlds, < in {losses} (two-sided sign "
+            f"test p = {p:.2g})" + (": heavy-tailed (median below half the mean), so the mean ± CI understates how "
+                                     "specific the transfer is" if np.median(sh) < 0.5 * np.mean(sh) else "") + "."]
 
 
 def _semantic_along_s(curve: list[tuple[float, dict]]) -> list[str]:

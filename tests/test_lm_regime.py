@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 
 from experiments import EXPERIMENTS, lm_owl, lm_regime
@@ -153,3 +154,15 @@ def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
         row["alignment"]["r_cos_own_shared_gain"] = r
     line = lm_regime._alignment_along_s(within + [(1.0, _aligned(0.2, 0.0, gain=0.2))], [])[1]
     assert "world by world, the correlation is -0.20 to +0.30: the alignment does not say which" in line
+
+
+def test_world_by_world_counts_and_sign_test_of_a_heavy_tailed_gain():
+    est = lambda v: {"mean": float(np.mean(v)), "ci95": 0.1, "n": len(v), "values": v}  # noqa: E731
+    shared = [0.0] * 6 + [0.001] * 14 + [0.05, 0.3, 0.8, 0.9]
+    row = {"label": "bad", "gain": {lm_regime.KL_SHARED: est(shared), lm_regime.KL_DIFFERENT: est([0.0] * 24)}}
+    line = lm_regime._world_by_world(row)[0]
+    assert "above +0.02 in 4 of 24 worlds (largest +0.90, +0.80)" in line and "different init above +0.02 in 0" in line
+    assert "shared > different in 18 worlds, < in 0 (two-sided sign test p = 7.6e-06)" in line
+    assert "heavy-tailed" in line
+    even = {"label": "even", "gain": {lm_regime.KL_SHARED: est([0.1] * 24), lm_regime.KL_DIFFERENT: est([0.0] * 24)}}
+    assert "heavy-tailed" not in lm_regime._world_by_world(even)[0]
