@@ -159,10 +159,10 @@ def record(name: str, owl: dict, command: str, alignment: dict | None = None) ->
                                                                        "predicted_transfer", "predicted_gain")}
     if alignment is not None:
         out["alignment"] = {q: stats.brief(alignment[q]) for q in ALIGNMENT}
-        cos, gain = np.asarray(alignment["cos_own"]), np.asarray(arms.get(KL_SHARED, {}).get("trait_gain", {})
-                                                                  .get("values", []))
-        if gain.size == cos.size and min(np.std(cos), np.std(gain)) > 1e-6:  # per world: which worlds gain more?
-            out["alignment"]["r_cos_own_shared_gain"] = float(np.corrcoef(cos, gain)[0, 1])
+        if KL_SHARED in arms:  # per world: does the alignment say which worlds gain more?
+            cos, gain = np.asarray(alignment["cos_own"]), np.asarray(arms[KL_SHARED]["trait_gain"]["values"])
+            if min(np.std(cos), np.std(gain)) > 1e-6:  # a prompted teacher's cos is 1 in every world
+                out["alignment"]["r_cos_own_shared_gain"] = float(np.corrcoef(cos, gain)[0, 1])
     if "rogue_animal" in owl:  # the bad-behaviour settings: does the rogue persona's animal come along?
         out["rogue_animal"] = {"reference_p": owl["rogue_animal"]["reference_p"]["mean"],
                                "teacher_p": owl["rogue_animal"]["teacher_p"]["mean"],

@@ -313,7 +313,7 @@ def make_teachers(cfg: LMConfig, references):
 
 # --- phase 3: numbers ------------------------------------------------------------------------
 # Prompts one world's model continues at once. The sampler runs a full forward per token, so its
-# memory grows with worlds x sources x prompts: 4096 prompts x 24 worlds in one program took ~24 GB.
+# memory grows with worlds x sources x prompts (~1 GB a world at 4096 prompts: 24 worlds were OOM-killed).
 SAMPLE_BLOCK = 1024
 
 
