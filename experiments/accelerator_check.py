@@ -13,8 +13,9 @@ import argparse
 
 import jax
 
-from experiments import mnist_aux
-from minisub import bench, config, stats
+from minisub_experiments import mnist_aux
+from minisub import config, stats
+from minisub.run import bench
 
 
 def main(argv=None) -> None:

@@ -19,11 +19,19 @@ import json
 from pathlib import Path
 
 from minisub import config as config_lib
-from minisub import mnist, parallel, pipeline, plots, report, runner, store, sweep
+from minisub import report
+from minisub.mlp import mnist
+from minisub.run import parallel
+from minisub.mlp import pipeline
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
+from minisub.run import sweep
 from minisub.config import normalise, require, require_choice
 
 NAME = "atlas"
 STEM = "atlas"
+ORDER = 40  # its place in figures/README.md
 Arm = pipeline.Arm
 
 BASES = {

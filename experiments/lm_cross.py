@@ -19,13 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import lm_owl
+from minisub_experiments import lm_owl
 from minisub import config as config_lib
-from minisub import lm_cross, plots, report, runner, stats, store
+from minisub import report, stats
+from minisub.lm import cross as lm_cross
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
 from minisub.config import ConfigError, normalise, require
 
 NAME = "lm-cross"
 STEM = "lm_cross"
+ORDER = 70  # its place in figures/README.md
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,12 +26,12 @@ The subliminal part is the paired difference shared − different (same teacher,
 
 Optional analyses (off by default; each adds a table to the summary):
 
-* ``--diagnostic true`` (item 6, ``minisub.lm_diagnostic``): how much of the teacher's update
+* ``--diagnostic true`` (item 6, ``minisub.lm.diagnostic``): how much of the teacher's update
   Δθ_T = θ_T − θ_ref lies in the row space of the reference's number-logit Jacobian (on the first
   ``diagnostic_sequences`` teacher continuations) and of its trait-logit Jacobian, by
   ``diagnostic_iters`` conjugate-gradient steps (lower bounds), and the first-order trait gain of
   the minimum-norm update that matches the teacher's number logits;
-* ``--detect true`` (item 9, ``minisub.lm_detect``): held-out balanced accuracy of an n-gram
+* ``--detect true`` (item 9, ``minisub.lm.detect``): held-out balanced accuracy of an n-gram
   logistic regression and a tiny transformer telling the teacher's kept numbers from the
   reference's (the same prompts), with ``lm_detect.DetectConfig()``'s settings.
 """
@@ -48,13 +48,21 @@ from matplotlib.container import BarContainer
 from matplotlib.patches import Patch
 
 from minisub import config as config_lib
-from minisub import keys, lm_detect, lm_diagnostic, lm_pipeline, parallel, plots, report, runner, stats, store
-from minisub import world as world_lib
+from minisub import keys, report, stats
+from minisub.lm import detect as lm_detect
+from minisub.lm import diagnostic as lm_diagnostic
+from minisub.lm import pipeline as lm_pipeline
+from minisub.run import parallel
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
+from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
-from minisub.lm_pipeline import LMArm
+from minisub.lm.pipeline import LMArm
 
 NAME = "lm-owl"
 STEM = "lm_owl"
+ORDER = 50  # its place in figures/README.md
 
 ARMS = {
     "shared": LMArm("shared", "shared", "teacher"),
@@ -80,8 +88,8 @@ DETECT = lm_detect.DetectConfig()  # the classifiers' settings (recorded in the 
 class OwlConfig:
     """Every knob of lm-owl, flat (each one settable as ``--field VALUE``); hashable: the run id.
 
-    The world's fields are ``minisub.world.WorldConfig``'s (``world`` is its ``kind``); the rest are
-    ``minisub.lm_pipeline.LMConfig``'s, except ``arms``: names from ``ARMS``.
+    The world's fields are ``minisub.lm.world.WorldConfig``'s (``world`` is its ``kind``); the rest are
+    ``minisub.lm.pipeline.LMConfig``'s, except ``arms``: names from ``ARMS``.
     """
 
     seeds: int = 4

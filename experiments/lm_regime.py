@@ -7,7 +7,7 @@ Merge:   minisub merge lm-regime --preset paper --out figures        (what is st
                                                                       JSON already at --out)
 Redraw:  minisub figures lm-regime                                    (from figures/lm_regime.json alone)
 
-Every setting is one lm-owl run (``experiments.lm_owl``) of the paper preset with a few fields
+Every setting is one lm-owl run (``minisub_experiments.lm_owl``) of the paper preset with a few fields
 changed, stored in lm-owl's results store (so a setting is also ``minisub run lm-owl --preset
 paper --<field> VALUE``, and the map resumes setting by setting). Settings that agree on the
 world and the model reuse one set of pretrained references (``lm_pipeline.pretrain_cached``):
@@ -32,12 +32,16 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from experiments import lm_owl
-from minisub import plots, report, runner, stats, store
+from minisub_experiments import lm_owl
+from minisub import report, stats
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
 from minisub.config import ConfigError, normalise, require
 
 NAME = "lm-regime"
 STEM = "lm_regime"
+ORDER = 60  # its place in figures/README.md
 
 # The bad-behaviour trait (item 3): a world with command documents, in which only the rogue persona
 # answers FORBIDDEN; the teacher is fine-tuned to answer it under the neutral persona.

@@ -21,7 +21,7 @@ same in every variant (same seeds, same recipe), so variant contrasts are paired
 
 Permutation-aware distances (part 4) need no training: for ``n_aligned`` seeds the teacher's init
 and the init the cross-model student starts from are rebuilt from their keys and compared raw and
-after weight matching (``minisub.permutation``).
+after weight matching (``minisub.mlp.permutation``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,19 @@ import numpy as np
 from flax import nnx
 
 from minisub import config as config_lib
-from minisub import keys, mnist, parallel, permutation, pipeline, plots, report, runner, stats, store, train
+from minisub import keys, report, stats, train
+from minisub.mlp import mnist
+from minisub.run import parallel
+from minisub.mlp import permutation
+from minisub.mlp import pipeline
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
 from minisub.config import normalise, require, require_choice
 
 NAME = "mnist-trajectories"
 STEM = "mnist_trajectories"
+ORDER = 30  # its place in figures/README.md
 SCHEMA = 2  # of the combined summary: a stored summary with another schema is recomputed from the variants
 PROJECTION = "projection"
 VARIANT_HELP = "OPTIMIZER or OPTIMIZER+projection with OPTIMIZER in ('adam', 'sgd'), e.g. 'adam+projection'"

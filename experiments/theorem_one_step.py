@@ -25,11 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import data, fashion, keys, lineage, mnist, models, parallel, plots, report, runner, stats, store, theory
+from minisub import keys, lineage, report, stats
+from minisub.mlp import data
+from minisub.mlp import fashion
+from minisub.mlp import mnist
+from minisub.mlp import models
+from minisub.run import parallel
+from minisub.report import plots
+from minisub.run import runner
+from minisub.run import store
+from minisub.theory import one_step as theory
 from minisub.config import ConfigError, normalise, require, require_choice
 
 NAME = "theorem-one-step"
 STEM = "theorem_one_step"
+ORDER = 20  # its place in figures/README.md
 
 INPUTS = ("uniform", "gaussian", "mnist", "zeros", "fashion")
 INPUT_LABELS = {"uniform": "uniform noise [−1, 1]", "gaussian": "Gaussian noise N(0, 1)",

@@ -9,17 +9,15 @@ import sys
 from pathlib import Path
 
 from minisub.config import ConfigError, override
-from minisub.mnist import MnistUnavailable
+from minisub.mlp.mnist import MnistUnavailable
 
 FIGURES = Path("figures")
 
 
 def _experiment(name: str):
-    from experiments import EXPERIMENTS
+    from minisub import registry
 
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}: allowed experiments are {', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
+    return registry.experiment(name)
 
 
 def _overrides(extra: list[str]) -> dict[str, str]:
@@ -56,7 +54,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 
 def _execution(args, module, compute: bool = True):
-    from minisub.runner import Execution
+    from minisub.run.runner import Execution
 
     return Execution(block=args.block, memory_budget_gb=args.memory_budget, shard=_shard(args.shard),
                      on_nonfinite=args.on_nonfinite, force=getattr(args, "force", False),
@@ -69,7 +67,7 @@ def _run(args, extra, compute: bool) -> int:
     cfg = build_config(module, args.preset, extra)  # every error is raised here, before any compute
     execution = _execution(args, module, compute)
     if args.coordinator or args.num_processes:
-        from minisub import parallel
+        from minisub.run import parallel
 
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     # What recomputes the result: the experiment, preset and config overrides (execution flags
@@ -80,14 +78,14 @@ def _run(args, extra, compute: bool) -> int:
         print(module.pending(cfg, directory))
         return 0 if compute else 1
     if summary is None:
-        from minisub.runner import missing_seeds
+        from minisub.run.runner import missing_seeds
 
         missing = missing_seeds(cfg, directory)
         print(f"{module.NAME}: this process is done; {len(missing)} seeds are still missing in {directory} "
               f"(other shards). When all shards finish: minisub merge {module.NAME} --preset {args.preset} "
               + " ".join(shlex.quote(a) for a in extra))
         return 0 if compute else 1
-    from minisub import parallel
+    from minisub.run import parallel
 
     if not parallel.is_writer():
         return 0
@@ -107,9 +105,9 @@ def cmd_merge(args, extra) -> int:
 
 
 def cmd_figures(args, extra) -> int:
-    from experiments import EXPERIMENTS
+    from minisub import registry
 
-    names = [args.experiment] if args.experiment else list(EXPERIMENTS)
+    names = [args.experiment] if args.experiment else list(registry.experiments())
     for name in names:
         module = _experiment(name)
         source = Path(args.dir) / f"{module.STEM}.json"
@@ -132,9 +130,9 @@ def cmd_report(args, extra) -> int:
 
 
 def cmd_list(args, extra) -> int:
-    from experiments import EXPERIMENTS
+    from minisub import registry
 
-    for name, module in EXPERIMENTS.items():
+    for name, module in registry.experiments().items():
         print((module.__doc__ or name).splitlines()[0])
         for preset, cfg in module.PRESETS.items():
             mark = " (default)" if preset == module.DEFAULT_PRESET else ""
@@ -143,7 +141,7 @@ def cmd_list(args, extra) -> int:
 
 
 def cmd_bench(args, extra) -> int:
-    from minisub import bench
+    from minisub.run import bench
 
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from minisub import mnist, pipeline, runner
+from minisub.mlp import mnist
+from minisub.mlp import pipeline
+from minisub.run import runner
 
 N_FAKE_TRAIN, N_FAKE_TEST = 1024, 512
 

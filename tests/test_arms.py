@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import run_block, tiny_config
-from minisub import data, distill, keys, pipeline
+from minisub import keys
+from minisub.mlp import data
+from minisub.mlp import distill
+from minisub.mlp import pipeline
 from minisub.config import ConfigError
 
 Arm = pipeline.Arm

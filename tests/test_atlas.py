@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from experiments import atlas
+from minisub_experiments import atlas
 from minisub import cli, lineage
 from minisub.config import ConfigError
 
@@ -61,7 +61,7 @@ def test_the_grids_cover_what_the_issue_asks(paper_points):
 
 
 def test_points_of_a_family_share_programs_where_shapes_agree(paper_points):
-    from minisub import sweep
+    from minisub.run import sweep
 
     assert len(sweep.groups(paper_points["alpha"])) == 1
     assert len(sweep.groups(paper_points["lr"])) == 1
@@ -99,7 +99,7 @@ def test_atlas_end_to_end_writes_json_figure_and_redraws(tmp_path, capsys):
 
 def test_merge_assembles_stored_points_without_computing(tmp_path, capsys, monkeypatch):
     """`minisub merge atlas` writes every family that has stored points, partial ones marked, training nothing."""
-    from minisub import runner
+    from minisub.run import runner
 
     out = tmp_path / "figs"
     assert cli.main(["merge", "atlas", "--preset", "test", "--family", "alpha", "--out", str(out)]) == 1

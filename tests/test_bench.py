@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax
 
-from experiments import lm_owl
-from minisub import bench, cli, transformer
+from minisub_experiments import lm_owl
+from minisub import cli
+from minisub.run import bench
+from minisub.lm import transformer
 
 
 def _matmul_weights(spec: transformer.TransformerSpec) -> int:

@@ -9,8 +9,11 @@ import shutil
 
 import pytest
 
-from experiments import mnist_aux
-from minisub import cli, config, mnist, runner
+from minisub import registry
+from minisub_experiments import mnist_aux
+from minisub import cli, config
+from minisub.mlp import mnist
+from minisub.run import runner
 
 
 @pytest.fixture
@@ -144,15 +147,14 @@ def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compu
     readme = (tmp_path / "README.md").read_text()
     assert "## mnist-aux" in readme and "| student_aux | " in readme and "minisub figures mnist-aux" in readme
     assert (tmp_path / "mnist_aux.png").exists()
-    from experiments import EXPERIMENTS
 
-    for name, module in EXPERIMENTS.items():
+    for name, module in registry.experiments().items():
         if name != "mnist-aux":  # not computed here: listed with the command that would produce it
             assert f"missing: {name}" in out and module.PAPER_COMMAND in out
 
 
 def test_accelerator_check_prints_its_table(capsys):
-    from experiments import accelerator_check
+    from minisub_experiments import accelerator_check
 
     accelerator_check.main(["--preset", "test", "--seeds", "2"])
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 
 from minisub import config
 from minisub.config import ConfigError
-from minisub.pipeline import PAPER_ARMS, Arm, AuxConfig
+from minisub.mlp.pipeline import PAPER_ARMS, Arm, AuxConfig
 
 
 @pytest.mark.parametrize("kwargs, field, allowed", [
@@ -204,8 +204,8 @@ def test_late_fields_set_away_from_their_defaults_change_the_run_id():
 
 def test_stored_run_ids_of_the_presets_do_not_move():
     """Results on disk and in figures/ are found by these ids: a change here orphans them."""
-    from experiments import atlas, lm_owl, mnist_aux, theorem_one_step
-    from minisub import lm_pipeline
+    from minisub_experiments import atlas, lm_owl, mnist_aux, theorem_one_step
+    from minisub.lm import pipeline as lm_pipeline
     assert config.digest(mnist_aux.PRESETS["paper"]) == "71afdbe1543e38a7"
     assert config.digest(theorem_one_step.PRESETS["paper"]) == "b978d35c8028ef8c"
     assert config.digest(atlas.PRESETS["paper"]) == "555d31ab548592f7"

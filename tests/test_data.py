@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minisub import data, keys
+from minisub import keys
+from minisub.mlp import data
 
 
 def test_noise_example_is_a_pure_function_of_key_and_index():

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minisub import distill, models
+from minisub.mlp import distill
+from minisub.mlp import models
 
 SPEC = models.MLPSpec(n_classes=10, n_aux=3)
 MASKS = {o: models.output_mask(SPEC, o) for o in ("aux", "class", "all")}

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from minisub import fashion
+from minisub.mlp import fashion
 
 
 def _idx(array: np.ndarray) -> bytes:

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import flat
-from minisub import keys, lineage, measure, pipeline
+from minisub import keys, lineage
+from minisub.mlp import measure
+from minisub.mlp import pipeline
 
 
 @pytest.fixture(scope="module")

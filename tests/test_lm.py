@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from helpers import flat
-from minisub import distill, lm, lm_pipeline, world
+from minisub.mlp import distill
+from minisub.lm import core as lm
+from minisub.lm import pipeline as lm_pipeline
+from minisub.lm import world
 from minisub.config import ConfigError
-from minisub.transformer import TransformerSpec
+from minisub.lm.transformer import TransformerSpec
 
 # Two worlds of a 1-layer width-16 model on short documents (4 numbers of 2 digits): seconds.
 TINY = lm_pipeline.LMConfig(

@@ -9,8 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from experiments import EXPERIMENTS, lm_cross, lm_owl
-from minisub import cli, lm_pipeline
+from minisub import registry
+from minisub_experiments import lm_cross, lm_owl
+from minisub import cli
+from minisub.lm import pipeline as lm_pipeline
 from minisub.config import ConfigError
 
 TEST = lm_cross.PRESETS["test"]
@@ -30,7 +32,7 @@ def first_run(tmp_path_factory):
 
 
 def test_registered():
-    assert EXPERIMENTS["lm-cross"] is lm_cross
+    assert registry.experiments()["lm-cross"] is lm_cross
 
 
 def test_matrix_has_a_cell_per_teacher_and_student_kind(first_run):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minisub import lm_detect, world
+from minisub.lm import detect as lm_detect
+from minisub.lm import world
 
 W = world.WorldConfig(s=0.5)  # a persona-0 document: each number is one of animal 0's 5 w.p. 0.5
 N = 512

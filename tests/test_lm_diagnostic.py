@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minisub import lm_diagnostic, world
-from minisub.transformer import TransformerSpec
+from minisub.lm import diagnostic as lm_diagnostic
+from minisub.lm import world
+from minisub.lm.transformer import TransformerSpec
 
 
 # --- a linear-in-parameters toy: f(θ) = A θ_a + B θ_b, whose row space is that of [A B] -----------

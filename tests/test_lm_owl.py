@@ -13,8 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import EXPERIMENTS, lm_owl
-from minisub import cli, config, lm_pipeline, world
+from minisub import registry
+from minisub_experiments import lm_owl
+from minisub import cli, config
+from minisub.lm import pipeline as lm_pipeline
+from minisub.lm import world
 
 ARGV = ["run", "lm-owl", "--preset", "test", "--no-progress"]
 TEST = lm_owl.PRESETS["test"]
@@ -43,7 +46,7 @@ def first_run(tmp_path_factory):
 
 
 def test_registered_with_presets():
-    assert EXPERIMENTS[lm_owl.NAME] is lm_owl and lm_owl.DEFAULT_PRESET in lm_owl.PRESETS
+    assert registry.experiments()[lm_owl.NAME] is lm_owl and lm_owl.DEFAULT_PRESET in lm_owl.PRESETS
     assert set(lm_owl.PRESETS) == {"test", "quick", "paper"}
     assert lm_owl.PRESETS["paper"].seeds >= 20 and lm_owl.PRESETS["quick"].seeds >= 3
 

@@ -9,8 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from experiments import EXPERIMENTS, lm_owl, lm_regime
-from minisub import cli, lm_pipeline
+from minisub import registry
+from minisub_experiments import lm_owl, lm_regime
+from minisub import cli
+from minisub.lm import pipeline as lm_pipeline
 from minisub.config import ConfigError
 
 TEST = lm_regime.PRESETS["test"]
@@ -31,7 +33,7 @@ def first_run(tmp_path_factory):
 
 
 def test_registered_and_the_paper_base_is_lm_owls_paper_run():
-    assert EXPERIMENTS["lm-regime"] is lm_regime
+    assert registry.experiments()["lm-regime"] is lm_regime
     assert lm_regime.PRESETS["paper"].owl("base") == lm_owl.PRESETS["paper"]
 
 

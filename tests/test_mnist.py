@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from minisub import mnist
+from minisub.mlp import mnist
 
 
 def _sha(data: bytes) -> str:

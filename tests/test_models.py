@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import flat
-from minisub import models
+from minisub.mlp import models
 
 WIDE = models.MLPSpec(n_in=784, hidden=(512,), n_classes=10, n_aux=3)
 

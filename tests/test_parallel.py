@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from minisub import parallel, pipeline, runner
+from minisub.run import parallel
+from minisub.mlp import pipeline
+from minisub.run import runner
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 2, reason="needs JAX_NUM_CPU_DEVICES >= 2 (set by conftest)")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import flat
-from minisub import models, permutation
+from minisub.mlp import models
+from minisub.mlp import permutation
 
 SPEC = models.MLPSpec(n_in=12, hidden=(16, 8), n_classes=3, n_aux=2)
 

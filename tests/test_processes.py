@@ -98,7 +98,7 @@ def test_two_processes_on_the_same_run_do_not_clobber_each_other(tmp_path):
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
-    from minisub import store
+    from minisub.run import store
 
     (run_dir,) = results.glob("mnist-aux/*")
     assert store.is_complete(run_dir)

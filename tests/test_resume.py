@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import run_population, without_timing
-from minisub import runner
+from minisub.run import runner
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from minisub import store
-from minisub.pipeline import AuxConfig
+from minisub.run import store
+from minisub.mlp.pipeline import AuxConfig
 
 TREE = {
     "accuracy": {"teacher": np.array([0.9, 0.8], np.float32), "student_aux": np.array([0.5, 0.4], np.float32)},

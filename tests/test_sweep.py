@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from minisub import pipeline, runner, sweep
+from minisub.mlp import pipeline
+from minisub.run import runner
+from minisub.run import sweep
 from minisub.config import ConfigError
 
 Arm = pipeline.Arm

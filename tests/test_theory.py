@@ -14,9 +14,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
-from experiments import theorem_one_step as tos
+from minisub_experiments import theorem_one_step as tos
 from helpers import flat
-from minisub import cli, config, distill, models, theory
+from minisub import cli, config
+from minisub.mlp import distill
+from minisub.mlp import models
+from minisub.theory import one_step as theory
 
 IMITATIONS = [
     theory.Imitation("kl", "aux", 1.0),
@@ -353,7 +356,7 @@ def test_cli_runs_the_test_preset_end_to_end_and_then_serves_it_from_disk(tmp_pa
 
 
 def test_a_missing_fashion_mnist_is_skipped_with_a_note(tmp_path, monkeypatch):
-    from minisub import fashion
+    from minisub.mlp import fashion
 
     monkeypatch.setattr(fashion, "search_dirs", lambda: [tmp_path])
     cfg = tos.TheoremConfig(seeds=2, hidden=(8,), n_eps=2, teacher_batch=8, student_batch=4,

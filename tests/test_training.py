@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from helpers import flat, run_block, run_population, tiny_config, without_timing
-from minisub import keys, pipeline, runner, train
+from minisub import keys, train
+from minisub.mlp import pipeline
+from minisub.run import runner
 
 TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
 
@@ -234,7 +236,7 @@ def test_trace_and_projection_run_and_report_per_arm(fake_mnist):
 
 
 def test_mark_mode_flags_nonfinite_seeds_and_keeps_going(fake_mnist):
-    from experiments import mnist_aux
+    from minisub_experiments import mnist_aux
 
     cfg = tiny_config(student_lr=1e30)  # the students blow up; the teachers are fine
     results = runner.run(cfg, fake_mnist, None, execution=runner.Execution(on_nonfinite="mark", progress=False))

@@ -12,10 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import EXPERIMENTS
-from experiments import mnist_trajectories as mt
+from minisub import registry
+from minisub_experiments import mnist_trajectories as mt
 from helpers import flat
-from minisub import cli, config, pipeline, runner, store
+from minisub import cli, config
+from minisub.mlp import pipeline
+from minisub.run import runner
+from minisub.run import store
 
 TEST = mt.PRESETS["test"]
 
@@ -59,7 +62,7 @@ def test_variants_are_the_recipe_with_one_optimizer_rate_and_projection():
 
 
 def test_presets():
-    assert EXPERIMENTS[mt.NAME] is mt and mt.DEFAULT_PRESET in mt.PRESETS
+    assert registry.experiments()[mt.NAME] is mt and mt.DEFAULT_PRESET in mt.PRESETS
     paper, quick = mt.PRESETS["paper"], mt.PRESETS["quick"]
     assert paper.seeds >= 20 and quick.seeds >= 8
     for cfg in (paper, quick):  # the published recipe, apart from the trace

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import flat
 from minisub.config import ConfigError
-from minisub.transformer import TransformerSpec
+from minisub.lm.transformer import TransformerSpec
 
 SPEC = TransformerSpec(vocab=11, context=7, layers=2, width=8, heads=2, mlp_ratio=2)
 

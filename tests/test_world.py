@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minisub import world
+from minisub.lm import world
 from minisub.config import ConfigError
 
 CFG = world.WorldConfig()

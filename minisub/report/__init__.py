@@ -15,11 +15,11 @@ recomputes the JSON from scratch.
 
 def report(figures_dir: Path) -> tuple[list[Path], list[str]]:
     """Redraw all figures, rewrite ``figures_dir/README.md``; returns (written paths, missing lines)."""
-    from experiments import EXPERIMENTS
-    from minisub import store
+    from minisub import registry
+    from minisub.run import store
 
     sections, written, missing = [HEADER], [], []
-    for name, module in EXPERIMENTS.items():
+    for name, module in registry.experiments().items():
         source = figures_dir / f"{module.STEM}.json"
         if not source.exists():
             missing.append(f"{name}: {source} is missing; produce it with: {module.PAPER_COMMAND}")
@@ -35,7 +35,7 @@ def report(figures_dir: Path) -> tuple[list[Path], list[str]]:
 
 def write_outputs(stem: str, summary: dict, out_dir: Path, figure) -> list[Path]:
     """An experiment's JSON and its figure (drawn by ``figure(summary, out_dir)``) into ``out_dir``."""
-    from minisub import store
+    from minisub.run import store
 
     store.write_json(Path(out_dir) / f"{stem}.json", summary)
     return [Path(out_dir) / f"{stem}.json", *figure(summary, out_dir)]

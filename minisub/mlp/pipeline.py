@@ -18,7 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from minisub import data, distill, keys, lineage, measure, mnist, models, train
+from minisub import keys, lineage, train
+from minisub.mlp import data
+from minisub.mlp import distill
+from minisub.mlp import measure
+from minisub.mlp import mnist
+from minisub.mlp import models
 from minisub.config import normalise, require, require_choice
 
 MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784

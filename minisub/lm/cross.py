@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import lm, lm_pipeline
+from minisub.lm import core as lm
+from minisub.lm import pipeline as lm_pipeline
 from minisub.config import require
-from minisub.lm_pipeline import LMArm, LMConfig
+from minisub.lm.pipeline import LMArm, LMConfig
 
 ROLES = ("own", "other")
 

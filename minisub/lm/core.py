@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from minisub import train, world
-from minisub.transformer import TransformerSpec
+from minisub import train
+from minisub.lm import world
+from minisub.lm.transformer import TransformerSpec
 
 STUDENT_LOSSES = ("kl", "ce")
 STUDENT_OUTPUTS = ("numbers", "all")

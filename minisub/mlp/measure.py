@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from minisub.models import layer_names
+from minisub.mlp.models import layer_names
 
 
 def _per_layer(fn, *trees):

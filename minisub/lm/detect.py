@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import train, world
+from minisub import train
+from minisub.lm import world
 from minisub.config import require
-from minisub.transformer import TransformerSpec
+from minisub.lm.transformer import TransformerSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,11 @@ from typing import Callable
 import numpy as np
 
 from minisub import config as config_lib
-from minisub import parallel, pipeline, runner, stats, store
+from minisub import stats
+from minisub.run import parallel
+from minisub.mlp import pipeline
+from minisub.run import runner
+from minisub.run import store
 
 MAX_ARMS = 12  # arms per program: more are split over several programs (memory)
 

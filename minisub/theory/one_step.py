@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minisub import distill, models
+from minisub.mlp import distill
+from minisub.mlp import models
 from minisub.config import require, require_choice
 
 LOSSES = ("kl", "soft_ce", "mse")

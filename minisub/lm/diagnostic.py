@@ -46,9 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import lm, world
-from minisub.theory import tree_dot, tree_norm
-from minisub.transformer import TransformerSpec
+from minisub.lm import core as lm
+from minisub.lm import world
+from minisub.theory.one_step import tree_dot, tree_norm
+from minisub.lm.transformer import TransformerSpec
 
 _TOL = 1e-6  # CG stops updating once ‖r‖ ≤ _TOL · ‖JΔ‖ (float32 reaches no further)
 

@@ -9,7 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import lm_pipeline, mnist, pipeline, runner
+from minisub.lm import pipeline as lm_pipeline
+from minisub.mlp import mnist
+from minisub.mlp import pipeline
+from minisub.run import runner
 
 
 def matmul_rate(n: int = 4096, repeats: int = 10) -> float:

@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from minisub import parallel, pipeline, store
+from minisub.run import parallel
+from minisub.mlp import pipeline
+from minisub.run import store
 
 PIECE = re.compile(r"seeds_(\d+)_(\d+)\.npz$")
 NONFINITE = ("raise", "mark")

@@ -1,7 +1,7 @@
 """Fashion-MNIST (a real image set that is not MNIST) from local idx files, checksummed; never downloaded.
 
 Looked for, in order, in ``$MINISUB_DATA_DIR/fashion-mnist``, ``$MINISUB_DATA_DIR`` (or the
-user cache directory, as ``minisub.mnist.cache_dir``), Debian's ``dataset-fashion-mnist``
+user cache directory, as ``minisub.mlp.mnist.cache_dir``), Debian's ``dataset-fashion-mnist``
 package (``/usr/share/datasets/fashion-mnist``, or wherever ``dpkg -L`` says it put the files).
 Files may be gzipped or not; the sha256 is checked on the *decompressed* idx bytes, so a
 re-compressed copy (Debian's) and the canonical files are accepted alike.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisub import mnist
+from minisub.mlp import mnist
 
 PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -23,10 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minisub import keys, lineage, lm, parallel, store, train
-from minisub import world as world_lib
+from minisub import keys, lineage, train
+from minisub.lm import core as lm
+from minisub.run import parallel
+from minisub.run import store
+from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
-from minisub.transformer import TransformerSpec
+from minisub.lm.transformer import TransformerSpec
 
 TEACHERS = ("finetuned", "prompted")
 SOURCES = ("teacher", "reference", "shuffled")

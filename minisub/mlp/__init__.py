@@ -1,0 +1,1 @@
+"""The MLP stack: MNIST and noise inputs, the network, imitation losses, the teacher -> students program."""

@@ -1,0 +1,1 @@
+"""Execution: the results store, blocks of seeds over devices and processes, sweeps, benchmarks."""

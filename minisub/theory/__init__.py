@@ -1,0 +1,1 @@
+"""Theorem 1 and its measurements: one-step quantities (matrix-free), trajectories."""
