@@ -121,7 +121,7 @@ def test_equal_configs_have_equal_digests():
 
 
 def test_digest_is_stable_across_processes():
-    code = "from minisub import config, pipeline; print(config.digest(pipeline.AuxConfig(seeds=5, hidden=(32,))))"
+    code = "from minisub import config; from minisub.mlp import pipeline; print(config.digest(pipeline.AuxConfig(seeds=5, hidden=(32,))))"
     root = Path(config.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, check=True)

@@ -129,7 +129,7 @@ def test_donors_are_a_derangement_of_the_seeds():
 
 # --- the atlas lineages: each one's defining property -------------------------------------------
 
-from minisub import models  # noqa: E402
+from minisub.mlp import models  # noqa: E402
 from minisub.config import ConfigError  # noqa: E402
 
 SPEC = models.MLPSpec(784, (256, 128), 10, 3)
