@@ -151,8 +151,6 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     return plots.save(fig, Path(out_dir) / STEM)
 
 
-def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
-    return report.write_outputs(STEM, summary, out_dir, figure)
 
 
 def readme(summary: dict) -> str:

@@ -554,9 +554,6 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     return plots.save(fig, Path(out_dir) / STEM)
 
 
-def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
-    """The figure and the JSON behind it, into ``out_dir``."""
-    return report.write_outputs(STEM, summary, out_dir, figure)
 
 
 def _discussion(summary: dict) -> list[str]:

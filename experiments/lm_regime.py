@@ -329,7 +329,10 @@ def write_outputs(summary: dict, out_dir: Path) -> list[Path]:
     merged = keep_written_rows(summary, path)
     if kept := [n for n, r in merged["settings"].items() if "kept_from" in r and n not in summary["settings"]]:
         print(f"[{NAME}] kept from {path} (not in this results store): " + ", ".join(kept))
-    return report.write_outputs(STEM, merged, out_dir, figure)
+    from minisub.run import store
+
+    store.write_json(path, merged)
+    return [path, *figure(merged, Path(out_dir))]
 
 
 def findings(summary: dict) -> list[str]:

@@ -89,7 +89,10 @@ def _run(args, extra, compute: bool) -> int:
 
     if not parallel.is_writer():
         return 0
-    paths = module.write_outputs(summary, Path(args.out) if args.out else directory)
+    from minisub import report
+
+    out = Path(args.out) if args.out else directory
+    paths = module.write_outputs(summary, out) if hasattr(module, "write_outputs") else report.write_outputs(module, summary, out)
     print(module.table(summary))
     print(f"\nresults: {directory}")
     print("figure:  " + ", ".join(str(p) for p in paths))
@@ -114,7 +117,9 @@ def cmd_figures(args, extra) -> int:
         if not source.exists():
             print(f"{name}: no {source}; produce it with: {module.PAPER_COMMAND}")
             continue
-        paths = module.figure(json.loads(source.read_text()), Path(args.dir))
+        from minisub import report
+
+        paths = report.draw(module, json.loads(source.read_text()), Path(args.dir))
         print(f"{name}: redrew " + ", ".join(str(p) for p in paths) + f" from {source}")
     return 0
 

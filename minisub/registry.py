@@ -8,8 +8,10 @@ package register themselves the same way, with one line in their ``pyproject.tom
     my-experiment = "my_package.my_experiment"
 
 An experiment module provides ``NAME``, ``STEM``, ``PRESETS``, ``DEFAULT_PRESET``, ``PAPER_COMMAND``,
-``run``, ``table``, ``figure``, ``write_outputs`` and ``readme``; ``ORDER`` (optional, default
-1000) places its section in ``figures/README.md``.
+``run(cfg, *, command, execution) -> (summary | None, directory)``, ``table(summary) -> str``,
+``figures(summary) -> {file stem: matplotlib Figure}``, ``CLAIMS`` (``minisub.claims.Claim``s) and
+``readme(summary) -> str``; optionally ``ORDER`` (default 1000: its place in figures/README.md)
+and ``merge_written(summary, path) -> summary``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from types import ModuleType
 from minisub.config import ConfigError
 
 GROUP = "minisub.experiments"
-REQUIRED = ("NAME", "STEM", "PRESETS", "DEFAULT_PRESET", "run", "table", "figure", "write_outputs", "readme")
+REQUIRED = ("NAME", "STEM", "PRESETS", "DEFAULT_PRESET", "PAPER_COMMAND", "run", "table", "readme")
 
 
 def experiments() -> dict[str, ModuleType]:

@@ -26,19 +26,35 @@ def report(figures_dir: Path) -> tuple[list[Path], list[str]]:
             sections.append(f"## {name}\n\nNot computed yet. Produce it with: `{module.PAPER_COMMAND}`\n")
             continue
         summary = json.loads(source.read_text())
-        written += module.figure(summary, figures_dir)
+        written += draw(module, summary, figures_dir)
         sections.append(module.readme(summary) + "\n")
     readme = figures_dir / "README.md"
     store.atomic_write(readme, "\n".join(sections).encode())
     return [*written, readme], missing
 
 
-def write_outputs(stem: str, summary: dict, out_dir: Path, figure) -> list[Path]:
-    """An experiment's JSON and its figure (drawn by ``figure(summary, out_dir)``) into ``out_dir``."""
+def draw(module, summary: dict, out_dir: Path) -> list[Path]:
+    """Save every figure of ``module.figures(summary)`` ({stem: Figure}) as PNG and PDF in ``out_dir``."""
+    from minisub.report import plots
+
+    if not hasattr(module, "figures"):  # transitional: an experiment that still saves its own figure
+        return module.figure(summary, Path(out_dir))
+    return [p for stem, fig in module.figures(summary).items() for p in plots.save(fig, Path(out_dir) / stem)]
+
+
+def write_outputs(module, summary: dict, out_dir: Path) -> list[Path]:
+    """An experiment's summary JSON and its figures into ``out_dir``.
+
+    ``module.merge_written(summary, path)``, when defined, first folds in what an earlier run
+    already wrote at ``path`` (rows computed elsewhere that this machine's store lacks).
+    """
     from minisub.run import store
 
-    store.write_json(Path(out_dir) / f"{stem}.json", summary)
-    return [Path(out_dir) / f"{stem}.json", *figure(summary, out_dir)]
+    path = Path(out_dir) / f"{module.STEM}.json"
+    if hasattr(module, "merge_written"):
+        summary = module.merge_written(summary, path)
+    store.write_json(path, summary)
+    return [path, *draw(module, summary, out_dir)]
 
 
 def section_head(name: str, stem: str, title: str, n_seeds: int) -> list[str]:
