@@ -20,3 +20,8 @@ def branch(key, name: str):
 def member(key, index):
     """The key of population member ``index`` (an int or a traced int) within a branch."""
     return jax.random.fold_in(key, index)
+
+
+def stream(seed: int, name: str, index):
+    """Member ``index`` of the branch ``name`` of the run seeded ``seed``: one world's key for one purpose."""
+    return member(branch(root(seed), name), index)

@@ -70,3 +70,10 @@ def regenerate_lines(name: str, summary: dict, paper_command: str) -> list[str]:
         command += " --out figures"
     return [f"Redraw the figure from the committed JSON (no training): `minisub figures {name}`", "",
             f"Recompute the JSON and the figure from scratch: `{command}`"]
+
+
+def pm(s: dict | None, fmt: str = "+.3f") -> str:
+    """``mean ± half-width`` of a stats.mean_ci/brief dict ("n/a" when absent or empty)."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    return f"{s['mean']:{fmt}} ± {s['ci95']:.3f}"
