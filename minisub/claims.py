@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from minisub import stats
+from minisub import references, stats
 
 COMPARISONS = (">", "<", "within", "increasing", "decreasing")
 SUPPORTED, REFUTED, INCONCLUSIVE, CONFOUNDED, MISSING = (
@@ -56,6 +56,9 @@ class Claim:
     unit: str = ""
 
     def __post_init__(self):
+        if self.source not in references.REFERENCES:
+            raise ValueError(f"claim {self.id}: source={self.source!r} must be a key of minisub.references: "
+                             + ", ".join(references.REFERENCES))
         if self.compare not in COMPARISONS:
             raise ValueError(f"claim {self.id}: compare={self.compare!r} must be one of {', '.join(COMPARISONS)}")
         trend = self.compare in ("increasing", "decreasing")
