@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -63,9 +62,11 @@ def test_every_builtin_experiment_is_registered_and_the_library_imports_none():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_nothing_called_experiments_is_installed_at_top_level():
-    dist = importlib.metadata.distribution("minisub")
-    tops = {f.parts[0] for f in dist.files or []}
-    assert "experiments" not in tops
-    top_level = dist.read_text("top_level.txt") or ""
-    assert "experiments" not in top_level.split()
+def test_nothing_called_experiments_is_installed_at_top_level(tmp_path):
+    """From outside the checkout, the installed package has minisub_experiments and no ``experiments``."""
+    code = ("import importlib.util as u; "
+            "print(u.find_spec('experiments') is None, u.find_spec('minisub_experiments') is not None)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "True"]
