@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from minisub import train
+from minisub import train, tree
 from minisub.lm import world
 from minisub.lm.transformer import TransformerSpec
 
@@ -175,10 +175,6 @@ def answer_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, persona=
     return animal_probs(cfg, answer_logits(spec, cfg, params, persona, kind), kind)
 
 
-def _dot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def geometry(student, student_init, teacher, teacher_init) -> dict[str, jax.Array]:
     """Whole-network distances and update alignment (``measure.geometry``'s totals, any pytree).
 
@@ -186,8 +182,7 @@ def geometry(student, student_init, teacher, teacher_init) -> dict[str, jax.Arra
     ||θ_S⁰ − θ_T||, ``travel`` ||θ_S − θ_S⁰||, ``teacher_travel`` ||θ_T − θ_T⁰||, ``update_cos``
     cos(θ_S − θ_S⁰, θ_T − θ_T⁰) (0 when either update is 0).
     """
-    sub = lambda a, b: jax.tree.map(jnp.subtract, a, b)
-    norm = lambda a: jnp.sqrt(_dot(a, a))
+    sub, norm = tree.sub, tree.norm
     d_s, d_t = sub(student, student_init), sub(teacher, teacher_init)
     travel, teacher_travel = norm(d_s), norm(d_t)
     return {
@@ -196,5 +191,5 @@ def geometry(student, student_init, teacher, teacher_init) -> dict[str, jax.Arra
         "dist_start_teacher": norm(sub(student_init, teacher)),
         "travel": travel,
         "teacher_travel": teacher_travel,
-        "update_cos": _dot(d_s, d_t) / jnp.maximum(travel * teacher_travel, 1e-30),
+        "update_cos": tree.dot(d_s, d_t) / jnp.maximum(travel * teacher_travel, 1e-30),
     }

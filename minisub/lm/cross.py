@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minisub import keys
 from minisub.lm import core as lm
 from minisub.lm import pipeline as lm_pipeline
 from minisub.config import require
@@ -58,7 +59,7 @@ def _pair(student_cfg: LMConfig, teacher_cfg: LMConfig, inits_SxR, teachers_SxR,
     prob = partial(lm_pipeline.p_trait, student_cfg)
 
     def replicate(inits_R, teachers_R, tokens_RxNxL, keep_RxN, i):
-        key = lm_pipeline._stream(student_cfg, "lm_student_shuffle", i)
+        key = keys.stream(student_cfg.seed, "lm_student_shuffle", i)
 
         def cell(t, u):
             init = jax.tree.map(lambda x: x[u], inits_R)

@@ -48,7 +48,7 @@ import numpy as np
 
 from minisub.lm import core as lm
 from minisub.lm import world
-from minisub.theory.one_step import tree_dot, tree_norm
+from minisub import tree
 from minisub.lm.transformer import TransformerSpec
 
 _TOL = 1e-6  # CG stops updating once ‖r‖ ≤ _TOL · ‖JΔ‖ (float32 reaches no further)
@@ -64,20 +64,20 @@ def _cg(jvp: Callable, vjp: Callable, v, iters: int) -> dict:
     """``iters`` CG steps on J Jᵀ c = J v, tracking w = Jᵀc (see the module docstring)."""
     b = jvp(v)
     bb = jnp.vdot(b, b)
-    vv = tree_dot(v, v)
+    vv = tree.dot(v, v)
     zero = jax.tree.map(jnp.zeros_like, v)
 
     def step(carry, _):
         w, r, p, rr = carry
         q = vjp(p)  # Jᵀp
-        pap = tree_dot(q, q)  # pᵀ J Jᵀ p
+        pap = tree.dot(q, q)  # pᵀ J Jᵀ p
         active = (rr > _TOL**2 * bb) & (pap > 0)
         alpha = jnp.where(active, rr / jnp.where(active, pap, 1.0), 0.0)
         w = jax.tree.map(lambda wi, qi: wi + alpha * qi, w, q)
         r = r - alpha * jvp(q)
         rr_new = jnp.vdot(r, r)
         p = jnp.where(active, r + jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0) * p, p)
-        cos2 = _ratio(tree_dot(w, v) ** 2, tree_dot(w, w) * vv)
+        cos2 = _ratio(tree.dot(w, v) ** 2, tree.dot(w, w) * vv)
         return (w, r, p, jnp.where(active, rr_new, rr)), jnp.where(jnp.isnan(cos2) & (vv > 0), 0.0, cos2)
 
     (w, _, _, _), cos2_K = jax.lax.scan(step, (zero, b, b, bb), None, length=iters)
@@ -144,12 +144,12 @@ def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, 
         "number_fraction_k": n["fraction_k"][0],
         "trait_fraction": t["fraction"],
         "trait_residual": t["residual"],
-        "overlap_cos": _ratio(tree_dot(w_num, w_trait), tree_norm(w_num) * tree_norm(w_trait)),
+        "overlap_cos": _ratio(tree.dot(w_num, w_trait), tree.norm(w_num) * tree.norm(w_trait)),
         "trait_in_numbers": n["fraction"][1],
         "predicted_transfer": _ratio(jnp.vdot(jt_wnum, jt_delta), jnp.vdot(jt_delta, jt_delta)),
         "teacher_gain_linear": gain(jt_delta),
         "predicted_gain": gain(jt_wnum),
-        "update_norm": tree_norm(delta),
+        "update_norm": tree.norm(delta),
     }
 
 

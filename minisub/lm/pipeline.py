@@ -173,10 +173,6 @@ def donors(cfg: LMConfig) -> np.ndarray:
     return lineage.donors(cfg.seed, cfg.seeds, "lm_donor")
 
 
-def _stream(cfg: LMConfig, name: str, i):
-    return keys.member(keys.branch(keys.root(cfg.seed), name), i)
-
-
 def teacher_persona(cfg: LMConfig):
     """The persona token in the teacher's context: the trait's when prompted, else neutral."""
     return cfg.world.persona_token(cfg.trait_persona) if cfg.teacher == "prompted" else cfg.world.neutral
@@ -203,7 +199,7 @@ def _optimizer(cfg: LMConfig):
 @partial(jax.jit, static_argnums=0)
 def init_references(cfg: LMConfig, seed_ids):
     """``(params, opt_state)`` of every world's reference before pretraining (leading seed axis)."""
-    params = jax.vmap(lambda i: cfg.spec.init(_stream(cfg, "lm_init", i)))(seed_ids)
+    params = jax.vmap(lambda i: cfg.spec.init(keys.stream(cfg.seed, "lm_init", i)))(seed_ids)
     return params, jax.vmap(_optimizer(cfg).init)(params)
 
 
@@ -213,7 +209,7 @@ def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
     batch_fn = partial(world_lib.pretraining_batch, cfg.world, batch=cfg.pretrain_batch)
 
     def one(carry, i):
-        return lm.fit(cfg.spec, _optimizer(cfg), batch_fn, carry, _stream(cfg, "lm_corpus", i), start, steps)
+        return lm.fit(cfg.spec, _optimizer(cfg), batch_fn, carry, keys.stream(cfg.seed, "lm_corpus", i), start, steps)
 
     return jax.vmap(one)(state, seed_ids)
 
@@ -338,9 +334,9 @@ def _sample_blocks(cfg: LMConfig, params, context_NxL, key):
 
 def _numbers(cfg: LMConfig, params, persona_token, i):
     """One world's continuations of its neutral prompts: tokens ``[N, L]`` (neutral persona), keep ``[N]``."""
-    prompts_NxL, _ = world_lib.number_batch(cfg.world, _stream(cfg, "lm_prompts", i), cfg.n_samples)
+    prompts_NxL, _ = world_lib.number_batch(cfg.world, keys.stream(cfg.seed, "lm_prompts", i), cfg.n_samples)
     context_NxL = world_lib.with_persona(prompts_NxL, persona_token)
-    sampled = _sample_blocks(cfg, params, context_NxL, _stream(cfg, "lm_samples", i))
+    sampled = _sample_blocks(cfg, params, context_NxL, keys.stream(cfg.seed, "lm_samples", i))
     tokens_NxL = world_lib.with_persona(sampled, cfg.world.neutral)  # what a student sees
     return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg))
 
@@ -382,7 +378,7 @@ def make_numbers(cfg: LMConfig, references, teachers, seed_ids):
     out = {s: {"tokens": tokens[k], "keep": kept[k]} for k, s in enumerate(sampled)}
     if "shuffled" in cfg.sources:
         t = out["teacher"]
-        shuffle = lambda x, k, i: shuffle_numbers(cfg.world, x, k, _stream(cfg, "lm_shuffle", i))
+        shuffle = lambda x, k, i: shuffle_numbers(cfg.world, x, k, keys.stream(cfg.seed, "lm_shuffle", i))
         out["shuffled"] = {"tokens": jax.vmap(shuffle)(t["tokens"], t["keep"], seed_ids), "keep": t["keep"]}
     return {s: out[s] for s in cfg.sources}
 
@@ -447,7 +443,7 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
         for loss, arms in zip(cfg.arm_losses, groups):
             sources = [cfg.arms[k].source for k in arms]
             cfg_loss = cfg if loss == cfg.student_loss else dataclasses.replace(cfg, student_loss=loss)
-            p, l = jax.vmap(partial(train_student, cfg_loss, key=_stream(cfg, "lm_student_shuffle", i)))(
+            p, l = jax.vmap(partial(train_student, cfg_loss, key=keys.stream(cfg.seed, "lm_student_shuffle", i)))(
                 jax.tree.map(lambda x: x[np.asarray(arms)], inits_A), stack([models[s] for s in sources]),
                 jnp.asarray([persona[s] for s in sources]), jnp.stack([nums[s]["tokens"] for s in sources]),
                 jnp.stack([nums[s]["keep"] for s in sources]))
@@ -462,7 +458,7 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
 # --- phase 5: measurement --------------------------------------------------------------------
 def eval_numbers(cfg: LMConfig, i):
     """``[n_eval, L]``: world ``i``'s held-out number documents (neutral persona), on which every model is read."""
-    return world_lib.number_batch(cfg.world, _stream(cfg, "lm_eval", i), cfg.n_eval)[0]
+    return world_lib.number_batch(cfg.world, keys.stream(cfg.seed, "lm_eval", i), cfg.n_eval)[0]
 
 
 def _report(cfg: LMConfig, params, eval_NxL):
