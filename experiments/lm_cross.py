@@ -1,4 +1,4 @@
-"""lm-cross: the toy LM's cross-model matrix, teachers × students of several seeds and widths (issue 6, item 8).
+"""lm-cross: the toy LM's cross-model matrix, teachers × students of several seeds and widths.
 
 Run:     minisub run lm-cross --preset paper --out figures     (24 replicates, widths 32 and 16)
 Redraw:  minisub figures lm-cross                              (from figures/lm_cross.json alone)
@@ -8,7 +8,7 @@ for every width, the world's own and another world's (another pretraining seed).
 fine-tuned into a teacher by lm-owl's recipe; a student from every reference imitates every
 teacher's filtered numbers (``student_loss``, soft-logit KL by default: every width reads the same
 number logits). The heatmap is the mean trait gain per (teacher, student) cell with its 95% CI,
-like the paper's GPT-family table: the diagonal shares the teacher's init. References of the
+like the paper's cross-model table [cloud2025]: the diagonal shares the teacher's init. References of the
 paper preset's width are the ones lm-owl and lm-regime pretrained (read from the store).
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from minisub_experiments import lm_owl
+from minisub import claims, report, stats
 from minisub import config as config_lib
-from minisub import report, stats
-from minisub.lm import cross as lm_cross
-from minisub.report import plots
-from minisub.run import runner
-from minisub.run import store
+from minisub.claims import Claim
 from minisub.config import ConfigError, normalise, require
+from minisub.lm import cross as lm_cross
+from minisub.lm import owl
+from minisub.report import plots
+from minisub.run import runner, store
 
 NAME = "lm-cross"
 STEM = "lm_cross"
@@ -47,7 +47,7 @@ class CrossConfig:
         self.validate()
 
     def validate(self) -> None:
-        require(self.base in lm_owl.PRESETS, "base", self.base, "one of " + ", ".join(lm_owl.PRESETS))
+        require(self.base in owl.PRESETS, "base", self.base, "one of " + ", ".join(owl.PRESETS))
         require(len(self.widths) >= 1 and len(set(self.widths)) == len(self.widths), "widths", self.widths,
                 "distinct comma-separated integers")
         for cfg in self.owls:
@@ -55,12 +55,12 @@ class CrossConfig:
         lm_cross.check(tuple(c.lm_config for c in self.owls))
 
     @property
-    def owls(self) -> tuple[lm_owl.OwlConfig, ...]:
+    def owls(self) -> tuple[owl.OwlConfig, ...]:
         """One lm-owl config per width (the first width's is the paper preset's when it is its width)."""
-        base = dataclasses.replace(lm_owl.PRESETS[self.base], diagnostic=False, detect=False)
+        base = owl.PRESETS[self.base]
         try:
-            return tuple(dataclasses.replace(base, seeds=self.seeds, width=w, student_loss=self.student_loss)
-                         for w in self.widths)
+            return tuple(config_lib.replace(base, diagnostic=False, detect=False, seeds=self.seeds, width=w,
+                                            student_loss=self.student_loss) for w in self.widths)
         except ConfigError as e:
             raise ConfigError(f"widths: {self.widths} do not fit base={self.base!r}: {e}") from None
 
@@ -75,7 +75,22 @@ PRESETS = {
 }
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
-CI = lm_owl.CI
+DIAGONAL, OTHER_SEED, OTHER_WIDTH = "shared init (diagonal)", "same width, other seed", "other width"
+CLAIMS = [
+    Claim("diagonal", f"a student sharing its teacher's reference gains more than {owl.MIN_GAIN:g}", "cloud2025",
+          f"groups.{DIAGONAL}", ">", owl.MIN_GAIN),
+    Claim("other_seed", f"a student from another seed of the same width stays within ±{owl.NULL_BAND:g}",
+          "cloud2025", f"groups.{OTHER_SEED}", "within", owl.NULL_BAND),
+    Claim("other_width", f"a student of another width stays within ±{owl.NULL_BAND:g}", "cloud2025",
+          f"groups.{OTHER_WIDTH}", "within", owl.NULL_BAND),
+    Claim("diagonal_beats_other_seed", f"diagonal − same width, other seed (paired) exceeds {owl.MIN_GAIN:g}",
+          "cloud2025", "shared_minus_other_seed", ">", owl.MIN_GAIN),
+]
+
+
+def analyse(summary: dict) -> dict:
+    """The summary with every claim's verdict."""
+    return {**summary, "verdicts": claims.evaluate(CLAIMS, summary)}
 
 
 def summarise(cfg: CrossConfig, out: dict, command: str) -> dict:
@@ -85,10 +100,9 @@ def summarise(cfg: CrossConfig, out: dict, command: str) -> dict:
     widths = np.repeat(np.asarray(cfg.widths), len(lm_cross.ROLES))
     diag = np.eye(K, dtype=bool)
     same_width = (widths[:, None] == widths[None, :]) & ~diag
-    groups = {"shared init (diagonal)": diag, "same width, other seed": same_width,
-              "other width": widths[:, None] != widths[None, :]}
+    groups = {DIAGONAL: diag, OTHER_SEED: same_width, OTHER_WIDTH: widths[:, None] != widths[None, :]}
     return {
-        "experiment": NAME, "command": command, "n_seeds": cfg.seeds, "ci": CI,
+        "experiment": NAME, "command": command, "n_seeds": cfg.seeds, "ci": stats.TEST,
         "labels": cfg.labels(), "widths": list(cfg.widths),
         "cells": [[stats.mean_ci(gain[:, t, u]) for u in range(K)] for t in range(K)],
         "groups": {name: stats.mean_ci(gain[:, m].mean(-1)) for name, m in groups.items() if m.any()},
@@ -105,13 +119,13 @@ def run(cfg: CrossConfig, *, command: str, execution: runner.Execution | None = 
     """Every replicate's matrix in one program per width pair (or read from the store); (summary, directory)."""
     def compute_and_summarise(log):
         out = lm_cross.run(tuple(c.lm_config for c in cfg.owls), log=log)
-        return out, summarise(cfg, out, command)
+        return out, analyse(summarise(cfg, out, command))
 
-    return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise)
+    return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise,
+                              lambda arrays, stored: analyse(stored))
 
 
-def _pm(s: dict) -> str:
-    return f"{s['mean']:+.3f} ± {s['ci95']:.3f}"
+_pm = report.pm
 
 
 def table(summary: dict) -> str:
@@ -127,7 +141,8 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def figure(summary: dict, out_dir: Path) -> list[Path]:
+@plots.styled
+def figures(summary: dict) -> dict:
     """The K × K heatmap of mean trait gain, each cell annotated with mean ± CI."""
     labels, cells = summary["labels"], summary["cells"]
     K = len(labels)
@@ -148,9 +163,7 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     fig.colorbar(im, ax=ax, label="gain in P(trait animal)", shrink=0.8)
     ax.set_title(f"Cross-model trait gain (mean ± 95% CI, n = {summary['n_seeds']} replicates; ′: other seed)",
                  fontsize=8)
-    return plots.save(fig, Path(out_dir) / STEM)
-
-
+    return {STEM: fig}
 
 
 def readme(summary: dict) -> str:
@@ -163,21 +176,10 @@ def readme(summary: dict) -> str:
         "",
         table(summary),
         "",
-        *_against_the_paper(summary),
+        f"Claims [cloud2025], each decided by its 95% Student-t interval over replicates ({owl.THRESHOLDS}):",
+        "",
+        *claims.lines(CLAIMS, summary),
+        "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])
 
-
-def _against_the_paper(summary: dict) -> list[str]:
-    """The paper's GPT-family table: transfer within a model (and between models sharing an init), ≈0 across."""
-    g = summary["groups"]
-    if "shared init (diagonal)" not in g:
-        return []
-    outside = [(name, d) for name, d in g.items() if name != "shared init (diagonal)"]
-    crossing = [name for name, d in outside if d["mean"] - d["ci95"] > 0]
-    return [f"Against the paper's cross-model table (+0.54 nano → nano, ≈0 between unrelated bases): the trait "
-            f"crosses on the diagonal ({_pm(g['shared init (diagonal)'])}) and "
-            + ("nowhere else: " if not crossing else "also in " + ", ".join(crossing) + ": ")
-            + "; ".join(f"{name} {_pm(d)}" for name, d in outside)
-            + (". A student needs its teacher's own reference (the same pretraining seed and architecture); "
-               "another seed of the same architecture is as foreign as another width." if not crossing else "."), ""]

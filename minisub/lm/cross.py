@@ -1,4 +1,4 @@
-"""Cross-model transfer (issue 6, item 8): every reference's teacher × every reference as a student's start.
+"""Cross-model transfer: every reference's teacher × every reference as a student's start.
 
 A *kind* of reference is an architecture (an ``LMConfig``'s model fields) and a seed role: in
 replicate ``r``, 'own' is world ``r``'s reference and 'other' is world ``donor[r]``'s (same

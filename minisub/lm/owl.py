@@ -139,6 +139,12 @@ DIAGNOSTIC = {
     "update_norm": "‖Δθ_T‖",
 }
 DETECTION = {"ngram": "n-gram logistic regression", "transformer": "tiny transformer classifier"}
+# The thresholds of the toy LM's claims (lm-owl, lm-regime), in P(trait) and balanced accuracy.
+MIN_GAIN = 0.02  # a gain counts as transfer when its interval lies above 2 points of P(trait)
+NULL_BAND = 0.05  # "no gain": the interval lies within ±5 points of P(trait)
+CHANCE_BAND = 0.55  # "indistinguishable": a classifier's balanced accuracy interval lies below 0.55
+THRESHOLDS = (f"a gain: above +{MIN_GAIN:g}; no gain: within ±{NULL_BAND:g}; hidden from a classifier: "
+              f"balanced accuracy below {CHANCE_BAND:g}")
 
 
 def _ce_partner(cfg: OwlConfig) -> str | None:
@@ -364,6 +370,19 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
         "config": config_lib.to_dict(cfg),
         "provenance": store.provenance(),
     }
+
+
+def derived(summary: dict) -> dict:
+    """``summary`` plus ``derived``: statistics computed from its per-world values alone (so they apply to a
+    committed JSON): the gains' distributions (median, counts above ``MIN_GAIN``, sign test) of the
+    shared and different arms, and the teacher's own gain over its reference, paired by world."""
+    arms, out = summary["arms"], {}
+    out["trait_gain_distribution"] = {a: stats.distribution(arms[a]["trait_gain"]["values"], MIN_GAIN)
+                                      for a in ("shared", "different", "shared_ce") if a in arms}
+    teacher, reference = summary["teachers"]["p_trait"], summary["references"]["p_trait"]
+    if "values" in teacher and "values" in reference:
+        out["teacher_gain"] = stats.paired(teacher["values"], reference["values"])
+    return {**summary, "derived": out}
 
 
 def run(cfg: OwlConfig, *, command: str, execution=None, analyse=lambda s: s) -> tuple[dict, Path]:
