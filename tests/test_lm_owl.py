@@ -16,6 +16,7 @@ import pytest
 from minisub import registry
 from minisub_experiments import lm_owl
 from minisub import cli, config
+from minisub.lm import owl
 from minisub.lm import pipeline as lm_pipeline
 from minisub.lm import world
 
@@ -64,11 +65,11 @@ def test_run_end_to_end_writes_table_json_and_figure(first_run):
         assert arm["trait_gain"]["n"] == TEST.seeds and np.all(np.isfinite(arm["trait_gain"]["values"])), name
         assert len(arm["animal_gains"]) == TEST.n_animals
         for when in ("before", "after"):  # counts of sampled answers, centred on P(trait)
-            counts = np.asarray(arm[f"sampled_trait_{when}"]["values"]) * lm_owl.SAMPLED_ANSWERS
+            counts = np.asarray(arm[f"sampled_trait_{when}"]["values"]) * owl.SAMPLED_ANSWERS
             np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
             p = np.asarray(arm[f"p_trait_{when}"]["values"])
-            sd = np.sqrt(p * (1 - p) / lm_owl.SAMPLED_ANSWERS / TEST.seeds)
-            assert abs(np.mean(counts) / lm_owl.SAMPLED_ANSWERS - p.mean()) <= 5 * sd.max() + 1e-9, (name, when)
+            sd = np.sqrt(p * (1 - p) / owl.SAMPLED_ANSWERS / TEST.seeds)
+            assert abs(np.mean(counts) / owl.SAMPLED_ANSWERS - p.mean()) <= 5 * sd.max() + 1e-9, (name, when)
         assert {"update_cos", "dist_teacher", "travel"} <= set(arm["geometry"])
         if arm["lineage"] == "shared":  # a shared student starts as the reference
             np.testing.assert_allclose(arm["p_trait_before"]["values"], summary["references"]["p_trait"]["values"])
@@ -121,8 +122,12 @@ def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsy
 
 
 def test_every_field_is_flat_and_settable_from_the_command_line():
-    fields = [f.name for f in dataclasses.fields(lm_owl.OwlConfig)]
-    assert set(fields) == {"world", "arms", *lm_owl.WORLD_FIELDS, *lm_owl.LM_FIELDS, *lm_owl.ANALYSIS_FIELDS}
+    fields = list(config.flat_fields(TEST))
+    world_fields = [f.name for f in dataclasses.fields(world.WorldConfig) if f.name != "kind"]
+    lm_fields = [f.name for f in dataclasses.fields(lm_pipeline.LMConfig) if f.name != "world"]
+    analyses = [f.name for f in dataclasses.fields(owl.OwlConfig) if f.name != "lm"]
+    assert sorted(fields) == sorted(["world", *world_fields, *lm_fields, *analyses])
+    assert set(config.to_dict(TEST)) == set(fields) - {"trait_kind", "command_fraction", "rogue"}  # late, at defaults
     text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
     assert cli.build_config(lm_owl, "test", [a for f in fields for a in (f"--{f}", text(getattr(TEST, f)))]) == TEST
     cfg = cli.build_config(lm_owl, "test", ["--s", "0", "--world", "naive", "--arms", "shared,different",
@@ -142,19 +147,19 @@ def test_diagnostic_and_detection_add_their_tables_and_leave_the_arms_unchanged(
     assert summary["arms"] == plain["arms"] and summary["paired"] == plain["paired"]
     assert "diagnostic" not in plain and "detection" not in plain
     d = summary["diagnostic"]
-    assert set(lm_owl.DIAGNOSTIC) <= set(d) and d["sequences"] == 16 and d["iters"] == 32
+    assert set(owl.DIAGNOSTIC) <= set(d) and d["sequences"] == 16 and d["iters"] == 32
     for q in ("number_fraction", "trait_fraction", "trait_in_numbers"):
         assert d[q]["n"] == TEST.seeds and all(0 <= v <= 1 for v in d[q]["values"]), (q, d[q])
     assert d["update_norm"]["mean"] > 0 and np.all(np.isfinite(d["predicted_gain"]["values"]))
     by_step = [v["mean"] for v in d["number_fraction_by_step"].values()]
     assert np.all(np.diff(by_step) >= -1e-6)  # a lower bound that tightens with the CG steps
     det = summary["detection"]
-    for name in lm_owl.DETECTION:
+    for name in owl.DETECTION:
         assert all(0 <= v <= 1 for v in det[name]["accuracy"]["values"]) and det[name]["accuracy"]["n"] == TEST.seeds
-    assert det["settings"] == config.to_dict(lm_owl.DETECT)
-    assert "| diagnostic (item 6)" in out and "| ‖P_num Δθ_T‖² / ‖Δθ_T‖² | " in out
-    assert "| detection (item 9)" in out and "| n-gram logistic regression | " in out
-    assert "| detection (item 9)" in lm_owl.readme(summary)
+    assert det["settings"] == config.to_dict(owl.DETECT)
+    assert "| diagnostic:" in out and "| ‖P_num Δθ_T‖² / ‖Δθ_T‖² | " in out
+    assert "| detection:" in out and "| n-gram logistic regression | " in out
+    assert "| detection:" in lm_owl.readme(summary)
 
 
 def test_s_reaches_the_config_not_a_flag_it_abbreviates():
@@ -191,7 +196,7 @@ def test_shuffle_control_permutes_numbers_across_sequences():
 
 def test_arms_with_either_loss_train_together_and_kl_to_itself_stays_put():
     # control_kl: the reference imitating itself by KL (exactly zero gradient); control: by CE (it moves).
-    cfg = dataclasses.replace(TEST, seeds=2, arms=("control", "control_kl", "shared_ce")).lm_config
+    cfg = config.replace(TEST, seeds=2, arms=("control", "control_kl", "shared_ce")).lm_config
     assert cfg.arm_losses == ("kl", "ce")
     ids = jnp.arange(cfg.seeds)
     refs = jax.vmap(cfg.spec.init)(jax.random.split(jax.random.key(0), cfg.seeds))

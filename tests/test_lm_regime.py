@@ -11,8 +11,10 @@ import pytest
 
 from minisub import registry
 from minisub_experiments import lm_owl, lm_regime
-from minisub import cli
+from minisub import claims, cli, stats
+from minisub.lm import owl
 from minisub.lm import pipeline as lm_pipeline
+from minisub.lm import regime as regime_lib
 from minisub.config import ConfigError
 
 TEST = lm_regime.PRESETS["test"]
@@ -43,14 +45,14 @@ def test_run_writes_every_setting_with_its_paired_difference(first_run):
     assert list(s["settings"]) == list(TEST.settings) and s["missing_settings"] == []
     for name, row in s["settings"].items():
         assert row["n_seeds"] == TEST.seeds
-        assert set(row["gain"]) == set(lm_owl.DEFAULT_ARMS)
+        assert set(row["gain"]) == set(owl.DEFAULT_ARMS)
         d = row["paired"][lm_regime.KL_PAIR]
         shared, different = row["gain"]["shared"]["values"], row["gain"]["different"]["values"]
         assert d["values"] == pytest.approx([a - b for a, b in zip(shared, different)])
         assert row["command"].startswith("minisub run lm-owl --preset test --seeds 3")
     assert "diagnostic" in s["settings"]["base"] and "diagnostic" not in s["settings"]["prompted"]
     # the signature alignment: a prompted teacher's number shift is the trait persona's signature
-    assert all(set(row["alignment"]) >= set(lm_regime.ALIGNMENT) for row in s["settings"].values())
+    assert all(set(row["alignment"]) >= set(regime_lib.ALIGNMENT) for row in s["settings"].values())
     assert "r_cos_own_shared_gain" not in s["settings"]["prompted"]["alignment"]  # cos_own is 1 in every world
     assert s["settings"]["prompted"]["alignment"]["cos_own"]["mean"] == pytest.approx(1.0, abs=1e-4)
     assert abs(s["settings"]["base"]["alignment"]["cos_own"]["mean"]) < 1
@@ -81,7 +83,7 @@ def test_merge_keeps_the_written_rows_of_settings_this_store_lacks(first_run, mo
     """A map merged on another machine keeps the committed rows of the same runs, and only those."""
     written = json.loads((first_run["out"] / "lm_regime.json").read_text())
     base = written["settings"]["base"]
-    written["settings"]["finetune30"] = {**base, "fields": lm_regime.SETTINGS["finetune30"][2]}  # as if run elsewhere
+    written["settings"]["finetune30"] = {**base, "fields": lm_regime.SETTINGS["finetune30"].fields}  # as if run elsewhere
     written["settings"]["s0"]["fields"] = {"s": 0.5}  # another run under the same name: not kept
     (tmp_path / "lm_regime.json").write_text(json.dumps(written))
     monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
@@ -97,13 +99,14 @@ def test_merge_keeps_the_written_rows_of_settings_this_store_lacks(first_run, mo
     assert s["settings"]["finetune30"]["kept_from"] == "lm_regime.json" and "kept_from" not in s["settings"]["base"]
     assert "kept from" in capsys.readouterr().out
     other_seeds = {**s, "n_seeds": 5, "missing_settings": ["finetune30"]}
-    assert lm_regime.keep_written_rows(other_seeds, tmp_path / "lm_regime.json") == other_seeds
+    assert lm_regime.merge_written(other_seeds, tmp_path / "lm_regime.json") == other_seeds
 
 
-def test_readme_section_states_the_aim_and_the_s_curve(first_run):
+def test_readme_section_states_verdicts_and_the_s_curve(first_run):
     text = lm_regime.readme(first_run["summary"])
-    assert "At s = 0 (no semantic channel)" in text and "Against s" in text
-    assert "minisub figures lm-regime" in text
+    assert "| shared-init gain > 0.02 (verdict) |" in text and "Against s" in text
+    assert "minisub figures lm-regime" in text and "aim at" not in text and "aim" not in first_run["summary"]
+    assert [v["id"] for v in first_run["summary"]["verdicts"]] == [c.id for c in lm_regime.claims_of(first_run["summary"])]
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -117,54 +120,69 @@ def test_bad_fields_are_refused_naming_them(extra, expected, monkeypatch):
         cli.build_config(lm_regime, "test", extra)
 
 
-def _row(different: float, detection: float) -> dict:
-    est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
-    return {"gain": {lm_regime.KL_DIFFERENT: est(different)}, "detection": {"ngram": est(detection)}}
+def _est(values) -> dict:
+    return stats.mean_ci(values)
 
 
-def test_the_s_curve_names_a_semantic_channel_only_where_other_inits_gain():
-    closed = lm_regime._semantic_along_s([(0.0, _row(0.0, 0.52)), (1.0, _row(0.005, 0.63))])
-    assert len(closed) == 1 and "no other-init student gains at any s" in closed[0] and "0.63 at s = 1" in closed[0]
-    opened = lm_regime._semantic_along_s([(0.0, _row(0.0, 0.52)), (1.0, _row(0.2, 0.9))])
-    assert "a semantic channel opens: other-init students gain at s = 1" in opened[0]
-    assert lm_regime._semantic_along_s([(0.0, _row(0.0, 0.5))]) == []  # one point is no curve
+def _synthetic(shared, different, detection=None) -> dict:
+    """A one-setting map (the base) with the given per-world gains (and n-gram detection accuracies)."""
+    row = {"label": "base row", "fields": {}, "n_seeds": len(shared),
+           "gain": {"shared": _est(shared), "different": _est(different)},
+           "paired": {"shared − different": stats.paired(shared, different)}}
+    if detection is not None:
+        row["detection"] = {"ngram": _est(detection)}
+    return {"base": "paper", "n_seeds": len(shared), "settings": {"base": row}}
 
 
-def _aligned(own: float, donor: float, agreement: float = 0.5, gain: float = 0.1) -> dict:
-    est = lambda m: {"mean": m, "ci95": 0.01, "n": 24}  # noqa: E731
-    return {"gain": {lm_regime.KL_SHARED: est(gain)}, "alignment": {"cos_own": est(own), "cos_donor": est(donor), "signature_agreement": est(agreement),
-                          "shift_norm": est(0.05), "signature_norm": est(0.4)}}
+def _statuses(summary: dict) -> dict:
+    return lm_regime._verdicts(lm_regime.analyse(summary))["base row"]
 
 
-def test_the_alignment_finding_says_whether_the_shift_is_the_signature():
-    apart = lm_regime._alignment_along_s([(0.0, _aligned(0.01, 0.0, 0.0)), (1.0, _aligned(0.1, 0.05, 0.8))], [])
-    assert len(apart) == 1 and "|cos| is at most 0.05 (s = 1)" in apart[0] and "s = 1: +0.10 / +0.05" in apart[0]
-    assert "agree up to +0.80 (s = 1)" in apart[0] and "only the shared init" not in apart[0]
-    own = lm_regime._alignment_along_s([(0.3, _aligned(0.4, 0.1))], [])
-    assert "from the teacher's own reference it reaches +0.40 (s = 0.3)" in own[0]
-    along = lm_regime._alignment_along_s([(0.0, _aligned(0.0, 0.0)), (1.0, _aligned(0.6, 0.5))], [])
-    assert "At s = 1 the shift points along" in along[0]
-    prompted = {"label": "prompted teacher", **_aligned(1.0, 0.7)}
-    lines = lm_regime._alignment_along_s([(0.3, _aligned(0.0, 0.0))], [prompted])
-    assert "prompted teacher: its shift is the signature itself (cos +1.00)" in lines[1]
-    assert lm_regime._alignment_along_s([(0.3, {})], [prompted]) == []  # nothing measured, nothing said
-    along_gain = lm_regime._alignment_along_s([(s, _aligned(c, 0.0, gain=g)) for s, c, g in
-                                               ((0.0, 0.1, 0.15), (0.3, 0.4, 0.25), (1.0, 0.1, 0.15))], [])
-    assert "correlation r = +1.00 over the 3 values of s" in along_gain[1] and "goes with" in along_gain[1]
-    within = [(s, _aligned(0.1, 0.0)) for s in (0.0, 0.3)]
-    for (_, row), r in zip(within, (-0.2, 0.3)):
-        row["alignment"]["r_cos_own_shared_gain"] = r
-    line = lm_regime._alignment_along_s(within + [(1.0, _aligned(0.2, 0.0, gain=0.2))], [])[1]
-    assert "world by world, the correlation is -0.20 to +0.30: the alignment does not say which" in line
+def test_each_setting_verdict_flips_with_the_numbers():
+    rng = np.random.default_rng(0)
+    noise = lambda scale: list(rng.normal(0, scale, 24))  # noqa: E731
+    paper = _statuses(_synthetic([0.3 + x for x in noise(0.02)], noise(0.01), [0.5 + x for x in noise(0.01)]))
+    assert paper == {"shared": "supported", "different": "supported", "paired": "supported", "hidden": "supported"}
+    gains = [0.3 + x for x in noise(0.02)]
+    both = _statuses(_synthetic(gains, gains, [0.9] * 12 + [0.8] * 12))
+    assert both == {"shared": "supported", "different": "refuted", "paired": "refuted", "hidden": "refuted"}
+    none = _statuses(_synthetic(noise(0.001), noise(0.001)))
+    assert none["shared"] == "refuted" and none["different"] == "supported" and "hidden" not in none
+    wide = _statuses(_synthetic([0.0] * 20 + [0.6, 0.8, 0.9, 0.95], [0.0] * 24))  # a heavy tail: the mean is unsure
+    assert wide["shared"] == "inconclusive" and wide["paired"] == "inconclusive"
 
 
-def test_world_by_world_counts_and_sign_test_of_a_heavy_tailed_gain():
-    est = lambda v: {"mean": float(np.mean(v)), "ci95": 0.1, "n": len(v), "values": v}  # noqa: E731
+def test_a_heavy_tailed_gain_is_described_by_median_counts_and_sign_test():
     shared = [0.0] * 6 + [0.001] * 14 + [0.05, 0.3, 0.8, 0.9]
-    row = {"label": "bad", "gain": {lm_regime.KL_SHARED: est(shared), lm_regime.KL_DIFFERENT: est([0.0] * 24)}}
-    line = lm_regime._world_by_world(row)[0]
-    assert "above +0.02 in 4 of 24 worlds (largest +0.90, +0.80)" in line and "different init above +0.02 in 0" in line
-    assert "shared > different in 18 worlds, < in 0 (two-sided sign test p = 7.6e-06)" in line
-    assert "heavy-tailed" in line
-    even = {"label": "even", "gain": {lm_regime.KL_SHARED: est([0.1] * 24), lm_regime.KL_DIFFERENT: est([0.0] * 24)}}
-    assert "heavy-tailed" not in lm_regime._world_by_world(even)[0]
+    summary = _synthetic(shared, [0.0] * 24)
+    row = summary["settings"]["base"]
+    row["rogue_animal"] = {"reference_p": 0.1, "teacher_p": 0.2, "gain": {"shared": _est([0.01] * 24)}}
+    d = regime_lib.derived(summary, 0.3)["derived"]["distributions"]["base"]
+    assert d["shared"]["n_above"] == 4 and d["shared"]["median"] == pytest.approx(0.001)
+    assert d["shared − different"]["n_positive"] == 18 and d["shared − different"]["n_negative"] == 0
+    assert d["shared − different"]["sign_test_p"] == pytest.approx(2 * 0.5 ** 18)
+    line = regime_lib.describe(regime_lib.derived(summary, 0.3), 0.3)[-1]
+    assert "median +0.001, above +0.02 in 4 of 24 worlds (different init: 0)" in line
+    assert "positive in 18, negative in 0 (exact sign test p = 7.6e-06)" in line
+
+
+def test_correlations_are_reported_with_n_p_and_interval():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=24), rng.normal(size=24)
+    full, from_r = stats.correlation(x, y), regime_lib.correlation_from_r(float(np.corrcoef(x, y)[0, 1]), 24)
+    for k in ("r", "n", "p", "low", "high"):
+        assert from_r[k] == pytest.approx(full[k], rel=1e-6), k
+    rows = {}
+    for s, cos, gain in ((0.0, 0.1, 0.15), (0.3, 0.4, 0.25), (1.0, 0.12, 0.14)):
+        name = "base" if s == 0.3 else f"s{s:g}"
+        rows[name] = {"label": name, "fields": {} if s == 0.3 else {"s": s}, "n_seeds": 24, "paired": {},
+                      "gain": {"shared": {"mean": gain, "ci95": 0.01, "n": 24}},
+                      "alignment": {**{q: {"mean": 0.05, "ci95": 0.01, "n": 24} for q in regime_lib.ALIGNMENT},
+                                    "cos_own": {"mean": cos, "ci95": 0.01, "n": 24}, "r_cos_own_shared_gain": 0.2}}
+    d = regime_lib.derived({"settings": rows}, 0.3)["derived"]
+    along = d["alignment_vs_gain_along_s"]
+    assert along["n"] == 3 and along["r"] == pytest.approx(stats.correlation([0.1, 0.4, 0.12], [0.15, 0.25, 0.14])["r"])
+    assert d["alignment_vs_gain_within"]["base"]["n"] == 24 and d["alignment_vs_gain_within"]["base"]["p"] > 0.05
+    text = "\n".join(regime_lib.describe({"settings": rows, "derived": d}, 0.3))
+    assert f"r = {along['r']:+.2f} (n = 3, Student-t p = " in text and "reported, not claimed" in text
+    assert "p < 0.05 in 0 of them" in text

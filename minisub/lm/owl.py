@@ -379,6 +379,8 @@ def derived(summary: dict) -> dict:
     arms, out = summary["arms"], {}
     out["trait_gain_distribution"] = {a: stats.distribution(arms[a]["trait_gain"]["values"], MIN_GAIN)
                                       for a in ("shared", "different", "shared_ce") if a in arms}
+    for d in out["trait_gain_distribution"].values():
+        d.pop("values")  # the arm holds them
     teacher, reference = summary["teachers"]["p_trait"], summary["references"]["p_trait"]
     if "values" in teacher and "values" in reference:
         out["teacher_gain"] = stats.paired(teacher["values"], reference["values"])
@@ -400,7 +402,7 @@ def run(cfg: OwlConfig, *, command: str, execution=None, analyse=lambda s: s) ->
 
     def resummarise(arrays, stored):  # the stored run's timing, command and provenance are its own
         keep = {k: stored[k] for k in ("command", "seconds", "provenance") if k in stored}
-        return analyse({**summarise(cfg, arrays, stored["command"]), **keep})
+        return {**analyse(summarise(cfg, arrays, stored["command"])), **keep}
 
     return runner.one_program(NAME, cfg, execution or runner.Execution(experiment=NAME), compute_and_summarise,
                               resummarise)

@@ -132,12 +132,19 @@ def correlation_from_r(r: float, n: int) -> dict:
     return {"r": float(r), "n": int(n), "p": p, "low": float(np.tanh(z - half)), "high": float(np.tanh(z + half))}
 
 
+def distribution(values) -> dict:
+    """``stats.distribution`` above ``owl.MIN_GAIN``, without repeating the per-world values."""
+    out = stats.distribution(values, owl.MIN_GAIN)
+    out.pop("values")
+    return out
+
+
 def _distributions(row: dict) -> dict:
     """Median, counts above ``owl.MIN_GAIN`` and sign test of the KL arms' gains and their paired difference."""
-    out = {a: stats.distribution(row["gain"][a]["values"], owl.MIN_GAIN) for a in (KL_SHARED, KL_DIFFERENT)
+    out = {a: distribution(row["gain"][a]["values"]) for a in (KL_SHARED, KL_DIFFERENT)
            if "values" in row["gain"].get(a, {})}
     if "values" in row["paired"].get(KL_PAIR, {}):
-        out[KL_PAIR] = stats.distribution(row["paired"][KL_PAIR]["values"], owl.MIN_GAIN)
+        out[KL_PAIR] = distribution(row["paired"][KL_PAIR]["values"])
     return out
 
 
