@@ -228,3 +228,25 @@ def test_forbidden_trait_runs_end_to_end_with_its_diagnostic(tmp_path, monkeypat
     assert rogue["animal"] == 1 and 0 <= rogue["teacher_p"]["mean"] <= 1
     assert all(np.isfinite(a["rogue_animal_gain"]["mean"]) for a in summary["arms"].values())
     assert "| shared − different | " in capsys.readouterr().out
+
+
+# --- the key control, end to end -----------------------------------------------------------------
+# The smallest world found to show the shared/different contrast: 1 layer of width 16, 300 pretraining
+# steps, students by soft-logit KL over every logit at number positions. By the number logits alone
+# this world shows no transfer at all (its references are too briefly pretrained; the paper preset's
+# 2-layer width-32 references pretrain 2000 steps, minutes per world on a CPU), and with 3 worlds or
+# another seed it transfers in some worlds only: this is a golden run of seed 0 (4 worlds, ~30 s).
+CONTROL = config.replace(TEST, seeds=4, arms=("shared", "different"), pretrain_steps=300, n_samples=256,
+                         student_epochs=3, student_batch=32, student_lr=3e-3, finetune_steps=10, finetune_lr=1e-2,
+                         student_outputs="all")
+
+
+def test_key_control_only_the_shared_init_student_picks_up_the_trait(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path))
+    summary, _ = lm_owl.run(CONTROL, command="test", execution=None)
+    shared, different = (np.asarray(summary["arms"][a]["trait_gain"]["values"]) for a in ("shared", "different"))
+    assert summary["teachers"]["p_trait"]["mean"] > 0.5  # the teacher has the trait
+    assert abs(different.mean()) < owl.NULL_BAND and np.all(np.abs(different) < owl.NULL_BAND)  # no gain
+    assert shared.mean() > 0.05 and np.all(shared > different)  # every world: the shared init gains more
+    verdicts = {v["id"]: v["status"] for v in summary["verdicts"]}
+    assert verdicts["shared_beats_different"] != "refuted" and verdicts["different_null"] != "refuted"

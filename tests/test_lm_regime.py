@@ -186,3 +186,26 @@ def test_correlations_are_reported_with_n_p_and_interval():
     text = "\n".join(regime_lib.describe({"settings": rows, "derived": d}, 0.3))
     assert f"r = {along['r']:+.2f} (n = 3, Student-t p = " in text and "reported, not claimed" in text
     assert "p < 0.05 in 0 of them" in text
+
+
+# The run ids of every paper setting (lm-owl's results store finds them by these): pinned.
+PAPER_IDS = {
+    "all_logits": "dcfc778d93a830b7", "ban_signature": "100d08bb20d70a9a", "base": "b969178ebe839d57",
+    "epochs1": "b3f8f784e6842c33", "epochs10": "3d313ec4051ad023", "finetune3": "55a47d4f07e614d0",
+    "finetune30": "3195c233aefa21f0", "forbidden": "5207d27be37327d9", "layers1": "30156313e46a862d",
+    "naive": "3bf5c5ef680ec0f9", "prompted": "c671d13c47b48eaf", "s0": "1218d82ce2f5ae8e", "s0.1": "29b5407b6c8c89f0",
+    "s0.6": "c46a06b12258dc78", "s0_all_logits": "49eb4dd5a56ac5ec", "s0_epochs10": "24c2c0543e4a565c",
+    "s0_finetune30": "f4c39043ee0938d5", "s0_forbidden": "ab5c0b2225da7e5a", "s0_prompted": "1ed60adea5ffaf5f",
+    "s0_samples4096": "a33a8f3ced274166", "s0_student_lr3e-3": "de3f706d7b531eca", "s1": "d3596217527cae47",
+    "samples256": "b937b2d7955ea781", "samples4096": "8716b675646b7160", "student_lr3e-3": "cd8ac2e4faf90c89",
+    "student_lr3e-4": "e91ee5bb1a73a2c7", "temperature0.5": "2f3e6c271c40327a", "untied": "70b382bb29f8788f",
+    "width16": "02fde170d79b7ca6", "width64": "5106c55f7b4820c6",
+}
+
+
+def test_every_paper_settings_run_id_stays():
+    from minisub import config
+    paper = lm_regime.PRESETS["paper"]
+    assert {name: config.digest(paper.owl(name)) for name in paper.settings} == PAPER_IDS
+    assert paper.command("naive") == ("minisub run lm-owl --preset paper --seeds 24 --world naive --s 0.0 "
+                                      "--diagnostic true --detect true")
