@@ -137,13 +137,9 @@ def merge_written(summary: dict, path: Path) -> dict:
     return analyse(merged) if merged is not summary else summary
 
 
-def _rows(summary: dict) -> dict:
-    """The summary with its rows also as a list (``rows.<k>``): claims' paths cannot name 's0.1'."""
-    return {**summary, "rows": list(summary["settings"].values())}
-
-
 def claims_of(summary: dict) -> list[Claim]:
-    """Per setting with both KL arms: the paper's pattern, as three claims (and detection, where per-world)."""
+    """Per setting with both KL arms: the paper's pattern, as three claims (and detection, where per-world).
+    Paths read ``lm_regime.by_position``'s ``rows.<k>`` (a setting's name, like 's0.1', may hold a dot)."""
     out = []
     for k, r in enumerate(summary["settings"].values()):
         if not {KL_SHARED, KL_DIFFERENT} <= set(r["gain"]):
@@ -165,16 +161,7 @@ def analyse(summary: dict) -> dict:
     """The summary with its derived statistics (``lm_regime.derived``) and every claim's verdict."""
     out = lm_regime.derived(summary, owl.PRESETS[summary["base"]].s)
     out.pop("aim", None)  # an internal target of the map's development, not a claim
-    return {**out, "verdicts": claims.evaluate(claims_of(out), _rows(out))}
-
-
-def _verdicts(summary: dict) -> dict:
-    """{setting label: {'shared'|'different'|'paired'|'hidden': status}}, from claims.verdict."""
-    out = {}
-    for c in claims_of(summary):
-        label, kind = c.id.rsplit(": ", 1)
-        out.setdefault(label, {})[kind] = claims.verdict(c, _rows(summary)).status
-    return out
+    return {**out, "verdicts": claims.evaluate(claims_of(out), lm_regime.by_position(out))}
 
 
 pm = report.pm
@@ -255,7 +242,7 @@ def figures(summary: dict) -> dict:
 
 def findings(summary: dict) -> list[str]:
     """The verdicts per setting (claims.verdict), then descriptive numbers, each with its n and test."""
-    v = _verdicts(summary)
+    v = lm_regime.statuses(claims_of(summary), summary)
     ok = lambda kinds: [lab for lab, x in v.items() if all(x.get(k) == claims.SUPPORTED for k in kinds)]  # noqa: E731
     out = ["| setting | " + " | ".join(f"{kind} (verdict)" for kind in VERDICT_COLUMNS.values()) + " |",
            "|---|" + "---|" * len(VERDICT_COLUMNS)]
@@ -273,15 +260,13 @@ VERDICT_COLUMNS = {"shared": f"shared-init gain > {owl.MIN_GAIN:g}", "different"
 def readme(summary: dict) -> str:
     return "\n".join([
         *report.section_head(NAME, STEM, "where the toy LM's trait transfer is large", summary["n_seeds"]),
-        "Each row is one lm-owl run (the paper preset with the fields named changed; every row's command is in "
-        "the JSON). Gains are after − before in P(trait | favourite-animal question) (for the bad behaviour: "
-        "P(FORBIDDEN | command)), per world; the paired difference is shared − different on the same teacher's "
-        "numbers; CE control: sampled-token students on the un-traited reference's own numbers (drift). The "
-        "diagnostic is the fraction of the teacher's update in the row space of the number-logit Jacobian (a lower "
-        "bound); detection: held-out balanced accuracy of an n-gram classifier telling teacher numbers from "
-        "reference numbers (0.5: chance). Panel (b): the cosine between the fine-tuned teacher's shift in centred "
-        "number logits and the trait persona's signature, for the teacher's own reference and a different-init one "
-        "(256 held-out number documents per world). Claims follow the paper's pattern [cloud2025], each decided by "
-        f"its 95% Student-t interval over worlds ({owl.THRESHOLDS}); detection has a verdict only where the row "
-        "stores per-world values.",
+        "Each row is one lm-owl run (the paper preset, the named fields changed; its command is in the JSON). "
+        "Gains: after − before in P(trait | favourite-animal question) (bad behaviour: P(FORBIDDEN | command)), per "
+        "world; paired: shared − different on the same teacher's numbers; CE control: sampled-token students on the "
+        "reference's own numbers (drift); diagnostic: the fraction of the teacher's update in the row space of the "
+        "number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of an n-gram classifier, "
+        "teacher vs reference numbers (0.5: chance). Panel (b): cos(fine-tuned teacher's shift in centred number "
+        "logits, trait persona's signature) from its own and a different-init reference. Claims follow the "
+        f"paper's pattern [cloud2025], each decided by its 95% Student-t interval over worlds ({owl.THRESHOLDS}); "
+        "detection has a verdict only where the row stores per-world values.",
         "", table(summary), "", *findings(summary), "", *report.regenerate_lines(NAME, summary, PAPER_COMMAND)])

@@ -58,3 +58,19 @@ def test_bad_widths_are_refused_naming_the_field():
         cli.build_config(lm_cross, "test", ["--widths", "16,16"])
     with pytest.raises(ConfigError, match="heads"):
         cli.build_config(lm_cross, "test", ["--widths", "16,7"])
+
+
+def test_every_lm_cross_verdict_flips_with_a_synthetic_summary():
+    from minisub import claims, stats
+    rng = np.random.default_rng(0)
+    n = lambda m, s=0.01: rng.normal(m, s, 24)  # noqa: E731
+
+    def summary(diag, seed, width):
+        return {"groups": {lm_cross.DIAGONAL: stats.mean_ci(diag), lm_cross.OTHER_SEED: stats.mean_ci(seed),
+                           lm_cross.OTHER_WIDTH: stats.mean_ci(width)},
+                "shared_minus_other_seed": stats.paired(diag, seed)}
+
+    status = lambda s: {c.id: claims.verdict(c, s).status for c in lm_cross.CLAIMS}  # noqa: E731
+    assert set(status(summary(n(0.3), n(0.0), n(0.0))).values()) == {"supported"}
+    assert set(status(summary(n(0.0), n(0.3), n(0.3))).values()) == {"refuted"}
+    assert set(status(summary(n(0.03, 0.1), n(0.03, 0.1), n(0.03, 0.1))).values()) == {"inconclusive"}

@@ -250,3 +250,40 @@ def test_key_control_only_the_shared_init_student_picks_up_the_trait(tmp_path, m
     assert shared.mean() > 0.05 and np.all(shared > different)  # every world: the shared init gains more
     verdicts = {v["id"]: v["status"] for v in summary["verdicts"]}
     assert verdicts["shared_beats_different"] != "refuted" and verdicts["different_null"] != "refuted"
+
+
+# --- claims: each verdict flips with the numbers --------------------------------------------------
+def _owl_summary(shared, different, ce, control, shuffle, ngram, transformer) -> dict:
+    from minisub import stats
+    arm = lambda v: {"trait_gain": stats.mean_ci(v)}  # noqa: E731
+    return {"arms": {"shared": arm(shared), "different": arm(different), "shared_ce": arm(ce)},
+            "paired": {"shared − different": stats.paired(shared, different),
+                       "shared_ce − control": stats.paired(ce, control), "shared_ce − shuffle": stats.paired(ce, shuffle)},
+            "detection": {"ngram": {"accuracy": stats.mean_ci(ngram)}, "transformer": {"accuracy": stats.mean_ci(transformer)}}}
+
+
+def test_every_lm_owl_verdict_flips_with_a_synthetic_summary():
+    from minisub import claims
+    rng = np.random.default_rng(0)
+    n = lambda m, s=0.01: list(m + rng.normal(0, s, 24))  # noqa: E731
+    paper = _owl_summary(n(0.3), n(0.0), n(0.2), n(0.0), n(0.05), n(0.5), n(0.5))
+    against = _owl_summary(n(0.0), n(0.3), n(-0.1), n(0.1), n(0.1), n(0.9), n(0.8))
+    status = lambda s: {c.id: claims.verdict(c, s).status for c in lm_owl.CLAIMS}  # noqa: E731
+    assert set(status(paper).values()) == {"supported"}
+    assert set(status(against).values()) == {"refuted"}
+    unsure = _owl_summary(n(0.05, 0.2), n(0.05, 0.2), n(0.05, 0.2), n(0.05, 0.2), n(0.05, 0.2), n(0.55, 0.2),
+                          n(0.55, 0.2))
+    assert set(status(unsure).values()) == {"inconclusive"}
+    assert status({"arms": {}, "paired": {}})["hidden_ngram"] == "not measured"
+
+
+def test_nested_config_is_flat_for_run_ids_and_the_command_line():
+    cfg = config.override(TEST, {"world": "naive", "s": "0", "arms": "shared,different", "seeds": "5"})
+    assert cfg.lm.world.kind == "naive" and cfg.lm.world.s == 0.0 and cfg.lm.seeds == 5
+    assert cfg.arms == ("shared", "different") and cfg.lm.arm_names == ("shared", "different")
+    flat = config.to_dict(cfg)
+    assert flat["world"] == "naive" and flat["s"] == 0.0 and flat["arms"] == ["shared", "different"]
+    assert "lm" not in flat and "kind" not in flat  # nested configs leave no trace of their nesting
+    assert config.replace(TEST, **{"s": 0.0, "world": "naive"}) == config.override(TEST, {"world": "naive", "s": "0"})
+    with pytest.raises(config.ConfigError, match="unknown field 'kind'"):
+        config.replace(TEST, kind="naive")

@@ -135,7 +135,7 @@ def _synthetic(shared, different, detection=None) -> dict:
 
 
 def _statuses(summary: dict) -> dict:
-    return lm_regime._verdicts(lm_regime.analyse(summary))["base row"]
+    return regime_lib.statuses(lm_regime.claims_of(summary), lm_regime.analyse(summary))["base row"]
 
 
 def test_each_setting_verdict_flips_with_the_numbers():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from minisub import stats
+from minisub import claims, stats
 from minisub.lm import owl
 from minisub.run import store
 
@@ -171,6 +171,20 @@ def derived(summary: dict, base_s: float) -> dict:
     if len(pred) >= 3:
         out["predicted_vs_measured"] = stats.correlation(*zip(*pred))
     return {**summary, "derived": out}
+
+
+def by_position(summary: dict) -> dict:
+    """The summary with its rows also as a list (``rows.<k>``): a claim's path cannot name a setting like 's0.1'."""
+    return {**summary, "rows": list(summary["settings"].values())}
+
+
+def statuses(claim_list, summary: dict) -> dict:
+    """{label: {kind: status}} of claims with ids ``'<label>: <kind>'`` (``claims.verdict`` on ``by_position``)."""
+    out, view = {}, by_position(summary)
+    for c in claim_list:
+        label, kind = c.id.rsplit(": ", 1)
+        out.setdefault(label, {})[kind] = claims.verdict(c, view).status
+    return out
 
 
 def _r(c: dict) -> str:
