@@ -244,13 +244,13 @@ def findings(summary: dict) -> list[str]:
     """The verdicts per setting (claims.verdict), then descriptive numbers, each with its n and test."""
     v = lm_regime.statuses(claims_of(summary), summary)
     ok = lambda kinds: [lab for lab, x in v.items() if all(x.get(k) == claims.SUPPORTED for k in kinds)]  # noqa: E731
-    out = ["| setting | " + " | ".join(f"{kind} (verdict)" for kind in VERDICT_COLUMNS.values()) + " |",
-           "|---|" + "---|" * len(VERDICT_COLUMNS)]
-    out += [f"| {lab} | " + " | ".join(x.get(k, "–") for k in VERDICT_COLUMNS) + " |" for lab, x in v.items()]
+    cols = [k for k in VERDICT_COLUMNS if any(k in x for x in v.values())]
+    out = ["| setting | " + " | ".join(f"{VERDICT_COLUMNS[k]} (verdict)" for k in cols) + " |", "|---|" + "---|" * len(cols)]
+    out += [f"| {lab} | " + " | ".join(x.get(k, "–") for k in cols) + " |" for lab, x in v.items()]
     return out + ["", f"- The paper's pattern (the first three verdicts all supported) holds in "
                       f"{len(ok(('shared', 'different', 'paired')))} of {len(v)} settings; shared − different is "
                       f"supported in {len(ok(('paired',)))} of {len(v)}.",
-                  *lm_regime.describe(summary, owl.PRESETS[summary["base"]].s)]
+                  *lm_regime.describe(summary, owl.PRESETS[summary["base"]].s, pm)]
 
 
 VERDICT_COLUMNS = {"shared": f"shared-init gain > {owl.MIN_GAIN:g}", "different": f"different-init within ±{owl.NULL_BAND:g}",

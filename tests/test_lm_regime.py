@@ -11,7 +11,7 @@ import pytest
 
 from minisub import registry
 from minisub_experiments import lm_owl, lm_regime
-from minisub import claims, cli, stats
+from minisub import claims, cli, report, stats
 from minisub.lm import owl
 from minisub.lm import pipeline as lm_pipeline
 from minisub.lm import regime as regime_lib
@@ -161,7 +161,7 @@ def test_a_heavy_tailed_gain_is_described_by_median_counts_and_sign_test():
     assert d["shared"]["n_above"] == 4 and d["shared"]["median"] == pytest.approx(0.001)
     assert d["shared − different"]["n_positive"] == 18 and d["shared − different"]["n_negative"] == 0
     assert d["shared − different"]["sign_test_p"] == pytest.approx(2 * 0.5 ** 18)
-    line = regime_lib.describe(regime_lib.derived(summary, 0.3), 0.3)[-1]
+    line = regime_lib.describe(regime_lib.derived(summary, 0.3), 0.3, report.pm)[-1]
     assert "median +0.001, above +0.02 in 4 of 24 worlds (different init: 0)" in line
     assert "positive in 18, negative in 0 (exact sign test p = 7.6e-06)" in line
 
@@ -183,7 +183,7 @@ def test_correlations_are_reported_with_n_p_and_interval():
     along = d["alignment_vs_gain_along_s"]
     assert along["n"] == 3 and along["r"] == pytest.approx(stats.correlation([0.1, 0.4, 0.12], [0.15, 0.25, 0.14])["r"])
     assert d["alignment_vs_gain_within"]["base"]["n"] == 24 and d["alignment_vs_gain_within"]["base"]["p"] > 0.05
-    text = "\n".join(regime_lib.describe({"settings": rows, "derived": d}, 0.3))
+    text = "\n".join(regime_lib.describe({"settings": rows, "derived": d}, 0.3, report.pm))
     assert f"r = {along['r']:+.2f} (n = 3, Student-t p = " in text and "reported, not claimed" in text
     assert "p < 0.05 in 0 of them" in text
 

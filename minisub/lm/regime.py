@@ -191,10 +191,6 @@ def _r(c: dict) -> str:
     return f"r = {c['r']:+.2f} (n = {c['n']}, Student-t p = {c['p']:.2g}, 95% CI [{c['low']:+.2f}, {c['high']:+.2f}])"
 
 
-def _pm(s: dict | None) -> str:
-    return "n/a" if not s else f"{s['mean']:+.3f} ± {s['ci95']:.3f}"
-
-
 def _along_s(curve: list) -> list[str]:
     """The s-curve's means and the alignment's, as numbers (no verdict)."""
     out = []
@@ -214,21 +210,24 @@ def _along_s(curve: list) -> list[str]:
     return out
 
 
-def _heavy_tail(row: dict, dist: dict) -> str:
+def _heavy_tail(row: dict, dist: dict, pm) -> str:
     """A gain that some worlds show and most do not: median, counts and sign test beside the mean."""
     sh, di, pair, ra = dist[KL_SHARED], dist.get(KL_DIFFERENT), dist.get(KL_PAIR), row["rogue_animal"]
-    return (f"- {row['label']}, world by world: shared-init gain mean {_pm(sh)}, median {sh['median']:+.3f}, above "
+    return (f"- {row['label']}, world by world: shared-init gain mean {pm(sh)}, median {sh['median']:+.3f}, above "
             f"+{sh['above']:g} in {sh['n_above']} of {sh['n']} worlds" + (f" (different init: {di['n_above']})" if di
                                                                          else "")
             + (f"; shared − different positive in {pair['n_positive']}, negative in {pair['n_negative']} (exact sign "
                f"test p = {pair['sign_test_p']:.2g})" if pair else "")
             + f". The rogue persona's animal, never trained: {ra['reference_p']:.3f} (reference) → "
-            f"{ra['teacher_p']:.3f} (teacher); students gain {_pm(ra['gain'].get(KL_SHARED))} (shared), "
-            f"{_pm(ra['gain'].get(KL_DIFFERENT))} (different).")
+            f"{ra['teacher_p']:.3f} (teacher); students gain {pm(ra['gain'].get(KL_SHARED))} (shared), "
+            f"{pm(ra['gain'].get(KL_DIFFERENT))} (different).")
 
 
-def describe(summary: dict, base_s: float) -> list[str]:
-    """README lines that state ``derived``'s numbers with their n and test, asserting nothing beyond them."""
+def describe(summary: dict, base_s: float, pm) -> list[str]:
+    """README lines that state ``derived``'s numbers with their n and test, asserting nothing beyond them.
+
+    ``pm``: the project's mean ± CI text (``minisub.report.pm``; the library's models do not import the report).
+    """
     rows, d = summary["settings"], summary.get("derived", {})
     out = _along_s([(s, rows[n]) for s, n in s_curve(rows, base_s)])
     if "alignment_vs_gain_along_s" in d:
@@ -245,5 +244,5 @@ def describe(summary: dict, base_s: float) -> list[str]:
                    f"shared-init gain (means): {_r(d['predicted_vs_measured'])}.")
     for name, r in rows.items():
         if "rogue_animal" in r and d.get("distributions", {}).get(name, {}).get(KL_SHARED):
-            out.append(_heavy_tail(r, d["distributions"][name]))
+            out.append(_heavy_tail(r, d["distributions"][name], pm))
     return out
