@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
+import math
+import re
 import typing
 
 
@@ -23,7 +26,11 @@ def require_choice(field: str, value, choices) -> None:
 
 
 def normalise(cfg) -> None:
-    """Coerce fields to their annotated types in place (1 -> 1.0, [16] -> (16,)): one config, one run id."""
+    """Coerce fields to their annotated types in place (1 -> 1.0, [16] -> (16,)): one config, one run id.
+
+    Then refuse what no field may hold: a non-finite number, or a value outside a field's declared
+    ``choices`` (see ``choice``).
+    """
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value, annotation = getattr(cfg, f.name), hints[f.name]
@@ -31,6 +38,38 @@ def normalise(cfg) -> None:
             object.__setattr__(cfg, f.name, float(value))
         elif typing.get_origin(annotation) is tuple and isinstance(value, list):
             object.__setattr__(cfg, f.name, tuple(value))
+    check_fields(cfg)
+
+
+CHOICES = "minisub_choices"  # field metadata key: the closed set of values a field allows
+
+
+def choice(default, choices, **kw):
+    """A field whose value must be one of ``choices``: checked on construction, listed by ``--help``."""
+    return dataclasses.field(default=default, metadata={CHOICES: tuple(choices), **kw.pop("metadata", {})}, **kw)
+
+
+def check_fields(cfg) -> None:
+    """ConfigError for a non-finite number (NaN, inf) in any field, or a value outside its ``choices``."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for x in items:
+            if isinstance(x, float) and not math.isfinite(x):
+                require(False, f.name, value, "a finite number" if x is value else "finite numbers")
+        if CHOICES in f.metadata:
+            require_choice(f.name, value, f.metadata[CHOICES])
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """``text`` split at each ``sep`` outside parentheses: ``'a(x=1,y=2),b'`` -> ``['a(x=1,y=2)', 'b']``."""
+    parts, depth, start = [], 0, 0
+    for k, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == sep and depth == 0:
+            parts.append(text[start:k])
+            start = k + 1
+    return [*parts, text[start:]]
 
 
 def _parse(text: str, annotation, field: str):
@@ -47,8 +86,12 @@ def _parse(text: str, annotation, field: str):
             return annotation(text)
         if origin is tuple:
             (item, *_) = typing.get_args(annotation)
+            if dataclasses.is_dataclass(item) and hasattr(item, "parse"):  # e.g. --arms (pipeline.Arm.parse)
+                return tuple(item.parse(p.strip()) for p in split_top(text) if p.strip())
             parts = [p for p in text.replace("x", ",").split(",") if p.strip()] if item is int else text.split(",")
             return tuple(_parse(p.strip(), item, field) for p in parts)
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{field}={text!r} is not allowed: {field} must be a {_type_name(annotation)}") from None
     raise ConfigError(f"{field} cannot be set from the command line")
@@ -56,7 +99,9 @@ def _parse(text: str, annotation, field: str):
 
 def _type_name(annotation) -> str:
     if typing.get_origin(annotation) is tuple:
-        return f"comma-separated list of {typing.get_args(annotation)[0].__name__}"
+        item = typing.get_args(annotation)[0]
+        form = f" {item.FORMAT}" if hasattr(item, "FORMAT") else ""
+        return f"comma-separated list of {getattr(item, '__name__', item)}{form}"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -105,3 +150,140 @@ def digest(cfg) -> str:
     """A short, stable hash of every field of the config (late fields only when set): the run id."""
     blob = json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- what the command line shows: every field, its type, default and allowed values ------------
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One settable field of a config, nested configs flattened: what ``--help`` lists."""
+
+    name: str  # the command-line name (the field's own name; dotted only where two would clash)
+    path: tuple[str, ...]  # attribute path from the top config
+    annotation: object
+    default: object  # the value in the config described (a preset)
+    allowed: str | None  # from the validation itself (``choices`` or a probe of ``validate``)
+    note: str  # the comment beside the field in its class, if any
+    settable: bool  # whether the command line can give it a value
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.annotation)
+
+    @property
+    def text(self) -> str:
+        """The default as the command line writes it: ``256,256``, ``true``, ``a=shared:aux,...``."""
+        return show(self.default)
+
+
+def show(value) -> str:
+    """A field's value in its command-line form (the inverse of ``override``'s parsing)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(show(v) for v in value)
+    return str(value)
+
+
+def describe(cfg) -> list[FieldInfo]:
+    """Every field of ``cfg`` (nested dataclass configs flattened by field name), for ``--help``.
+
+    Generated from the dataclass, so it never goes stale. Allowed values come from the same place
+    as validation: a field's declared ``choices``, else the message the config's own validation
+    gives for a value no field allows (an unknown word, a huge negative number).
+    """
+    return _flat_fields(cfg, probe=True)
+
+
+def _flat_fields(cfg, probe: bool) -> list[FieldInfo]:
+    found: list[FieldInfo] = []
+    _describe(cfg, cfg, (), found, probe)
+    seen: dict[str, int] = {}
+    for info in found:
+        seen[info.name] = seen.get(info.name, 0) + 1
+    return [dataclasses.replace(i, name=".".join(i.path)) if seen[i.name] > 1 else i for i in found]
+
+
+def _describe(top, cfg, prefix: tuple[str, ...], out: list, probe: bool) -> None:
+    hints, notes = typing.get_type_hints(type(cfg)), _comments(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, annotation, path = getattr(cfg, f.name), hints[f.name], (*prefix, f.name)
+        if dataclasses.is_dataclass(annotation) and dataclasses.is_dataclass(value):
+            _describe(top, value, path, out, probe)
+            continue
+        allowed = ("one of " + ", ".join(map(repr, f.metadata[CHOICES]))) if CHOICES in f.metadata else \
+            _probe_allowed(top, path, annotation) if probe else None
+        out.append(FieldInfo(f.name, path, annotation, value, allowed, notes.get(f.name, ""),
+                             _settable(annotation)))
+
+
+def _settable(annotation) -> bool:
+    if annotation in (bool, int, float, str):
+        return True
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return item in (int, float, str) or (dataclasses.is_dataclass(item) and hasattr(item, "parse"))
+    return False
+
+
+_PROBES = {str: "\x00?", int: -(10**9), float: -1e300}
+
+
+def _probe_allowed(top, path: tuple[str, ...], annotation) -> str | None:
+    """What the config's validation says ``path`` must be, asked with a value no field allows."""
+    if annotation is bool:
+        return "true or false"
+    item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is tuple else annotation
+    if item not in _PROBES:
+        return None
+    probe = (_PROBES[item],) if item is not annotation else _PROBES[item]
+    try:
+        _replace_path(top, path, probe)
+    except ConfigError as e:
+        name = re.escape(path[-1])
+        m = re.match(rf"^{name}=.* is not allowed: {name} must be (.*)$", str(e))
+        return m.group(1) if m else None
+    except Exception:  # noqa: BLE001 -- a probe that breaks something else tells nothing
+        return None
+    return None
+
+
+def _replace_path(cfg, path: tuple[str, ...], value):
+    if len(path) == 1:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    return dataclasses.replace(cfg, **{path[0]: _replace_path(getattr(cfg, path[0]), path[1:], value)})
+
+
+def _comments(cls) -> dict[str, str]:
+    """``{field: comment}`` from the ``# ...`` beside each field in ``cls``'s source (none if unreadable)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
+
+
+def override_fields(cfg, overrides: dict[str, str]):
+    """``override`` that also reaches inside nested dataclass configs, by the names ``describe`` lists.
+
+    ``{'s': '0.5'}`` sets ``cfg.world.s`` when only the nested world has an ``s``; a name two
+    levels share is written as its dotted path (``recipe.seeds``). Each level is replaced once, so
+    fields that are only valid together can be set together.
+    """
+    infos = _flat_fields(cfg, probe=False)
+    by_name = {i.name: i for i in infos} | {".".join(i.path): i for i in infos}
+    tree: dict = {}
+    for name, text in overrides.items():
+        key = name.replace("-", "_")
+        if key not in by_name:
+            raise ConfigError(f"unknown field {name!r}: allowed fields are {', '.join(sorted(i.name for i in infos))}")
+        info = by_name[key]
+        node = tree
+        for part in info.path[:-1]:
+            node = node.setdefault(part, {})
+        node[info.path[-1]] = _parse(text, info.annotation, info.name)
+    return _replace_tree(cfg, tree)
+
+
+def _replace_tree(cfg, tree: dict):
+    return dataclasses.replace(cfg, **{k: _replace_tree(getattr(cfg, k), v) if isinstance(v, dict) else v
+                                       for k, v in tree.items()})

@@ -41,7 +41,14 @@ def _error_line(capsys) -> str:
     (["run", "mnist-aux", "--preset", "test", "seeds=abc"], ["seeds='abc'"]),
     (["run", "mnist-aux", "--preset", "test", "--noise=pink"], ["noise='pink'", "'uniform'"]),
     (["run", "mnist-aux", "--preset", "test", "--seeds", "1"], ["seeds=1", ">= 2"]),
-    (["run", "mnist-aux", "--preset", "nope"], ["preset='nope'", "paper", "quick", "test"]),
+    (["run", "mnist-aux", "--preset", "nope"], ["--preset", "'nope'", "paper", "quick", "test"]),
+    (["run", "mnist-aux", "--preset", "test", "--on-nonfinite", "ignore"], ["--on-nonfinite", "'raise', 'mark'"]),
+    (["run", "mnist-aux", "--preset", "test", "--teacher-lr", "inf"], ["teacher_lr=inf", "a finite number"]),
+    (["run", "mnist-aux", "--preset", "test", "--student_lr=nan"], ["student_lr=nan", "a finite number"]),
+    (["run", "mnist-aux", "--preset", "test", "--arms", "a=shared"], ["arms='a=shared'", "NAME=LINEAGE:OUTPUTS"]),
+    (["run", "mnist-aux", "--preset", "test", "--arms", "a=cousin:aux"], ["lineage='cousin'", "'shared'"]),
+    (["run", "--seeds", "0", "--preset", "test", "mnist-aux"], ["seeds=0", ">= 1"]),
+    (["export", "nothing-here"], ["'nothing-here'"]),
     (["run", "mnist-aux", "--preset", "test", "stray"], ["'stray'"]),
 ])
 def test_bad_arguments_fail_fast_with_one_line_naming_the_problem(no_compute, capsys, argv, expected):
@@ -57,10 +64,9 @@ def test_unexpected_arguments_to_figures_are_refused(capsys, tmp_path):
     assert "--bogus" in _error_line(capsys)
 
 
-def test_a_missing_experiment_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["run"])
-    assert exit_.value.code == 2
+def test_a_missing_experiment_is_a_one_line_error(capsys):
+    assert cli.main(["run"]) == 2
+    assert "experiment" in _error_line(capsys)
 
 
 def test_list(capsys):
@@ -72,11 +78,14 @@ def test_list(capsys):
     assert f"--preset {mnist_aux.DEFAULT_PRESET} (default)" in out
 
 
-def test_figures_without_json_says_how_to_make_it(capsys, tmp_path):
-    assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "no " in out and "minisub run mnist-aux" in out
+def test_figures_without_json_says_how_to_make_it_and_fails(capsys, tmp_path):
+    assert cli.main(["figures", "--dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "no " in captured.out and "minisub run mnist-aux" in captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and "mnist-aux" in captured.err
     assert list(tmp_path.iterdir()) == []
+    assert cli.main(["figures", "mnist-aux", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("minisub: error: no JSON")
 
 
 ARGV = ["run", "mnist-aux", "--preset", "test", "--no-progress"]
@@ -132,7 +141,7 @@ def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, 
     shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
     drawn = []
     for _ in range(2):
-        assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
+        assert cli.main(["figures", "mnist-aux", "--dir", str(tmp_path)]) == 0
         drawn.append({ext: (tmp_path / f"mnist_aux.{ext}").read_bytes() for ext in ("png", "pdf")})
         assert "redrew" in capsys.readouterr().out
     assert drawn[0] == drawn[1]  # byte-for-byte deterministic
@@ -142,8 +151,10 @@ def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, 
 
 def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compute, capsys, tmp_path):
     shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
-    assert cli.main(["report", "--dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    assert cli.main(["report", "--dir", str(tmp_path)]) == 1  # the others are missing: an error, after writing
+    captured = capsys.readouterr()
+    out = captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and "no JSON" in captured.err
     readme = (tmp_path / "README.md").read_text()
     assert "## mnist-aux" in readme and "| student_aux | " in readme and "minisub figures mnist-aux" in readme
     assert (tmp_path / "mnist_aux.png").exists()

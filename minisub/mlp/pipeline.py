@@ -24,7 +24,7 @@ from minisub.mlp import distill
 from minisub.mlp import measure
 from minisub.mlp import mnist
 from minisub.mlp import models
-from minisub.config import normalise, require, require_choice
+from minisub.config import ConfigError, normalise, require, require_choice, split_top
 
 MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784
 
@@ -39,6 +39,38 @@ class Arm:
     lr: float | None = None  # the arm's own student learning rate (None: the config's student_lr)
     liminal: float = 0.0  # weight of KL(student's init || student) on all logits: "liminal" training
     committee: int = 1  # imitate the pooled outputs of this many teachers (the first is the world's own)
+
+    # The command-line form (``--arms``): ``name=lineage:outputs``, then optional ``:lr=X``,
+    # ``:liminal=X``, ``:committee=N``; commas inside the lineage's parentheses belong to it.
+    FORMAT = "NAME=LINEAGE:OUTPUTS[:lr=X][:liminal=X][:committee=N]"
+    _OPTIONS = {"lr": float, "liminal": float, "committee": int}
+
+    @classmethod
+    def parse(cls, text: str) -> "Arm":
+        """``'probe=perturbed(sigma=0.3,part=hidden):aux:lr=1e-3'`` -> an Arm (its lineage is checked by the config)."""
+        bad = lambda why: ConfigError(  # noqa: E731
+            f"arms={text!r} is not allowed: arms must be {cls.FORMAT}, comma-separated ({why}), e.g. "
+            "student_aux=shared:aux,probe=perturbed(sigma=0.3,part=hidden):aux")
+        name, eq, rest = text.partition("=")
+        parts = [p.strip() for p in split_top(rest, ":")]
+        if not eq or not name.strip() or len(parts) < 2 or not parts[0]:
+            raise bad("a name, '=', a lineage and ':' outputs")
+        options = {}
+        for item in parts[2:]:
+            key, _, value = item.partition("=")
+            if key not in cls._OPTIONS:
+                raise bad(f"unknown option {key!r}: options are {', '.join(cls._OPTIONS)}")
+            try:
+                options[key] = cls._OPTIONS[key](value)
+            except ValueError:
+                raise bad(f"{key} must be a {cls._OPTIONS[key].__name__}") from None
+        return cls(name.strip(), parts[0], parts[1], **options)
+
+    def __str__(self) -> str:
+        """The ``parse`` form: ``Arm.parse(str(arm)) == arm``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        extra = "".join(f":{k}={getattr(self, k)!r}" for k in self._OPTIONS if getattr(self, k) != defaults[k])
+        return f"{self.name}={self.lineage}:{self.outputs}{extra}"
 
 
 PROJECTIONS = ("none", "trait")
