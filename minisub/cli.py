@@ -300,8 +300,17 @@ def _field_flags(p: argparse.ArgumentParser, module, preset: str | None) -> None
         text = f"{info.type_name}, default {info.text or repr(info.default)}{allowed}{note}"
         bool_kw = dict(nargs="?", const="true") if info.annotation is bool else {}
         group.add_argument(*flags, dest=_FIELD + info.name, default=argparse.SUPPRESS,
-                           metavar=info.type_name.split(" ")[0].upper() if info.annotation is not bool else "BOOL",
+                           metavar=_metavar(info.annotation),
                            help=text.replace("%", "%%"), **bool_kw)
+
+
+def _metavar(annotation) -> str:
+    """``INT``, ``FLOAT``, ``STR``, ``BOOL``; a list: ``INT,...`` (``ARM,...`` for a list of arms)."""
+    import typing
+
+    if typing.get_origin(annotation) is tuple:
+        return _metavar(typing.get_args(annotation)[0]) + ",..."
+    return getattr(annotation, "__name__", "VALUE").upper()
 
 
 def parser(module=None, preset: str | None = None) -> argparse.ArgumentParser:

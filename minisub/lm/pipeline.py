@@ -26,6 +26,7 @@ import numpy as np
 from minisub import keys, lineage, train
 from minisub.lm import core as lm
 from minisub.run import parallel
+from minisub.run import params as params_lib
 from minisub.run import store
 from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
@@ -219,13 +220,14 @@ def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
 
 
 def _leaves(tree) -> dict[str, np.ndarray]:
-    """A pytree's leaves by number, as the results store saves them."""
-    return {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(tree))}
+    """A pytree's leaves by key path (``minisub.run.params``' format), as the results store saves them."""
+    return params_lib.flat(tree)
 
 
-def _from_leaves(treedef, leaves: dict[str, np.ndarray]):
-    """The pytree of ``treedef`` from ``_leaves``'s numbered leaves."""
-    return jax.tree.unflatten(treedef, [jnp.asarray(leaves[f"{k:04d}"]) for k in range(treedef.num_leaves)])
+def _from_leaves(template, leaves: dict | None):
+    """The pytree of ``template`` (arrays or shapes) from ``_leaves``' entries; None unless they match
+    its structure, shapes and dtypes exactly (then the caller recomputes)."""
+    return params_lib.unflat(template, leaves) if params_lib.matches(template, leaves) else None
 
 
 def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Path | None = None):
@@ -236,11 +238,10 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
     of an uninterrupted run. A checkpoint written with another chunk size is ignored.
     """
     state = init_references(cfg, seed_ids)
-    treedef = jax.tree.structure(state)
     done, curves = 0, []
     saved = store.load_arrays(checkpoint) if checkpoint is not None else None
-    if saved is not None and int(saved["chunk"]) == chunk and len(saved["state"]) == treedef.num_leaves:
-        state = _from_leaves(treedef, saved["state"])
+    if saved is not None and int(saved["chunk"]) == chunk and (resumed := _from_leaves(state, saved["state"])) is not None:
+        state = resumed
         done, curves = int(saved["step"]), [saved["loss"]]
         if log:
             log(f"pretrain: resumed at step {done}/{cfg.pretrain_steps} from {checkpoint}")
@@ -288,13 +289,12 @@ def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=No
         return pretrain(cfg, seed_ids, chunk, log)
     directory = references_dir(cfg, root)
     shapes = jax.eval_shape(lambda: init_references(cfg, jnp.asarray(seed_ids))[0])
-    treedef = jax.tree.structure(shapes)
     with store.locked(directory):
         stored = store.load_arrays(directory / "references.npz")
-        if stored is not None and len(stored["params"]) == treedef.num_leaves:
+        if stored is not None and (params := _from_leaves(shapes, stored["params"])) is not None:
             if log:
                 log(f"references: read from {directory}")
-            return _from_leaves(treedef, stored["params"]), stored["loss"]
+            return params, stored["loss"]
         checkpoint = directory / "pretraining_checkpoint.npz"  # a killed pretraining resumes from its last chunk
         params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log, checkpoint)
         if parallel.is_writer():
