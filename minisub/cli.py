@@ -375,12 +375,11 @@ def experiment_first(tokens: list[str]) -> tuple[list[str], str | None, str | No
             if token == "--preset" and k + 1 < len(rest):
                 preset = rest[k + 1]
             k += 2 if takes_value else 1
-        elif "=" in token:
+        elif "=" in token or name is not None:
             k += 1
         else:
             name = rest.pop(k)
-            return [name, *rest], name, preset
-    return rest, None, preset
+    return ([name] if name is not None else []) + rest, name, preset
 
 
 def _parse(argv: list[str]):

@@ -171,3 +171,64 @@ def test_accelerator_check_prints_its_table(capsys):
     out = capsys.readouterr().out
     for row in ("backend", "seeds per second", "achieved FLOP rate", "matmul FLOP rate", "accuracy student_aux"):
         assert row in out
+
+
+# --- discoverable options ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(registry.experiments()))
+def test_help_lists_every_config_field_with_its_default_and_allowed_values(name, no_compute, capsys):
+    module = registry.experiment(name)
+    assert cli.main(["run", name, "--help"]) == 0
+    text = capsys.readouterr().out
+    out = "".join(text.split())  # argparse wraps lines, also at hyphens
+    assert "{" + ",".join(module.PRESETS) + "}" in out  # --preset's choices are this experiment's
+    assert "{raise,mark}" in out
+    for info in config.describe(module.PRESETS[module.DEFAULT_PRESET]):
+        if info.settable:
+            assert f"  --{info.name} " in text, info.name
+            assert "".join(f"default {info.text}".split())[:40] in out, info.name
+            if info.allowed:
+                assert "".join(info.allowed.split())[:40] in out, info.name
+
+
+def test_help_shows_the_chosen_presets_values(capsys):
+    assert cli.main(["run", "mnist-aux", "--preset", "test", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "defaults: preset test" in out and "default 32" in out  # the test preset's hidden=(32,)
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("minisub ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--seeds", "20", "mnist-aux", "--preset", "test"],
+    ["run", "--preset", "test", "mnist-aux", "--seeds", "20"],
+    ["run", "seeds=20", "--preset=test", "mnist-aux"],
+    ["run", "mnist-aux", "--preset", "test", "--seeds=20"],
+])
+def test_options_may_come_before_or_after_the_experiment(argv, no_compute, capsys):
+    assert cli.main([*argv, "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    cfg = config.override(mnist_aux.PRESETS["test"], {"seeds": "20"})
+    assert shown["experiment"] == "mnist-aux" and shown["preset"] == "test"
+    assert shown["config"] == config.to_dict(cfg) and shown["run_id"] == config.digest(cfg)
+
+
+def test_print_config_resolves_arms_and_computes_nothing(no_compute, capsys):
+    arms = "student_aux=shared:aux,probe=perturbed(sigma=0.3,part=hidden):aux"
+    assert cli.main(["run", "mnist-aux", "--arms", arms, "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in shown["config"]["arms"]] == ["student_aux", "probe"]
+    assert shown["config"]["arms"][1]["lineage"] == "perturbed(sigma=0.3,part=hidden)"
+    assert shown["config"]["seeds"] == mnist_aux.PRESETS["quick"].seeds
+
+
+def test_a_non_finite_run_is_one_line_and_exit_1(monkeypatch, capsys):
+    def diverging(cfg, *, command, execution):
+        raise runner.NonFiniteError("non-finite student loss in mnist-aux: seed 1, arm cross_all, student epoch 0, "
+                                    "step 3 (rerun with --on-nonfinite mark to flag and continue)")
+
+    monkeypatch.setattr(mnist_aux, "run", diverging)
+    assert cli.main(["run", "mnist-aux", "--preset", "test", "--no-progress"]) == 1
+    assert "--on-nonfinite mark" in _error_line(capsys)
