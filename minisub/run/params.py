@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import jax
@@ -111,7 +112,7 @@ def read(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as z:
             entries = {k: z[k] for k in z.files}
         manifest = json.loads(str(entries.pop(MANIFEST)))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise ParamsMismatch(f"{path} is not a readable params file ({e})") from None
     listed = {m["path"]: m for m in manifest}
     if set(listed) != set(entries) or any(
