@@ -275,6 +275,10 @@ def override_fields(cfg, overrides: dict[str, str]):
     for name, text in overrides.items():
         key = name.replace("-", "_")
         if key not in by_name:
+            nested = [i.name for i in infos if key in i.path[:-1]]
+            if nested:
+                raise ConfigError(f"{key} cannot be set from the command line: set its fields by name "
+                                  f"({', '.join('--' + n for n in nested[:4])}, ...)")
             raise ConfigError(f"unknown field {name!r}: allowed fields are {', '.join(sorted(i.name for i in infos))}")
         info = by_name[key]
         node = tree
