@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         sys.stderr.write(f"minisub: error: {self.prog}: {message}\n")
         sys.exit(2)
+
+
+_HISTORY = re.compile(r"\s*\((?:issue|item)s? [^)]*\)|^(?:issue|item)s? [\d/, ]+:\s*", re.I)
+
+
+def _plain(text: str) -> str:
+    """Help text without development history: '(issue 6, item 7)', a leading 'item 6:'."""
+    return _HISTORY.sub("", text).strip()
 
 
 def _experiment(name: str):
@@ -214,7 +223,7 @@ def cmd_list(args, extra) -> int:
     from minisub import registry
 
     for name, module in registry.experiments().items():
-        print((module.__doc__ or name).splitlines()[0])
+        print(_plain((module.__doc__ or name).splitlines()[0]))
         for preset, cfg in module.PRESETS.items():
             mark = " (default)" if preset == module.DEFAULT_PRESET else ""
             print(f"  --preset {preset}{mark}: seeds={cfg.seeds}")
@@ -296,7 +305,7 @@ def _field_flags(p: argparse.ArgumentParser, module, preset: str | None) -> None
         if not flags or not info.settable:
             continue
         allowed = f"; allowed: {info.allowed}" if info.allowed else ""
-        note = f" -- {info.note}" if info.note else ""
+        note = f" -- {_plain(info.note)}" if info.note else ""
         text = f"{info.type_name}, default {info.text or repr(info.default)}{allowed}{note}"
         bool_kw = dict(nargs="?", const="true") if info.annotation is bool else {}
         group.add_argument(*flags, dest=_FIELD + info.name, default=argparse.SUPPRESS,

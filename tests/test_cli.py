@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -72,6 +73,7 @@ def test_a_missing_experiment_is_a_one_line_error(capsys):
 def test_list(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
+    assert not re.search(r"\b(issue|item)s? \d", out, re.I), "development history in the listing"
     assert out.startswith("mnist-aux: ")
     for preset, cfg in mnist_aux.PRESETS.items():
         assert f"--preset {preset}" in out and f"seeds={cfg.seeds}" in out
@@ -179,6 +181,7 @@ def test_help_lists_every_config_field_with_its_default_and_allowed_values(name,
     module = registry.experiment(name)
     assert cli.main(["run", name, "--help"]) == 0
     text = capsys.readouterr().out
+    assert not re.search(r"\b(issue|item)s? \d", text, re.I), "development history in --help"
     out = "".join(text.split())  # argparse wraps lines, also at hyphens
     assert "{" + ",".join(module.PRESETS) + "}" in out  # --preset's choices are this experiment's
     assert "{raise,mark}" in out
