@@ -108,3 +108,33 @@ def test_export_maps_values_to_seeds_around_non_finite_ones(tmp_path):
     rows = export.rows(run)
     assert [(r["arm"], r["seed"], r["metric"], r["value"]) for r in rows] == [("a", 0, "accuracy", 0.25),
                                                                                ("a", 2, "accuracy", 0.75)]
+
+
+def test_status_reads_unreadable_files_as_corrupt(tmp_path):
+    run = tmp_path / "mnist-aux" / "0123456789abcdef"
+    store.finish(run, {"x": np.zeros(1)}, {"experiment": "mnist-aux"})
+    store.write_json(run / "config.json", {"config": {"seeds": 1}})
+    assert store.status(run) == "done"
+    (run / "config.json").write_text("{not json")
+    assert store.status(run) == "corrupt"
+    (run / "config.json").unlink()
+    (run / "results.npz").unlink()
+    assert store.status(run) == "corrupt"
+    (run / "DONE").unlink()
+    assert store.status(run) == "partial"
+    (tmp_path / "mnist-aux" / "points").mkdir()  # not a run id: a cache of another kind, not listed
+    assert [d.name for d in store.run_dirs(root=tmp_path)] == ["0123456789abcdef"]
+
+
+def test_runs_on_an_empty_store_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path / "empty"))
+    assert cli.main(["runs"]) == 0
+    assert capsys.readouterr().out.startswith("no stored runs under ")
+
+
+def test_export_names_its_file_after_the_run_by_default(store_root, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MINISUB_RESULTS", str(store_root))
+    monkeypatch.chdir(tmp_path)
+    run_dir = store.run_dir("mnist-aux", _cfg(), store_root)
+    assert cli.main(["export", str(run_dir)]) == 0
+    assert (tmp_path / f"mnist-aux-{run_dir.name}.csv").exists()
