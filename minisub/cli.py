@@ -26,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (``minisub: error: ...``) and exit status 2."""
 
     def error(self, message):
-        sys.stderr.write(f"minisub: error: {self.prog}: {message}\n")
+        where = self.prog.removeprefix("minisub").strip()
+        sys.stderr.write(f"minisub: error: {where + ': ' if where else ''}{message}\n")
         sys.exit(2)
 
 

@@ -56,7 +56,9 @@ def check_fields(cfg) -> None:
         items = value if isinstance(value, tuple) else (value,)
         for x in items:
             if isinstance(x, float) and not math.isfinite(x):
-                require(False, f.name, value, "a finite number" if x is value else "finite numbers")
+                also = _probe_allowed(cfg, (f.name,), float) if x is value else None  # what validation asks too
+                require(False, f.name, value, ("a finite number" if x is value else "finite numbers")
+                        + (f" ({also})" if also else ""))
         if CHOICES in f.metadata:
             require_choice(f.name, value, f.metadata[CHOICES])
 

@@ -216,10 +216,25 @@ def test_stored_run_ids_of_the_presets_do_not_move():
 
 # --- the command line's view of a config: describe, nested overrides, arms, non-finite values ---
 @pytest.mark.parametrize("field, text", [("teacher_lr", "inf"), ("student_lr", "nan"), ("temperature", "-inf")])
-def test_non_finite_values_are_refused_naming_the_field(field, text):
+def test_non_finite_values_are_refused_naming_the_field_and_what_validation_allows(field, text):
     with pytest.raises(ConfigError) as err:
         config.override(AuxConfig(), {field: text})
-    assert str(err.value) == f"{field}={float(text)!r} is not allowed: {field} must be a finite number"
+    assert str(err.value) == f"{field}={float(text)!r} is not allowed: {field} must be a finite number (a number > 0)"
+
+
+def test_non_finite_values_are_refused_inside_lists_and_without_a_constraint():
+    @dataclasses.dataclass(frozen=True)
+    class Free:
+        x: float = 0.0
+        xs: tuple[float, ...] = ()
+
+        def __post_init__(self):
+            config.normalise(self)
+
+    with pytest.raises(ConfigError, match=r"^x=inf is not allowed: x must be a finite number$"):
+        Free(x=float("inf"))
+    with pytest.raises(ConfigError, match=r"^xs=\(1.0, nan\) is not allowed: xs must be finite numbers$"):
+        config.override(Free(), {"xs": "1,nan"})
 
 
 def test_describe_lists_every_field_with_type_default_and_the_validations_allowed_values():
