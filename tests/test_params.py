@@ -114,3 +114,24 @@ def test_keep_params_from_the_command_line_leaves_the_run_id_and_results_alone(m
 def test_keep_params_is_refused_where_the_runner_does_not_train(capsys):
     assert cli.main(["run", "theorem-one-step", "--preset", "test", "--keep-params"]) == 2
     assert "keep_params is not allowed for theorem-one-step" in capsys.readouterr().err
+
+
+def test_the_toy_lms_stored_references_use_the_same_format(tmp_path):
+    """References and pretraining checkpoints: named leaves checked against the structure, through the store."""
+    import optax
+
+    from minisub.lm import pipeline as lm_pipeline
+
+    spec = TransformerSpec(vocab=11, context=6, layers=1, width=8, heads=2)
+    p = jax.vmap(spec.init)(jax.random.split(jax.random.key(0), 2))  # two worlds: a leading seed axis
+    state = (p, jax.vmap(optax.adam(1e-3).init)(p))
+    store.save_arrays(tmp_path / "c.npz", {"state": lm_pipeline._leaves(state)})
+    back = lm_pipeline._from_leaves(state, store.load_arrays(tmp_path / "c.npz")["state"])
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    numbered = {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(state))}  # the old format
+    assert lm_pipeline._from_leaves(state, numbered) is None  # not trusted: recomputed
+    other = jax.vmap(TransformerSpec(vocab=11, context=6, layers=1, width=16, heads=2).init)(
+        jax.random.split(jax.random.key(0), 2))
+    assert lm_pipeline._from_leaves(p, lm_pipeline._leaves(other)) is None  # same leaves, other shapes
