@@ -12,7 +12,6 @@ import matplotlib
 import matplotlib.colors
 import matplotlib.style
 import numpy as np
-import pytest
 
 from minisub.mlp import mnist
 from minisub.report import plots
