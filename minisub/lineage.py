@@ -67,8 +67,10 @@ def number(low: float | None = None, high: float | None = None, default=None) ->
     """A float parameter in [low, high] (either bound may be open-ended: None)."""
     if low is not None and high is not None:
         allowed = f"a number in [{low:g}, {high:g}]"
+    elif low is not None or high is not None:
+        allowed = f"a number >= {low:g}" if low is not None else f"a number <= {high:g}"
     else:
-        allowed = f"a number >= {low:g}" if low is not None else (f"a number <= {high:g}" if high is not None else "a number")
+        allowed = "a number"
     ok = lambda v: (low is None or v >= low) and (high is None or v <= high)
     return Param(float, ok, allowed, default)
 

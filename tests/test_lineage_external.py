@@ -207,7 +207,8 @@ def test_lm_config_takes_every_lineage_of_a_transformer_and_refuses_the_rest_in_
          "scaled(factor=0.5)")))
     cfg = dataclasses.replace(base, arms=arms)
     assert all(isinstance(a.lineage, lineage.Lineage) for a in cfg.arms)
-    for text, allowed in (("behaviourally_matched", "without a pre-phase"), ("other_architecture", "without a pre-phase"),
+    for text, allowed in (("behaviourally_matched", "without a pre-phase"),
+                          ("other_architecture", "without a pre-phase"),
                           ("perturbed(sigma=0.1, part=head)", "'all', 'embeddings', 'attention', 'mlp'"),
                           ("shared_hidden", "needs a model with parts 'hidden', 'head'")):
         with pytest.raises(ConfigError) as err:
