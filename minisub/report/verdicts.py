@@ -33,12 +33,13 @@ def ours(claim: claims_lib.Claim, summary: dict, label: Callable[[str], str], st
     return cell
 
 
-def cell(v: dict) -> str:
-    """The verdict cell: the status, the interval that decided it (paired where there is a baseline), the detail."""
+def cell(v: dict, paired: bool = True) -> str:
+    """The verdict cell: the status, the interval that decided it (of the paired difference, or of the mean), the detail."""
     out = f"**{v['status']}**"
     if v["mean"] is not None and v["low"] is not None:
-        where = _WHERE[v["compare"]].format(t=v["threshold"])
-        out += f": {v['mean']:+.3f}, 95% CI [{v['low']:+.3f}, {v['high']:+.3f}], n = {v['n']} ({where})"
+        where, f = _WHERE[v["compare"]].format(t=v["threshold"]), "+.3f" if paired else ".3f"
+        out += (f": {'difference ' if paired else 'mean '}{v['mean']:{f}}, 95% CI [{v['low']:{f}}, {v['high']:{f}}], "
+                f"n = {v['n']} ({where})")
     return out + (f"; {v['detail']}" if v["detail"] else "")
 
 
@@ -47,5 +48,5 @@ def table(claims, summary: dict, label: Callable[[str], str] = lambda p: p.split
     stored = {v["id"]: v for v in summary["verdicts"]}
     rows = ["| claim | source | ours (mean ± 95% CI) | verdict |", "|---|---|---|---|"]
     for c in claims:
-        rows.append(f"| {c.text} | {c.source} | {ours(c, summary, label, stored[c.id]['status'])} | {cell(stored[c.id])} |")
+        rows.append(f"| {c.text} | {c.source} | {ours(c, summary, label, stored[c.id]['status'])} | {cell(stored[c.id], c.baseline is not None)} |")
     return rows
