@@ -14,19 +14,13 @@ from the committed ``figures/atlas.json``, so a sweep resumes where it stopped o
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from minisub import claims as claims_lib
-from minisub import config as config_lib
-from minisub import report, stats
+from minisub import claims as claims_lib, config as config_lib, report, stats
 from minisub.config import normalise, require, require_choice
 from minisub.mlp import mnist, pipeline
-from minisub.report import atlas as analysis
-from minisub.report import sweep as rs
-from minisub.report import verdicts
-from minisub.run import atlas as fams
-from minisub.run import runner, store, sweep
+from minisub.report import atlas as analysis, sweep as rs, verdicts
+from minisub.run import atlas as fams, runner, store, sweep
 
 NAME = "atlas"
 STEM = "atlas"
@@ -76,16 +70,15 @@ COMMITTED = Path("figures") / f"{STEM}.json"
 
 
 def point_cache(results_root: Path | None = None) -> sweep.PointCache:
-    committed = sweep.committed_records(json.loads(COMMITTED.read_text())) if COMMITTED.exists() else []
-    return sweep.PointCache((results_root or store.results_root()) / NAME / "points", committed)
+    return sweep.PointCache.seeded((results_root or store.results_root()) / NAME / "points", COMMITTED)
 
 
 def run(cfg: AtlasConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
     """Compute (or read) every point of the config's families; (summary, points directory)."""
     ex, cache = execution or runner.Execution(experiment=NAME), point_cache()
     paper = cfg.base == "paper" and cfg.seeds == 20
-    families = sweep.run_families({f: cfg.points(f) for f in cfg.families}, cache, mnist.load_cached, ex,
-                                  lambda f: f"minisub run {NAME} --preset paper --family {f} --out figures" if paper else command)
+    recompute = lambda f: f"minisub run {NAME} --preset paper --family {f} --out figures" if paper else command  # noqa
+    families = sweep.run_families({f: cfg.points(f) for f in cfg.families}, cache, mnist.load_cached, ex, recompute)
     if families is None:
         return None, cache.directory
     return analyse({"experiment": NAME, "command": command, "base": cfg.base, "ci": stats.TEST,
@@ -106,8 +99,7 @@ def merge_written(summary: dict, path: Path) -> dict:
 
 # --- claims: each one's verdict comes from the per-seed numbers (minisub.claims) ------------------
 
-ONE, LIM = fams.ONE, fams.LIM
-NONE_S, PROJ_S = ("mitigations", "none", "none, shared init"), ("mitigations", "projection", "trait-gradient projection, shared init")
+ONE, LIM, NONE, PROJ = fams.ONE, fams.LIM, "none, shared init", "trait-gradient projection, shared init"
 EQUIV = 0.03  # "gains nothing" / "stays at its reference": the paired difference lies within ±0.03
 
 
@@ -116,70 +108,79 @@ def claims(summary: dict) -> list[claims_lib.Claim]:
     full = {"families": sweep.complete(summary)}
     c = lambda *a, **k: rs.claim(full, *a, **k)  # noqa: E731
     L = lambda v, key="accuracy": ("lineages", v, None, key)  # noqa: E731
+    M = lambda v, series, key="accuracy": ("mitigations", v, series, key)  # noqa: E731
     S = lambda fam, vs, series="shared": [(fam, v, series) for v in vs]  # noqa: E731
-    arch = fams.other_architectures(tuple(summary["recipe"]["hidden"]))
+    arch = list(fams.other_architectures(tuple(summary["recipe"]["hidden"])))
     sgd = [r for r in full["families"].get("optimizer", {}).get("points", []) if r["series"] == "shared"][1:]
     tuned = min(sgd, key=lambda r: r["distill_loss"]["mean"])["value"] if sgd else "sgd (tuned)"  # on the task only
+    weak = f"shared, student lr {fams.WEAK_LR:g}"
     return [
-        c("shared", "A shared-init student gains over a different-init one", "cloud2025", L("shared"), ">", 0, L("different")),
-        c("different", f"A different-init student stays at its reference (±{EQUIV})", "cloud2025", L("different"),
-          "within", EQUIV, L("different", "reference")),
-        c("head", "A shared output head with re-initialised hidden layers gains over a different-init student",
+        c("shared", "A shared-init student gains over a different-init one", "cloud2025",
+          L("shared"), ">", 0, L("different")),
+        c("different", f"A different-init student stays at its reference (±{EQUIV})", "cloud2025",
+          L("different"), "within", EQUIV, L("different", "reference")),
+        c("head", "A shared output head, hidden layers re-initialised, gains over a different-init student",
           "brockers2026", L("shared_head"), ">", 0, L("different")),
-        c("head_vs_shared", "... but less than the fully shared init", "minisub", L("shared_head"), "<", 0, L("shared")),
+        c("head_vs_shared", "A shared output head alone transmits less than the fully shared init", "minisub",
+          L("shared_head"), "<", 0, L("shared")),
         c("hidden", "Shared hidden layers with a fresh head gain over a different-init student", "minisub",
           L("shared_hidden"), ">", 0, L("different")),
         c("alpha_half", "A half-shared init (α = 0.5) gains over a different-init student", "minisub",
           ("alpha", 0.5), ">", 0, L("different")),
-        c("alpha_trend", "Transfer grows with the shared share α at every step", "minisub", S("alpha", fams.ALPHAS, None), "increasing"),
+        c("alpha_trend", "Transfer grows with the shared share α at every step", "minisub",
+          S("alpha", fams.ALPHAS, None), "increasing"),
         c("sigma_small", f"Noise of 2% of the weight scale (all layers) is tolerated (±{EQUIV} of the shared init)",
           "community", ("sigma", 0.02, "all"), "within", EQUIV, L("shared")),
         c("sigma_collapse", "Noise of 10% (all layers) loses more than half of the shared init's gain", "community",
           "derived.sigma_all_10pct_over_half_gain", "<", 0),
-        c("permuted", "Permuted hidden units (the same function) transmit as much as the shared init (±0.01)", "minisub",
-          L("permuted"), "within", 0.01, L("shared")),
-        c("matched", f"A different init matched to the reference's function gains nothing over a different-init one (±{EQUIV})",
+        c("permuted", "Permuted hidden units (the same function) transmit as much as the shared init (±0.01)",
+          "minisub", L("permuted"), "within", 0.01, L("shared")),
+        c("matched", f"A different init matched to the reference's function gains nothing (±{EQUIV})",
           "cloud2025", L("behaviourally_matched"), "within", EQUIV, L("different")),
-        *[c(f"arch_{k}", f"A student of another architecture ({label[6:]}) stays at its reference (±{EQUIV})", "cloud2025",
-            L(label), "within", EQUIV, L(label, "reference")) for k, label in enumerate(list(arch)[:3])],
-        *[c(f"arch_head_{k}", f"Transfer survives {label[6:]} when the output head is shared", "brockers2026",
-            L(label), ">", 0, L("different")) for k, label in enumerate(list(arch)[3:])],
+        *[c(f"arch_{k}", f"A student of another architecture ({a[6:]}) stays at its reference (±{EQUIV})",
+            "cloud2025", L(a), "within", EQUIV, L(a, "reference")) for k, a in enumerate(arch[:3])],
+        *[c(f"arch_head_{k}", f"Transfer survives another {a[6:-13]} when the output head is shared",
+            "brockers2026", L(a), ">", 0, L("different")) for k, a in enumerate(arch[3:])],
         c("committee", "A committee of 8 teachers from other inits transmits less than one teacher", "cloud2025",
-          ("mitigations", 8, ONE), "<", 0, ("mitigations", 1, ONE)),
-        c("committee_trend", "... less at every committee size", "minisub", S("mitigations", fams.COMMITTEES, ONE), "decreasing"),
-        c("liminal_weakens", "Liminal training (λ = 0.1) weakens transfer", "kitkana2026", ("mitigations", 0.1, LIM), "<", 0,
-          NONE_S, confound=True),
-        c("liminal_not_stopped", "... but does not stop it: at λ = 10 the student still beats its reference", "kitkana2026",
-          ("mitigations", 10.0, LIM), ">", 0, ("mitigations", 10.0, LIM, "reference"),
-          confound=[("mitigations", 10.0, LIM), NONE_S]),
-        c("projection", "Projecting the trait gradient out of each step reduces transfer", "kitkana2026", PROJ_S, "<", 0,
-          NONE_S, confound=True),
-        c("projection_left", "... yet leaves some: over a projected different-init student", "minisub", PROJ_S, ">", 0,
-          ("mitigations", "projection", "trait-gradient projection, different init")),
-        c("lr_rise", "Transfer rises with the student lr up to 1e-3", "community", S("lr", fams.STUDENT_LRS[:3]), "increasing"),
-        c("lr_fall", "... and falls above it", "community", S("lr", fams.STUDENT_LRS[2:]), "decreasing"),
+          M(8, ONE), "<", 0, M(1, ONE)),
+        c("committee_trend", "Each larger committee transmits less", "minisub",
+          S("mitigations", fams.COMMITTEES, ONE), "decreasing"),
+        c("liminal_weakens", "Liminal training (λ = 0.1) weakens transfer", "kitkana2026",
+          M(0.1, LIM), "<", 0, M("none", NONE), confound=True),
+        c("liminal_not_stopped", "Liminal training does not stop transfer: at λ = 10 the student beats its reference",
+          "kitkana2026", M(10.0, LIM), ">", 0, M(10.0, LIM, "reference"), confound=[M(10.0, LIM), M("none", NONE)]),
+        c("projection", "Projecting the trait gradient out of each step reduces transfer", "kitkana2026",
+          M("projection", PROJ), "<", 0, M("none", NONE), confound=True),
+        c("projection_left", "Projection leaves some transfer: over a projected different-init student", "minisub",
+          M("projection", PROJ), ">", 0, M("projection", "trait-gradient projection, different init")),
+        c("lr_rise", "Transfer rises with the student lr up to 1e-3", "community",
+          S("lr", fams.STUDENT_LRS[:3]), "increasing"),
+        c("lr_fall", "Transfer falls with the student lr above 1e-3", "community",
+          S("lr", fams.STUDENT_LRS[2:]), "decreasing"),
         c("student_epochs", "Transfer rises with every added distillation epoch", "community",
           S("student_epochs", fams.STUDENT_EPOCHS), "increasing"),
-        c("teacher_rise", "Transfer rises with teacher epochs up to 2", "community", S("teacher_epochs", fams.TEACHER_EPOCHS[:2]),
-          "increasing"),
-        c("teacher_fall", "... and falls after", "community", S("teacher_epochs", fams.TEACHER_EPOCHS[1:]), "decreasing"),
+        c("teacher_rise", "Transfer rises with teacher epochs up to 2", "community",
+          S("teacher_epochs", fams.TEACHER_EPOCHS[:2]), "increasing"),
+        c("teacher_fall", "Transfer falls with teacher epochs after 2", "community",
+          S("teacher_epochs", fams.TEACHER_EPOCHS[1:]), "decreasing"),
         c("blurred", "Blurred noise transmits more than uniform noise by over 0.20", "community",
           ("inputs", "blurred", "shared"), ">", 0.20, ("inputs", "uniform", "shared")),
         c("mse", "MSE on the raw aux logits transmits (shared over different init)", "community",
           ("loss", "mse", "shared"), ">", 0, ("loss", "mse", "different")),
-        c("mse_vs_kl", "MSE transmits more than KL at the recipe's lr", "minisub", ("loss", "mse", "shared"), ">", 0,
-          ("loss", "kl", "shared")),
-        c("mse_vs_kl_weak", f"... and at student lr {fams.WEAK_LR:g}", "minisub", ("loss", "mse", f"shared, student lr {fams.WEAK_LR:g}"),
-          ">", 0, ("loss", "kl", f"shared, student lr {fams.WEAK_LR:g}")),
+        c("mse_vs_kl", "MSE transmits more than KL at the recipe's lr", "minisub",
+          ("loss", "mse", "shared"), ">", 0, ("loss", "kl", "shared")),
+        c("mse_vs_kl_weak", f"MSE transmits more than KL at student lr {fams.WEAK_LR:g}", "minisub",
+          ("loss", "mse", weak), ">", 0, ("loss", "kl", weak)),
         c("sgd", f"SGD (lr tuned on the distillation loss: {tuned}) transmits less than Adam", "minisub",
           ("optimizer", tuned, "shared"), "<", 0, ("optimizer", "adam 3e-4", "shared"), confound=True),
         # m = 1 is left out: a softmax over one logit is constant, so the KL to the teacher is
         # identically zero and that student never trains (its accuracy is its init's).
         c("aux_logits", "More aux logits strengthen transfer (m = 3 → 10 → 30)", "community",
           S("aux_logits", fams.N_AUX[1:]), "increasing"),
-        c("width", "Wider hidden layers weaken transfer at every step", "community", S("width", fams.WIDTHS), "decreasing"),
-        c("depth", "Depth matters little: 4 hidden layers within ±0.05 of 1", "community", ("depth", 4, "shared"),
-          "within", 0.05, ("depth", 1, "shared")),
+        c("width", "Wider hidden layers weaken transfer at every step", "community",
+          S("width", fams.WIDTHS), "decreasing"),
+        c("depth", "Depth matters little: 4 hidden layers within ±0.05 of 1", "community",
+          ("depth", 4, "shared"), "within", 0.05, ("depth", 1, "shared")),
     ]
 
 
@@ -194,12 +195,11 @@ def analyse(summary: dict) -> dict:
 # --- figures, tables, README -----------------------------------------------------------------------
 
 TITLES = {
-    "lineages": "How the student's init relates to the teacher's",
-    "alpha": "Interpolated init √α·θ_T⁰ + √(1−α)·θ_fresh", "sigma": "Teacher's init plus noise of σ × weight std",
-    "mitigations": "Committees, liminal training, gradient projection", "lr": "Student learning rate (Adam)",
-    "inputs": "What the student distils on", "loss": "Imitation loss on the aux logits", "optimizer": "Student optimiser",
-    "aux_logits": "Number of auxiliary logits m", "depth": "Hidden layers (width 256)",
-    "teacher_epochs": "Teacher training epochs", "student_epochs": "Distillation epochs", "width": "Hidden width (two layers)",
+    "lineages": "How the student's init relates to the teacher's", "sigma": "Teacher's init plus σ × weight std noise",
+    "alpha": "Interpolated init √α·θ_T⁰ + √(1−α)·θ_fresh", "mitigations": "Committees, liminal training, projection",
+    "lr": "Student learning rate (Adam)", "inputs": "What the student distils on", "optimizer": "Student optimiser",
+    "loss": "Imitation loss on the aux logits", "aux_logits": "Number of auxiliary logits m", "width": "Hidden width",
+    "depth": "Hidden layers (width 256)", "teacher_epochs": "Teacher epochs", "student_epochs": "Distillation epochs",
 }
 X_LABELS = {"alpha": "α (1: shared, 0: fresh)", "sigma": "σ (× weight std)", "lr": "student learning rate",
             "aux_logits": "auxiliary logits m", "depth": "hidden layers", "teacher_epochs": "teacher epochs",
@@ -210,13 +210,13 @@ METRICS = {"accuracy": "MNIST test accuracy (trait)", "distill_loss": "distillat
 
 def figures(summary: dict) -> dict:
     """One figure per complete family: trait and task against the swept value, mean ± 95% CI."""
-    control = next((r for r in summary["families"].get("lineages", {}).get("points", []) if r["value"] == "different"), None)
+    control = rs.find(summary, "lineages", "different")
     out = {}
     for family, fam in sweep.complete(summary).items():
         pts = fam["points"]
         band = control["accuracy"] if control and "different" not in rs.by_series(pts) else None
         out[f"{STEM}_{family}"] = rs.metric_figure(
-            pts, METRICS, title=f"{TITLES.get(family, family)}\n(mean ± 95% CI, n = {fam['n_seeds']} seeds a point)",
+            pts, METRICS, title=f"{TITLES[family]}\n(mean ± 95% CI, n = {fam['n_seeds']} seeds a point)",
             xlabel=X_LABELS.get(family, family), log_x=family in LOG_X, log_metrics=("distill_loss",),
             reference=sum(r["reference"]["mean"] for r in pts) / len(pts), band=band, limits={"accuracy": (0, 1)})
     return out
@@ -232,18 +232,14 @@ def table(summary: dict) -> str:
 
 def readme(summary: dict) -> str:
     """The figures/README.md section: the claims and their verdicts, then one figure and table per family."""
-    done, have = sweep.complete(summary), summary["families"]
+    done = sweep.complete(summary)
     out = [f"## {NAME}: which kinds of initialisation sharing transmit the trait "
            f"({min((f['n_seeds'] for f in done.values()), default=0)} seeds a point)", "",
-           "Every point: the published mnist-aux recipe [cloud2025] with one thing changed; trait = MNIST test accuracy",
-           "of the aux-only student, task = its last-epoch distillation loss; differences paired by seed (the points",
-           f"share their worlds). Intervals: {stats.TEST}. Verdicts from `minisub.claims`:",
-           "supported / refuted when the interval lies on one side of the threshold, inconclusive when it contains it,",
-           "confounded when the two arms' task losses differ by more than ×2. Numbers: [atlas.json](atlas.json).", "",
+           "Every point: the published mnist-aux recipe [cloud2025] with one thing changed; trait = MNIST test",
+           "accuracy of the aux-only student, task = its last-epoch distillation loss; differences paired by seed",
+           "(the points share their worlds). Numbers: [atlas.json](atlas.json).", "", verdicts.LEGEND, "",
            *verdicts.table(claims(summary), summary, lambda p: rs.label(summary, p)), "", *analysis.lines(summary), ""]
-    todo = [f + (f" ({have[f]['missing_points']} of {have[f]['missing_points'] + len(have[f]['points'])} points to go)"
-                 if f in have else "") for f in fams.FAMILIES if f not in done]
-    if todo:
+    if todo := sweep.incomplete(summary, fams.FAMILIES):
         out += [f"Families not (fully) computed yet: {', '.join(todo)}. `{PAPER_COMMAND}` computes them, reusing every "
                 "committed point.", ""]
     for family, fam in done.items():

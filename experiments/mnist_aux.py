@@ -1,4 +1,4 @@
-"""mnist-aux: the paper's MNIST auxiliary-logit experiment (Cloud et al. 2025, §6.2), six arms.
+"""mnist-aux: the paper's MNIST auxiliary-logit experiment ([cloud2025] §6.2), six arms.
 
 Run:     minisub run mnist-aux [--preset quick|paper|test] [--seeds N] [--<field> VALUE ...]
 Paper:   minisub run mnist-aux --preset paper --out figures     (100 seeds; writes figures/mnist_aux.*)

@@ -26,9 +26,7 @@ TRENDS = ("aux_logits", "width", "depth")  # families whose update alignment is 
 
 
 def _p(families: dict, family: str, value, series: str | None = None):
-    fam = families.get(family)
-    k = None if fam is None else rs.index(fam, value, series)
-    return None if k is None else fam["points"][k]
+    return rs.find({"families": families}, family, value, series)
 
 
 def _gain(a: dict, b: dict) -> dict:

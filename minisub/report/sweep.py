@@ -30,6 +30,13 @@ def index(fam: dict, value, series: str | None = None) -> int | None:
     return None
 
 
+def find(summary: dict, family: str, value, series: str | None = None) -> dict | None:
+    """The point record with ``value`` (and ``series``) in a family of the summary, None if absent."""
+    fam = summary.get("families", {}).get(family)
+    k = None if fam is None else index(fam, value, series)
+    return None if k is None else fam["points"][k]
+
+
 def path(summary: dict, family: str, value, series: str | None = None, key: str = "accuracy") -> str:
     """The dotted path of a point's metric; a path that names what is absent when the point is missing.
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Callable
 
 from minisub import claims as claims_lib
+from minisub import stats
 
+LEGEND = (f"Verdicts (`minisub.claims`, {stats.TEST}): supported / refuted when the interval lies on one side of "
+          "the threshold, inconclusive when it contains it, confounded when it is decisive but the two arms' task "
+          "losses differ by more than the claim's factor (×2 unless stated), not measured when a number is missing.")
 _WHERE = {">": "> {t:g}", "<": "< {t:g}", "within": "within ±{t:g}"}
 
 
@@ -34,7 +38,7 @@ def ours(claim: claims_lib.Claim, summary: dict, label: Callable[[str], str], st
 
 
 def cell(v: dict, paired: bool = True) -> str:
-    """The verdict cell: the status, the interval that decided it (of the paired difference, or of the mean), the detail."""
+    """The verdict cell: the status, the interval that decided it (paired difference, or mean), the detail."""
     out = f"**{v['status']}**"
     if v["mean"] is not None and v["low"] is not None:
         where, f = _WHERE[v["compare"]].format(t=v["threshold"]), "+.3f" if paired else ".3f"
@@ -48,5 +52,6 @@ def table(claims, summary: dict, label: Callable[[str], str] = lambda p: p.split
     stored = {v["id"]: v for v in summary["verdicts"]}
     rows = ["| claim | source | ours (mean ± 95% CI) | verdict |", "|---|---|---|---|"]
     for c in claims:
-        rows.append(f"| {c.text} | {c.source} | {ours(c, summary, label, stored[c.id]['status'])} | {cell(stored[c.id], c.baseline is not None)} |")
+        v = stored[c.id]
+        rows.append(f"| {c.text} | {c.source} | {ours(c, summary, label, v['status'])} | {cell(v, c.baseline is not None)} |")
     return rows

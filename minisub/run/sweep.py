@@ -216,6 +216,12 @@ class PointCache:
         self.directory = Path(directory)
         self.committed = {r["id"]: r for r in committed}
 
+    @classmethod
+    def seeded(cls, directory: Path, committed_summary: Path) -> "PointCache":
+        """A cache under ``directory`` seeded from the point records of a committed sweep summary (if it exists)."""
+        path = Path(committed_summary)
+        return cls(directory, committed_records(json.loads(path.read_text())) if path.exists() else [])
+
     def path(self, pid: str) -> Path:
         return self.directory / f"{pid}.json"
 
@@ -318,6 +324,13 @@ def run_families(families: dict[str, list[Point]], cache: PointCache, loader: Ca
         out[family] = {"command": command(family), "n_seeds": min(r.get("n_seeds", 0) for r in records),
                        "points": records, "missing_points": len(points) - len(records)}
     return out or None
+
+
+def incomplete(summary: dict, order) -> list[str]:
+    """The families of ``order`` not (fully) in the summary, partial ones counted: 'lr (2 of 10 points to go)'."""
+    have = summary["families"]
+    return [f + (f" ({have[f]['missing_points']} of {have[f]['missing_points'] + len(have[f]['points'])} points to go)"
+                 if f in have else "") for f in order if f not in complete(summary)]
 
 
 def merge_families(summary: dict, path: Path, order, same: str = "base") -> dict:
