@@ -194,3 +194,17 @@ def test_families_run_and_merge_into_a_committed_summary(tmp_path):
     merge_only = runner.Execution(experiment="sweep-test", progress=False, compute=False)
     fresh = sweep.PointCache(tmp_path / "empty")
     assert sweep.run_families(fams, fresh, None, merge_only, str, measure=lambda p, ex: pytest.fail("computed")) is None
+
+
+def test_the_generic_figure_draws_any_metric_against_the_swept_field(tmp_path):
+    from minisub.report import sweep as rs
+
+    records = sweep.run(sweep.grid(Toy(), {"scale": [1e-3, 3e-3, 1e-2, 3e-2], "shift": [0.0, 1.0]}, family="toy"),
+                        sweep.PointCache(tmp_path / "p"), None, EX, measure=_measure([]))
+    fig = rs.metric_figure(records, {"accuracy": "mean"}, xlabel="scale", log_x=True, title="toy")
+    (ax,) = fig.axes
+    assert len(ax.lines) >= 2 and ax.get_xscale() == "log"
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t in ax.xaxis.get_majorticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(labels) >= 2 and "1e-2" in labels
+    assert sweep.changed_fields(Toy(), records[1] and Toy(scale=2.0)) == {"scale": 2.0}

@@ -39,7 +39,8 @@ def derived(families: dict) -> dict:
     s, d, s01 = _p(families, "lineages", "shared"), _p(families, "lineages", "different"), _p(families, "sigma", 0.1, "all")
     if s and d and s01:  # > 0: σ = 0.1 keeps more than half of the shared init's gain over the different init
         v = lambda r: np.asarray(r["accuracy"]["values"], np.float64)  # noqa: E731
-        out["sigma_all_10pct_over_half_gain"] = stats.mean_ci(v(s01) - 0.5 * v(s) - 0.5 * v(d))
+        out["sigma_all_10pct_over_half_gain"] = {**stats.mean_ci(v(s01) - 0.5 * v(s) - 0.5 * v(d)),
+                                                 "label": "σ = 0.1 (all) minus the shared/different midpoint"}
     return out
 
 
@@ -69,7 +70,9 @@ def _sigma(families: dict) -> dict:
     for part in ("all", "hidden", "head"):
         pts = rs.curve({"families": families}, "sigma", part)
         out[part] = {"half_gain_sigma": rs.half_point([r["value"] for r in pts], [_gain(r, d)["mean"] for r in pts], full),
-                     "at_0.4_interpolated": rs.at_log(pts, 0.4), "community_at_0.4": COMMUNITY_SIGMA_04.get(part)}
+                     "at_0.4_interpolated": rs.at_log(pts, 0.4), "community_at_0.4": COMMUNITY_SIGMA_04.get(part),
+                     "between": [max(r["value"] for r in pts if r["value"] <= 0.4),
+                                 min(r["value"] for r in pts if r["value"] >= 0.4)] if rs.at_log(pts, 0.4) else None}
     return {"sigma": out}
 
 
@@ -125,8 +128,9 @@ def lines(summary: dict) -> list[str]:
     for part, v in a.get("sigma", {}).items():
         theirs = f"; the community's ≈{v['community_at_0.4']:.2f} [community]" if v["community_at_0.4"] else ""
         at = "n/a" if v["at_0.4_interpolated"] is None else f"{v['at_0.4_interpolated']:.2f}"
+        between = f" between σ = {v['between'][0]:g} and {v['between'][1]:g}" if v.get("between") else ""
         out.append(f"- Perturbed init ({part}): the gain halves at σ ≈ {_g(v['half_gain_sigma'])}; accuracy at σ = 0.4 "
-                   f"≈ {at} (interpolated between σ = 0.2 and 0.5){theirs}.")
+                   f"≈ {at} (interpolated{between}){theirs}.")
     for family, rows in a.get("community", {}).items():
         out.append(f"- {family}, ours vs the community's [community]: "
                    + "; ".join(f"{r['value']:g}: {r['ours']:.2f} vs {r['theirs']:.2f}" if not isinstance(r["value"], str)

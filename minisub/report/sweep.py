@@ -61,10 +61,11 @@ PLAIN_SERIES = ("aux", "shared", "interpolated")  # series a point is named with
 
 
 def label(summary: dict, metric_path: str) -> str:
-    """A short reader's name of what a path measures: '[series: ]value[ (metric)]' of a point, else the path's tail."""
+    """A reader's name of what a path measures: '[series: ]value[ (metric)]' of a point, else its 'label' or tail."""
     r = record(summary, metric_path)
     if r is None:
-        return metric_path.split(".")[-1]
+        node = claims_lib.lookup(summary, metric_path)
+        return node.get("label", metric_path.split(".")[-1]) if isinstance(node, dict) else metric_path.split(".")[-1]
     key = metric_path.split(".")[-1]
     name = str(r["value"]) if r["series"] in (*PLAIN_SERIES, r["family"]) else f"{r['series']}: {r['value']}"
     return name + ("" if key == "accuracy" else f" ({key})")
@@ -128,11 +129,11 @@ def by_series(points) -> dict[str, list[dict]]:
     return out
 
 
-def _tick(v: float, _pos=None) -> str:
-    """1e-3, 2e-4, 0.5, 20: short labels for a log axis."""
+def _tick(v: float, sci: bool) -> str:
+    """'2e-4' (``sci``) or '0.5', '20': one style on a whole axis."""
     if v <= 0:
         return ""
-    if 0.01 <= v < 1e4:
+    if not sci:
         return f"{v:g}"
     m, e = f"{v:.0e}".split("e")
     return f"{m}e{int(e)}"
@@ -151,7 +152,8 @@ def log_axis(ax, which: str = "x", max_labels: int = 6) -> None:
     fits = [o for o in options if 2 <= count[o] <= max_labels]
     subs = fits[0] if fits else next((o for o in reversed(options) if count[o] >= 2), options[0])
     axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(_tick))
+    sci = lo < 0.01 or hi >= 1e4  # one style per axis: 1e-3, 2e-3, 1e-2 rather than 2e-3, 0.01
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v, sci)))
     axis.set_minor_formatter(NullFormatter())
 
 
