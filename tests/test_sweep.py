@@ -181,7 +181,8 @@ def test_any_program_sweeps_point_by_point_through_measure_and_is_cached(tmp_pat
 
 def test_families_run_and_merge_into_a_committed_summary(tmp_path):
     cache = sweep.PointCache(tmp_path / "points")
-    fams = {"a": sweep.grid(Toy(), {"scale": [1.0, 2.0]}, family="a"), "b": sweep.grid(Toy(), {"shift": [1.0]}, family="b")}
+    fams = {"a": sweep.grid(Toy(), {"scale": [1.0, 2.0]}, family="a"),
+            "b": sweep.grid(Toy(), {"shift": [1.0]}, family="b")}
     out = sweep.run_families(fams, cache, None, EX, lambda f: f"run {f}", measure=_measure([]))
     assert list(out) == ["a", "b"] and out["a"]["missing_points"] == 0 and out["a"]["command"] == "run a"
     path = tmp_path / "summary.json"

@@ -36,7 +36,8 @@ def _gain(a: dict, b: dict) -> dict:
 def derived(families: dict) -> dict:
     """Per-seed combinations that claims read: {name: stats.mean_ci}."""
     out = {}
-    s, d, s01 = _p(families, "lineages", "shared"), _p(families, "lineages", "different"), _p(families, "sigma", 0.1, "all")
+    s, d = _p(families, "lineages", "shared"), _p(families, "lineages", "different")
+    s01 = _p(families, "sigma", 0.1, "all")
     if s and d and s01:  # > 0: σ = 0.1 keeps more than half of the shared init's gain over the different init
         v = lambda r: np.asarray(r["accuracy"]["values"], np.float64)  # noqa: E731
         out["sigma_all_10pct_over_half_gain"] = {**stats.mean_ci(v(s01) - 0.5 * v(s) - 0.5 * v(d)),
@@ -69,7 +70,8 @@ def _sigma(families: dict) -> dict:
     full, out = _gain(s, d)["mean"], {}
     for part in ("all", "hidden", "head"):
         pts = rs.curve({"families": families}, "sigma", part)
-        out[part] = {"half_gain_sigma": rs.half_point([r["value"] for r in pts], [_gain(r, d)["mean"] for r in pts], full),
+        gains = [_gain(r, d)["mean"] for r in pts]
+        out[part] = {"half_gain_sigma": rs.half_point([r["value"] for r in pts], gains, full),
                      "at_0.4_interpolated": rs.at_log(pts, 0.4), "community_at_0.4": COMMUNITY_SIGMA_04.get(part),
                      "between": [max(r["value"] for r in pts if r["value"] <= 0.4),
                                  min(r["value"] for r in pts if r["value"] >= 0.4)] if rs.at_log(pts, 0.4) else None}
@@ -111,6 +113,10 @@ def notes(families: dict) -> dict:
     return out
 
 
+def _v(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def _g(x) -> str:
     return "none on this grid" if x is None else f"{x:.2g}"
 
@@ -120,11 +126,13 @@ def lines(summary: dict) -> list[str]:
     a, out = summary.get("analysis", {}), []
     if "shared_head_share_of_gain" in a:
         out.append(f"- Share of the shared init's gain over a different-init student: shared head "
-                   f"{a['shared_head_share_of_gain']:.0%}, shared hidden layers {a.get('shared_hidden_share_of_gain', 0):.0%}"
+                   f"{a['shared_head_share_of_gain']:.0%}, shared hidden layers "
+                   f"{a.get('shared_hidden_share_of_gain', 0):.0%}"
                    " (ratios of mean gains).")
     if "alpha_half_fresh_share" in a:
         out.append(f"- Interpolated init: the gain over a different-init student falls to half once the fresh "
-                   f"component's variance share 1−α reaches ≈ {_g(a['alpha_half_fresh_share'])} (log-linear between grid points).")
+                   f"component's variance share 1−α reaches ≈ {_g(a['alpha_half_fresh_share'])} "
+                   "(log-linear between grid points).")
     for part, v in a.get("sigma", {}).items():
         theirs = f"; the community's ≈{v['community_at_0.4']:.2f} [community]" if v["community_at_0.4"] else ""
         at = "n/a" if v["at_0.4_interpolated"] is None else f"{v['at_0.4_interpolated']:.2f}"
@@ -133,15 +141,16 @@ def lines(summary: dict) -> list[str]:
                    f"≈ {at} (interpolated{between}){theirs}.")
     for family, rows in a.get("community", {}).items():
         out.append(f"- {family}, ours vs the community's [community]: "
-                   + "; ".join(f"{r['value']:g}: {r['ours']:.2f} vs {r['theirs']:.2f}" if not isinstance(r["value"], str)
-                               else f"{r['value']}: {r['ours']:.2f} vs {r['theirs']:.2f}" for r in rows) + ".")
+                   + "; ".join(f"{_v(r['value'])}: {r['ours']:.2f} vs {r['theirs']:.2f}" for r in rows) + ".")
     if "community_mse" in a:
         (ms, cs), (md, cd) = a["community_mse"]["shared"], a["community_mse"]["different"]
-        out.append(f"- MSE, the community's numbers [community]: {ms:.3f} ± {cs:.3f} shared vs {md:.3f} ± {cd:.3f} cross-model.")
+        out.append(f"- MSE, the community's numbers [community]: {ms:.3f} ± {cs:.3f} shared vs {md:.3f} ± {cd:.3f} "
+                   "cross-model.")
     for family, c in a.get("alignment_vs_transfer", {}).items():
         ci = "no interval (n < 4)" if c["low"] != c["low"] else f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}]"
         out.append(f"- {family}: accuracy against cos(Δθ_S, Δθ_T) across the shared-init points: r = {c['r']:+.2f}, "
-                   f"n = {c['n']} points, Student-t p = {c['p']:.2g}, {ci} (a few points: a description, not a finding).")
+                   f"n = {c['n']} points, Student-t p = {c['p']:.2g}, {ci} "
+                   "(a few points: a description, not a finding).")
     return out
 
 
@@ -151,7 +160,8 @@ def layer_table(fam: dict) -> list[str]:
     if not rows:
         return []
     layers = list(rows[0]["geometry_by_layer"]["update_cos"])
-    out = ["Where the student's update aligns with the teacher's, layer by layer (cos(Δθ_S, Δθ_T), mean over seeds):", "",
+    out = ["Where the student's update aligns with the teacher's, layer by layer "
+           "(cos(Δθ_S, Δθ_T), mean over seeds):", "",
            "| lineage | accuracy | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
     for r in rows:
         cells = " | ".join(f"{r['geometry_by_layer']['update_cos'][layer]['mean']:+.3f}" for layer in layers)

@@ -53,5 +53,6 @@ def table(claims, summary: dict, label: Callable[[str], str] = lambda p: p.split
     rows = ["| claim | source | ours (mean ± 95% CI) | verdict |", "|---|---|---|---|"]
     for c in claims:
         v = stored[c.id]
-        rows.append(f"| {c.text} | {c.source} | {ours(c, summary, label, v['status'])} | {cell(v, c.baseline is not None)} |")
+        measured = ours(c, summary, label, v["status"])
+        rows.append(f"| {c.text} | {c.source} | {measured} | {cell(v, c.baseline is not None)} |")
     return rows

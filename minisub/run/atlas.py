@@ -87,7 +87,8 @@ FAMILIES = {
     "lineages": fam_lineages,
     "alpha": lambda b: sweep.grid(b, {"arm": {a: _aux(f"a{a}", f"interpolated(alpha={a})") for a in ALPHAS}},
                                   family="alpha", series=lambda _: "interpolated"),
-    "sigma": lambda b: [sweep.point("sigma", part, s, b, ("arm", _aux(f"{part}{s}", f"perturbed(sigma={s}, part={part})")))
+    "sigma": lambda b: [sweep.point("sigma", part, s, b,
+                                    ("arm", _aux(f"{part}{s}", f"perturbed(sigma={s}, part={part})")))
                         for part in ("all", "hidden", "head") for s in SIGMAS],
     "mitigations": fam_mitigations,
     "lr": lambda b: _pairs(b, "lr", {"arms.0.lr": STUDENT_LRS}),
