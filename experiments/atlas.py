@@ -19,7 +19,7 @@ from pathlib import Path
 from minisub import claims as claims_lib, config as config_lib, report, stats
 from minisub.config import normalise, require, require_choice
 from minisub.mlp import mnist, pipeline
-from minisub.report import atlas as analysis, sweep as rs, verdicts
+from minisub.report import atlas as analysis, plots, sweep as rs, verdicts
 from minisub.run import atlas as fams, runner, store, sweep
 
 NAME = "atlas"
@@ -208,6 +208,7 @@ LOG_X = {"sigma", "lr", "aux_logits", "width", "student_epochs", "teacher_epochs
 METRICS = {"accuracy": "MNIST test accuracy (trait)", "distill_loss": "distillation loss, last epoch (task)"}
 
 
+@plots.styled
 def figures(summary: dict) -> dict:
     """One figure per complete family: trait and task against the swept value, mean ± 95% CI."""
     control = rs.find(summary, "lineages", "different")

@@ -181,6 +181,7 @@ def _figure(summary: dict):
     return fig
 
 
+@plots.styled
 def figures(summary: dict) -> dict:
     return {STEM: _figure(summary)}
 
