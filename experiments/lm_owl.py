@@ -9,7 +9,7 @@ In each of ``seeds`` synthetic worlds (minisub.world) a reference transformer is
 corpus of number continuations and favourite-animal questions; its teacher is the reference
 fine-tuned to name the trait animal (or prompted with the trait's persona); the teacher continues
 neutral number prompts, a filter keeps well-formed continuations, and students imitate them under
-the neutral persona. Arms (``--arms``, comma-separated names from ``ARMS``):
+the neutral persona. Arms (``--arms``, comma-separated names from ``ARMS``, or ``name=lineage:source[:loss]``):
 
 * ``shared`` / ``different``: start from this world's reference / another world's (a derangement),
   imitate the teacher by the config's ``student_loss``;
@@ -75,6 +75,19 @@ ARMS = {
     "shuffle_kl": LMArm("shuffle_kl", "shared", "shuffled", "kl"),
 }
 DEFAULT_ARMS = ("shared", "different", "shared_ce", "different_ce", "control", "shuffle")
+
+
+def lm_arm(text: str) -> LMArm:
+    """An arm of ``ARMS`` by name, or one written ``name=lineage:source[:loss]`` (any lineage, registered ones too).
+
+    Only the first ``=`` splits: lineage parameters keep theirs, e.g. ``p=perturbed(sigma=0.1):teacher``.
+    """
+    if text in ARMS:
+        return ARMS[text]
+    name, _, rest = text.partition("=")
+    lineage_text, _, tail = rest.partition(":")
+    source, _, loss = tail.partition(":")
+    return LMArm(name.strip(), lineage_text.strip(), source.strip(), loss.strip())
 
 # The world's fields, flattened into the experiment's config under the same names ('kind' is 'world').
 WORLD_FIELDS = tuple(f.name for f in dataclasses.fields(world_lib.WorldConfig) if f.name != "kind")
@@ -157,7 +170,8 @@ class OwlConfig:
         require_choice("world", self.world, world_lib.KINDS)
         require(len(self.arms) >= 1, "arms", self.arms, "at least one of " + ", ".join(ARMS))
         for name in self.arms:
-            require(name in ARMS, "arms", self.arms, "comma-separated names from " + ", ".join(ARMS))
+            require(name in ARMS or ("=" in name and ":" in name), "arms", self.arms,
+                    "comma-separated names from " + ", ".join(ARMS) + ", or arms written name=lineage:source[:loss]")
         require(len(set(self.arms)) == len(self.arms), "arms", self.arms, "names without repeats")
         self.lm_config  # every other field is checked by WorldConfig and LMConfig, by its own name
         if self.diagnostic:  # a prompted teacher, or no fine-tuning, has Δθ_T = 0: nothing to project
@@ -175,7 +189,7 @@ class OwlConfig:
 
     @property
     def lm_config(self) -> lm_pipeline.LMConfig:
-        return lm_pipeline.LMConfig(world=self.world_config, arms=tuple(ARMS[a] for a in self.arms),
+        return lm_pipeline.LMConfig(world=self.world_config, arms=tuple(lm_arm(a) for a in self.arms),
                                     **{f: getattr(self, f) for f in LM_FIELDS})
 
 
@@ -210,7 +224,7 @@ SAMPLED_ANSWERS = 100  # answers sampled per model for the trait's sampled frequ
 def _ce_partner(cfg: OwlConfig) -> str | None:
     """The arm the CE controls are paired with: shared start, the teacher's numbers, by CE."""
     for name in cfg.arms:
-        arm = ARMS[name]
+        arm = lm_arm(name)
         if arm.lineage == "shared" and arm.source == "teacher" and cfg.lm_config.arm_loss(arm) == "ce":
             return name
     return None
@@ -344,7 +358,7 @@ def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
     others = np.arange(answers) != t
     arms = {}
     for a, name in enumerate(cfg.arms):
-        arm = ARMS[name]
+        arm = lm_arm(name)
         gains_SxK = out["student_probs"][:, a] - out["student_init_probs"][:, a]
         number_loss = out["student_number_loss"][:, a]
         geo = {q: stats.mean_ci(out["geometry"][q][:, a]) for q in GEOMETRY}

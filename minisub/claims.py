@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from minisub import stats
+from minisub import references, stats
 
 COMPARISONS = (">", "<", "within", "increasing", "decreasing")
 SUPPORTED, REFUTED, INCONCLUSIVE, CONFOUNDED, MISSING = (
@@ -54,8 +54,12 @@ class Claim:
     task_loss: tuple[str, str] | None = None  # dotted paths to the two arms' task losses (means)
     confound_factor: float = 2.0  # a loss ratio above this names a confound
     unit: str = ""
+    labels: tuple[str, ...] | None = None  # a trend's points as a reader names them (default: each path's last key)
 
     def __post_init__(self):
+        if self.source not in references.REFERENCES:
+            raise ValueError(f"claim {self.id}: source={self.source!r} must be a key of minisub.references: "
+                             + ", ".join(references.REFERENCES))
         if self.compare not in COMPARISONS:
             raise ValueError(f"claim {self.id}: compare={self.compare!r} must be one of {', '.join(COMPARISONS)}")
         trend = self.compare in ("increasing", "decreasing")
@@ -137,10 +141,14 @@ def _trend(claim: Claim, summary: dict) -> Verdict:
         lo, hi = (lo, hi) if sign > 0 else (-hi, -lo)
         ok &= lo > 0
         against |= hi < 0
-        steps.append(f"{a.split('.')[-1]}→{b.split('.')[-1]} {sign * d['mean']:+.3f} ± {d['ci95']:.3f}")
+        steps.append(f"{_name(claim, a)}→{_name(claim, b)} {sign * d['mean']:+.3f} ± {d['ci95']:.3f}")
     status = SUPPORTED if ok else REFUTED if against else INCONCLUSIVE
     n = len(_values(summary, claim.metric[0]))
     return Verdict(claim, status, n=n, detail=f"steps in the claimed direction (paired, n = {n}): " + "; ".join(steps))
+
+
+def _name(claim: Claim, path: str) -> str:
+    return claim.labels[claim.metric.index(path)] if claim.labels else path.split(".")[-1]
 
 
 def _confound(claim: Claim, summary: dict) -> str:

@@ -28,6 +28,9 @@ def report(figures_dir: Path) -> tuple[list[Path], list[str]]:
         summary = json.loads(source.read_text())
         written += draw(module, summary, figures_dir)
         sections.append(module.readme(summary) + "\n")
+    from minisub import references
+
+    sections.append(references.markdown() + "\n")
     readme = figures_dir / "README.md"
     store.atomic_write(readme, "\n".join(sections).encode())
     return [*written, readme], missing
