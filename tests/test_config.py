@@ -323,11 +323,12 @@ def test_malformed_arms_are_refused_with_the_format(text, expected):
     assert str(err.value).startswith(f"arms={text!r} is not allowed") and expected in str(err.value)
 
 
-def test_an_arms_lineage_is_checked_by_the_config_and_may_come_from_outside(monkeypatch):
+def test_an_arms_lineage_is_checked_by_the_config_and_may_come_from_outside(request):
     from minisub import lineage
 
     with pytest.raises(ConfigError, match="^lineage='cousin'"):
         config.override(AuxConfig(), {"arms": "a=cousin:aux"})
-    # a lineage added to the table from outside the package: the parser only passes the text on
-    monkeypatch.setitem(lineage.LINEAGES, "cousin", (lineage.shared, {}))
+    # a lineage registered from outside the package: the parser only passes the text on
+    lineage.register("cousin", lambda model, teacher_init, fresh, key: teacher_init)
+    request.addfinalizer(lambda: lineage.unregister("cousin"))
     assert config.override(AuxConfig(), {"arms": "a=cousin:aux"}).arms == (Arm("a", "cousin", "aux"),)
