@@ -1,12 +1,8 @@
-"""mnist-trajectories: the mnist-aux runs followed step by step: alignment, geometry, projection.
+"""mnist-trajectories: the mnist-aux runs followed step by step (``minisub.theory.trajectories``).
 
-Run:     minisub run mnist-trajectories [--preset quick|paper|test] [--seeds N] [--<field> VALUE ...]
+Run:     minisub run mnist-trajectories [--preset quick|paper|test] [--variants adam,sgd,sgd+projection] ...
 Paper:   minisub run mnist-trajectories --preset paper --out figures   (writes figures/mnist_trajectories.*)
 Redraw:  minisub figures mnist-trajectories                          (from figures/mnist_trajectories.json)
-
-Command-line fields: seeds, seed, variants (e.g. --variants adam,sgd,sgd+projection), sgd_lr,
-trace_every, trait_batch, n_probe, n_aligned; the recipe itself is the preset's. The program is
-``minisub.theory.trajectories`` (per-variant runs, traces, weight-matched distances).
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from minisub import claims as claims_lib
 from minisub import report
 from minisub.claims import Claim
 from minisub.mlp import pipeline
-from minisub.report import plots
+from minisub.report import bands, plots
 from minisub.run import runner
 from minisub.theory import trajectories as tr
 from minisub.theory import trajectory_analysis as analysis
@@ -50,10 +46,8 @@ def _variant_claims(v: str) -> list[Claim]:
         Claim(f"{v}_aligned_step0", f"{v}: at step 0 the shared-init aux student's distillation gradient is aligned "
               "with the trait gradient, cos(∇L_distill, ∇L_T) > 0 (the one-step picture)", "minisub",
               al + "first", ">"),
-        Claim(f"{v}_aligned_first_epoch", f"{v}: cos(∇L_distill, ∇L_T) stays positive over the first epoch (per-seed "
-              "average)", "kitkana2026", al + "first_epoch_average", ">"),
-        Claim(f"{v}_aligned_last_epoch", f"{v}: cos(∇L_distill, ∇L_T) stays positive over the last epoch (per-seed "
-              "average)", "kitkana2026", al + "last_epoch_average", ">"),
+        *[Claim(f"{v}_aligned_{e}_epoch", f"{v}: cos(∇L_distill, ∇L_T) stays positive over the {e} epoch (per-seed "
+                "average)", "kitkana2026", al + f"{e}_epoch_average", ">") for e in ("first", "last")],
         Claim(f"{v}_trait_early", f"{v}: most of the trait arrives in the first epoch (gain after epoch 1 minus half "
               "the final gain > 0; interval bounded from the per-epoch intervals)", "kitkana2026",
               an + "first_epoch_margin.student_aux", ">"),
@@ -117,14 +111,12 @@ def run(cfg: TrajectoryConfig, *, command: str, execution: runner.Execution | No
     return tr.run(NAME, cfg, execution or runner.Execution(experiment=NAME), command, analyse)
 
 
-def _pm(s: dict | None, fmt: str = ".3f") -> str:
+def _pm(s: dict | None, fmt: str = ".3f", i: int | None = None) -> str:
+    """mean ± ci of a brief (or of a curve at logged step ``i``); "n/a" when undefined."""
+    s = s if i is None else {"mean": s["mean"][i], "ci95": s["ci95"][i]}
     if not s or s.get("mean") is None:
         return "n/a"
     return f"{s['mean']:{fmt}}" + (f" ± {s['ci95']:{fmt}}" if s.get("ci95") is not None else "")
-
-
-def _at(curve: dict, i: int, fmt: str = ".3f") -> str:
-    return _pm({"mean": curve["mean"][i], "ci95": curve["ci95"][i]}, fmt)
 
 
 def table(summary: dict) -> str:
@@ -138,20 +130,19 @@ def table(summary: dict) -> str:
              "| distill loss first → final |", "|---" * 11 + "|"]
     for v, s in variants.items():
         for a in arms:
-            g, u, kl = s["alignment"]["grad_cos"][a], s["alignment"]["update_trait_cos"][a], s["curves"]["function_kl"][a]
+            g, u, kl = (s["alignment"]["grad_cos"][a], s["alignment"]["update_trait_cos"][a],
+                        s["curves"]["function_kl"][a])
             n, dl, share = g["n_logged"], s["distill_loss"][a], s["trait"][a]["first_epoch_share"]
             rows.append(f"| {v} | {a} | {round(g['frac_mean_pos'] * n)}/{n} / {round(g['frac_ci_lo_pos'] * n)}/{n} "
                         f"| {_pm(g['first'])} | {_pm(g['time_average'])} | {_pm(g['last'])} | {_pm(u['time_average'])} "
-                        f"| {_at(s['curves']['dist_teacher_rel'][a], -1)} | {_at(kl, 0, '.3g')} → {_at(kl, -1, '.3g')} "
-                        f"| {'n/a' if share is None else f'{share:.2f}'} "
+                        f"| {_pm(s['curves']['dist_teacher_rel'][a], i=-1)} | {_pm(kl, '.3g', 0)} → "
+                        f"{_pm(kl, '.3g', -1)} | {'n/a' if share is None else f'{share:.2f}'} "
                         f"| {_pm(dl['first_step'], '.3g')} → {_pm(dl['final'], '.3g')} |")
     for c in (*summary["projection"].values(), *summary["optimizers"].values()):
         rows += ["", f"{c['other']} against {c['base']} (paired over {c['n_seeds']} seeds; diff = {c['other']} − "
                  f"{c['base']}):", "", "| arm | accuracy (base) | accuracy (other) | diff | gain over ref. (base) "
                  "| gain (other) | final distill loss (base) | (other) | loss drop (other) |", "|---" * 9 + "|"]
-        rows += [f"| {a} | {_pm(r['accuracy']['base'])} | {_pm(r['accuracy']['other'])} | {_pm(r['accuracy']['diff'])} "
-                 f"| {_pm(r['gain']['base'])} | {_pm(r['gain']['other'])} | {_pm(r['distill_loss_final']['base'], '.3g')} "
-                 f"| {_pm(r['distill_loss_final']['other'], '.3g')} | {_pm(r['distill_loss_drop']['other'], '.3g')} |"
+        rows += [f"| {a} | " + " | ".join(_pm(r[k][side], fmt) for k, side, fmt in CONTRAST) + " |"
                  for a, r in c["arms"].items()]
     if d := summary["init_distances"]:
         layers = list(d["raw"])
@@ -168,7 +159,11 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-PLOTTED = (("grad_cos", "cos(∇L_distill, ∇L_T)", "linear"), ("update_cos", "cos(θ_S − θ_S⁰, θ_T − θ_T⁰)", "linear"),
+CONTRAST = (("accuracy", "base", ".3f"), ("accuracy", "other", ".3f"), ("accuracy", "diff", ".3f"),
+            ("gain", "base", ".3f"), ("gain", "other", ".3f"), ("distill_loss_final", "base", ".3g"),
+            ("distill_loss_final", "other", ".3g"), ("distill_loss_drop", "other", ".3g"))
+PLOTTED = (("grad_cos", "cos(∇L_distill, ∇L_T)", "linear"),
+           ("update_cos", "cos(θ_S − θ_S⁰, θ_T − θ_T⁰)", "linear"),
            ("dist_teacher_rel", "‖θ_S − θ_T‖ / its value at step 0", "linear"),
            ("function_kl", "KL(teacher ‖ student), test images", "log"),
            ("probe_accuracy", "test accuracy (the trait)", "linear"))
@@ -179,26 +174,14 @@ ARM_LABEL = {"student_aux": "shared init, aux logits", "cross_aux": "different i
 HLINES = {"grad_cos": 0.0, "update_cos": 0.0, "dist_teacher_rel": 1.0}
 
 
-def _arr(xs) -> np.ndarray:
-    return np.array([np.nan if x is None else x for x in xs], float)
-
-
-def _band(ax, x, curve, color, alpha, ls, label=None):
-    mean, ci = _arr(curve["mean"]), np.nan_to_num(_arr(curve["ci95"]))
-    ax.plot(x, mean, color=color, alpha=alpha, ls=ls, lw=1.2, label=label)
-    lo = mean - ci
-    ax.fill_between(x, np.where(lo > 0, lo, np.nan) if ax.get_yscale() == "log" else lo, mean + ci, color=color,
-                    alpha=0.15 * alpha, lw=0)
-
-
 def _bars(ax, c: dict, key: str, arms: list[str], ylabel: str, first_key: str | None = None):
     x = np.arange(len(arms))
     for j, (side, color) in enumerate((("base", plots.PALETTE[0]), ("other", plots.PALETTE[2]))):
-        ax.bar(x + (j - 0.5) * 0.38, _arr([c["arms"][a][key][side]["mean"] for a in arms]), 0.38, capsize=2,
-               yerr=np.nan_to_num(_arr([c["arms"][a][key][side]["ci95"] for a in arms])), color=color, alpha=0.85,
+        ax.bar(x + (j - 0.5) * 0.38, bands.array([c["arms"][a][key][side]["mean"] for a in arms]), 0.38, capsize=2,
+               yerr=np.nan_to_num(bands.array([c["arms"][a][key][side]["ci95"] for a in arms])), color=color, alpha=0.85,
                label=c[side])
         if first_key:
-            ax.plot(x + (j - 0.5) * 0.38, _arr([c["arms"][a][first_key][side]["mean"] for a in arms]), "_",
+            ax.plot(x + (j - 0.5) * 0.38, bands.array([c["arms"][a][first_key][side]["mean"] for a in arms]), "_",
                     color="black", ms=9, mew=1.2, label="at step 0" if j == 0 else None)
             ax.set_yscale("log")
     ax.set_xticks(x, [ARM_LABEL.get(a, a).replace(", ", "\n") for a in arms], fontsize=7)
@@ -211,11 +194,13 @@ def _panel(ax, summary: dict, v: str, q: str, scale: str, projected: dict) -> No
     ax.set_yscale(scale)
     for a in (a["name"] for a in summary["arms"]):
         color, alpha, ls = ARM_STYLE.get(a, (plots.PALETTE[3], 1.0, ":"))
-        _band(ax, np.asarray(s["steps"]), s["curves"][q][a], color, alpha, ls, ARM_LABEL.get(a, a))
+        c = s["curves"][q][a]
+        bands.band(ax, s["steps"], c["mean"], c["ci95"], color=color, alpha=alpha, ls=ls, label=ARM_LABEL.get(a, a))
     if (proj := projected.get(s["optimizer"])) is not None:
         sp = summary["variants"][proj]
-        _band(ax, np.asarray(sp["steps"]), sp["curves"][q]["student_aux"], plots.PALETTE[2], 1.0, ":",
-              f"shared init, aux logits, {proj}")
+        c = sp["curves"][q]["student_aux"]
+        bands.band(ax, sp["steps"], c["mean"], c["ci95"], color=plots.PALETTE[2], ls=":",
+                   label=f"shared init, aux logits, {proj}")
     for e in range(1, len(next(iter(s["accuracy_by_epoch"].values())))):
         ax.axvline(e * s["steps_per_epoch"], color="grey", lw=0.5, alpha=0.5)
     if q in HLINES:
@@ -239,26 +224,26 @@ def figures(summary: dict) -> dict:
             _panel(axes[row][col], summary, v, q, scale, projected)
         for ax in axes[row][len(columns):]:
             ax.set_visible(False)
-        lo, hi = min(ax.get_ylim()[0] for ax in axes[row][:len(columns)]), max(ax.get_ylim()[1] for ax in axes[row][:len(columns)])
-        for ax in axes[row][:len(columns)]:
-            ax.set_ylim(lo, hi)  # one y range per row, so the columns compare
+        shown = axes[row][:len(columns)]
+        for ax in shown:  # one y range per row, so the columns compare
+            ax.set_ylim(min(a.get_ylim()[0] for a in shown), max(a.get_ylim()[1] for a in shown))
         axes[row][0].set_ylabel(label, fontsize=8)
     for col, v in enumerate(columns):
         axes[0][col].set_title(f"student {variants[v]['optimizer']} (lr {variants[v]['student_lr']:g})")
         axes[len(PLOTTED) - 1][col].set_xlabel("student step (grey: epoch ends)")
-    for ax in axes[-1]:
-        ax.set_visible(False)
-    if c := next(iter(summary["projection"].values()), None):
-        for ax in axes[-1][:2]:
-            ax.set_visible(True)
+    c = next(iter(summary["projection"].values()), None)
+    for k, ax in enumerate(axes[-1]):
+        ax.set_visible(c is not None and k < 2)
+    if c:
         _bars(axes[-1][0], c, "accuracy", arms, "final test accuracy")
         axes[-1][0].axhline(variants[c["base"]]["accuracy"]["reference"]["mean"], color="grey", lw=0.8, ls="--")
         axes[-1][0].set_title("transfer, with and without projection", fontsize=8)
         _bars(axes[-1][1], c, "distill_loss_final", arms, "distillation loss (last epoch)", "distill_loss_first")
         axes[-1][1].set_title("distillation loss: last epoch (bars), step 0 (—)", fontsize=8)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False, fontsize=7)
-    fig.suptitle(f"Student trajectories on the mnist-aux recipe, n = {summary['n_seeds']} seeds per curve\nlines: mean; "
-                 "bands and error bars: 95% Student-t CI over seeds; dashed grey: reference accuracy", fontsize=8)
+    fig.suptitle(f"Student trajectories on the mnist-aux recipe, n = {summary['n_seeds']} seeds per curve\n"
+                 "lines: mean; bands and error bars: 95% Student-t CI over seeds; dashed grey: reference accuracy",
+                 fontsize=8)
     return {STEM: fig}
 
 
@@ -266,25 +251,17 @@ def _described(summary: dict) -> list[str]:
     """Descriptive lines: numbers from the summary and its analysis, no verdicts."""
     out, a = [], summary["analysis"]
     for v, s in summary["variants"].items():
-        acc, st = s["accuracy"], a["variants"][v]["steps"].get("student_aux")
-        out.append(f"{v}: final accuracy " + ", ".join(f"{ARM_LABEL.get(k, k)} {_pm(acc[k])}" for k in ARM_LABEL if k in acc)
-                   + f" (reference {_pm(acc['reference'])}, teacher {_pm(acc['teacher'])})"
-                   + (f"; shared-init aux cos(∇L_distill, ∇L_T) has a positive mean at {st['mean_above_0']} and an "
-                      f"interval above 0 at {st['interval_above_0']} of {st['n_logged']} logged steps; gain over the "
-                      "reference after each epoch " + ", ".join(_pm(g) for g in s["trait"]["student_aux"]["gain_by_epoch"])
-                      if st else "") + ".")
+        if st := a["variants"][v]["steps"].get("student_aux"):
+            gains = ", ".join(_pm(g) for g in s["trait"]["student_aux"]["gain_by_epoch"])
+            out.append(f"{v}, shared-init aux student: cos(∇L_distill, ∇L_T) has a positive mean at "
+                       f"{st['mean_above_0']} and an interval above 0 at {st['interval_above_0']} of {st['n_logged']} "
+                       f"logged steps; its gain over the reference after each epoch: {gains}.")
     for name, c in summary["projection"].items():
-        r, kept = c["arms"]["student_aux"], a["projection_kept"][name]
-        out.append(f"{name} vs {c['base']} (paired, {c['n_seeds']} seeds): shared-init aux gain {_pm(r['gain']['base'])} "
-                   f"without, {_pm(r['gain']['other'])} with projection" + ("" if kept is None else f" ({kept:.0%} of the "
-                   "mean gain survives)") + f"; last-epoch distillation loss {_pm(r['distill_loss_final']['base'], '.3g')} "
-                   f"vs {_pm(r['distill_loss_final']['other'], '.3g')}; largest logged cos(update, −∇L_T) under projection "
+        kept = a["projection_kept"][name]
+        out.append(f"{name}: {'n/a' if kept is None else f'{kept:.0%}'} of the shared-init aux student's mean gain "
+                   f"over the reference survives the projection (ratio of means, paired over {c['n_seeds']} seeds; "
+                   f"the contrast table below); the largest logged cos(update, −∇L_T) under projection is "
                    f"{a['variants'][name]['max_update_trait_cos']:.2g} (tolerance {PROJECTION_TOL:g}).")
-    if d := summary["init_distances"]:
-        t = lambda q: _pm(d[q]["total"], ".2f")  # noqa: E731
-        out.append(f"Teacher's init vs the cross-model student's init ({d['n']} seeds): raw {t('raw')}, weight-matched "
-                   f"{t('aligned')} (ratio {_pm(d['aligned_over_raw']['total'])}); a permuted copy: raw {t('control_raw')}, "
-                   f"matched {t('control_aligned')}.")
     out.append("Scope: Theorem 1 covers one small step from θ⁰ toward a slightly moved teacher; past step 0 (a trained "
                "teacher, a moved student) the signs above are measurements, not the theorem's.")
     return out
@@ -292,19 +269,19 @@ def _described(summary: dict) -> list[str]:
 
 def readme(summary: dict) -> str:
     """The figures/README.md section: figure, verdicts, numbers, tables, how to regenerate."""
-    cfg = summary["config"]
-    r = cfg["recipe"]
+    cfg, r = summary["config"], summary["config"]["recipe"]
     widths = "-".join(str(w) for w in (784, *r["hidden"], 10 + r["n_aux"]))
     return "\n".join([
-        *report.section_head(NAME, STEM, "multi-step trajectories, optimiser and trait projection", summary["n_seeds"]),
+        *report.section_head(NAME, STEM, "multi-step trajectories, optimiser and trait projection",
+                             summary["n_seeds"]),
         f"The mnist-aux recipe (MLP {widths}, {r['n_train']} training images, {r['n_noise']} noise images, teacher "
         f"{r['teacher_epochs']} and students {r['student_epochs']} epochs, batch {r['student_batch']}) in the variants "
-        f"{', '.join(cfg['variants'])} (Adam lr {r['student_lr']:g}; SGD lr {cfg['sgd_lr']:g}, chosen on the distillation "
-        f"loss alone). Every {cfg['trace_every']} student steps, per arm: cos(∇L_distill, ∇L_T) with L_T the teacher's "
-        f"class-logit cross-entropy on {cfg['trait_batch']} labelled training images at the student; cos(update, −∇L_T); "
-        f"‖θ_S − θ_T‖; cos(θ_S − θ_S⁰, θ_T − θ_T⁰); KL(teacher ‖ student) on {cfg['n_probe']} test images and their "
-        "accuracy. Projection: each update loses its component along −∇L_T (the same batch's) when positive. Variants "
-        f"share their teachers, so contrasts are paired by seed. CI: {summary['ci']}.",
+        f"{', '.join(cfg['variants'])} (Adam lr {r['student_lr']:g}; SGD lr {cfg['sgd_lr']:g}, chosen on the "
+        f"distillation loss alone). Every {cfg['trace_every']} student steps, per arm: cos(∇L_distill, ∇L_T) with L_T "
+        f"the teacher's class-logit cross-entropy on {cfg['trait_batch']} labelled training images at the student; "
+        f"cos(update, −∇L_T); ‖θ_S − θ_T‖; cos(θ_S − θ_S⁰, θ_T − θ_T⁰); KL(teacher ‖ student) on {cfg['n_probe']} "
+        "test images and their accuracy. Projection: each update loses its component along −∇L_T (the same batch's) "
+        f"when positive. Variants share their teachers, so contrasts are paired by seed. CI: {summary['ci']}.",
         "", *claims_lib.lines(claims(summary), summary), "",
         *[f"- {line}" for line in _described(summary)],
         "", table(summary), "",

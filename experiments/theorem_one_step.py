@@ -17,7 +17,7 @@ from minisub import claims as claims_lib
 from minisub import report
 from minisub.claims import Claim
 from minisub.mlp import fashion, mnist
-from minisub.report import plots
+from minisub.report import bands, plots
 from minisub.run import runner
 from minisub.theory import one_step_analysis as analysis
 from minisub.theory import program
@@ -145,25 +145,9 @@ def table(summary: dict) -> str:
 
 
 def _band(ax, x, stats_E, color, ls, label=None, transform=lambda v: v, marker=None):
-    """Mean line and 95% CI band of per-ε statistics; nothing when there is nothing to draw on a log axis."""
-    mean = np.array([np.nan if s["mean"] is None else transform(s["mean"]) for s in stats_E], float)
-    ci = np.array([np.nan if s["ci95"] is None else s["ci95"] for s in stats_E], float)
-    log = ax.get_yscale() == "log"
-    if log and not np.any(mean > 0):
-        return
-    ax.plot(x, np.where(mean > 0, mean, np.nan) if log else mean, ls=ls, color=color, lw=1.2, marker=marker, ms=2.5,
-            label=label)
-    lo = mean - ci
-    ax.fill_between(x, np.where(lo > 0, lo, np.nan) if log else lo, mean + ci, color=color, alpha=0.12, lw=0)
-
-
-def _symlog_ticks(ax, linthresh: float) -> None:
-    """Sparse ticks on a symlog axis: 0 and ±10^k every third decade above ``linthresh``."""
-    lo, hi = ax.get_ylim()
-    top = int(np.ceil(np.log10(max(abs(lo), abs(hi), linthresh * 10))))
-    decades = [10.0**k for k in range(int(np.log10(linthresh)) + 1, top + 1, 3)]
-    ticks = sorted([-d for d in decades if -d >= lo] + [0.0] + [d for d in decades if d <= hi])
-    ax.set_yticks(ticks, [f"{t:.0e}".replace("e+0", "e").replace("e-0", "e-") if t else "0" for t in ticks])
+    """Mean line and 95% CI band of per-ε statistics."""
+    mean = [None if s["mean"] is None else transform(s["mean"]) for s in stats_E]
+    bands.band(ax, x, mean, [s["ci95"] for s in stats_E], color=color, ls=ls, label=label, marker=marker)
 
 
 def _row(axes, summary: dict, d: str, first: bool) -> None:
@@ -189,7 +173,7 @@ def _row(axes, summary: dict, d: str, first: bool) -> None:
             ax.axvline(flip, color="grey", lw=0.8, ls="-.",
                        label="teacher's first hidden sign flip (median)" if first and ax is ax_r else None)
     ax_l.axhline(0.0, color="grey", lw=0.6)
-    _symlog_ticks(ax_l, 1e-9)
+    bands.symlog_ticks(ax_l, 1e-9)
     ax_i.set_ylabel(f"{INPUT_LABELS.get(d, d)}\n|Δθ_S·Δθ_T|")
     ax_r.set_ylabel("relative error")
     ax_l.set_ylabel("ΔL_T")
@@ -237,7 +221,8 @@ def _described(summary: dict) -> list[str]:
                 "seeds per cell.",
                 f"Smallest ε at which the mean relative error exceeds {a['breakdown']:g} (shared): "
                 f"{_cells(sh['breakdown_eps'], sh['breakdown_eps'])}. The teacher's step first flips the sign of a "
-                f"hidden pre-activation on x_S at a median ε of {_cells(a['first_flip_median'], a['first_flip_median'])}.",
+                f"hidden pre-activation on x_S at a median ε of "
+                f"{_cells(a['first_flip_median'], a['first_flip_median'])}.",
                 f"At ε = {summary['eps'][-1]:g} the 95% interval of ΔL_T lies above 0 (L_T rises) in: "
                 f"{_cells(sh['rises_at_eps_max'])}."]
     if (df := a["different"]) and df["compared"]:

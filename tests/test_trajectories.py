@@ -320,8 +320,10 @@ def _synthetic(*edits) -> dict:
     aligned = {"seed": np.arange(3), "donor": np.array([1, 2, 0]),
                **{q: distances() for q in ("raw", "aligned", "control_raw")},
                "control_aligned": {"total": rng.uniform(0, 1e-5, 3)},
-               "trained": {"teacher_vs_cross_start": {"raw": distances(), "aligned": {"total": np.array([31.0, 31.1, 31.2])}},
-                           "teacher_vs_cross_aux": {"raw": distances(), "aligned": {"total": np.array([30.5, 30.55, 30.7])}}}}
+               "trained": {"teacher_vs_cross_start": {"raw": distances(),
+                                                      "aligned": {"total": np.array([31.0, 31.1, 31.2])}},
+                           "teacher_vs_cross_aux": {"raw": distances(),
+                                                    "aligned": {"total": np.array([30.5, 30.55, 30.7])}}}}
     s = tr.summarise(mt.NAME, TEST, results, aligned, "test")
     ref = np.array([0.10, 0.11, 0.09])
     noise = lambda: rng.normal(0, 0.003, ref.size)  # noqa: E731
