@@ -208,7 +208,7 @@ def _described(summary: dict) -> list[str]:
     a, e_min, small = summary["analysis"], summary["eps"][0], summary["small_eps"]
     out = []
     if sh := a["shared"]:
-        r, rel = sh["rel_error_at_eps_min_range"] or [np.nan] * 2, sh["max_rel_error_at_eps_min"] or {}
+        r, rel = sh.get("rel_error_at_eps_min_range", [np.nan] * 2), sh.get("max_rel_error_at_eps_min", {})
         out += [f"Shared init: Δθ_S·Δθ_T ≥ 0 at every ε ≤ {small:g} for every seed in "
                 f"{sh['n_cells_inner_nonneg_every_seed']} of {len(sh['live'])} cells where it is not identically 0; "
                 f"identically 0 (Δθ_S ⊥ Δθ_T, the theorem's orthogonal branch) in: {_cells(sh['zero'])}.",
@@ -216,8 +216,8 @@ def _described(summary: dict) -> list[str]:
                 f"{r[0]:.1e} to {r[1]:.1e} over cells; per seed, the largest over cells has median "
                 f"{rel.get('median', np.nan):.1e} ({rel.get('n_above', 0)} of {rel.get('n', 0)} seeds above "
                 f"{analysis.FIRST_ORDER_TOL:g}); log–log slope of the inner product "
-                f"{_span(sh['slope_inner_range'], '.4f')}, of the relative error {_span(sh['slope_rel_error_range'])} "
-                f"(before the teacher's first hidden sign flip {_span(sh['slope_before_flip_range'])}), mean over "
+                f"{_span(sh.get('slope_inner_range'), '.4f')}, of the relative error {_span(sh.get('slope_rel_error_range'))} "
+                f"(before the teacher's first hidden sign flip {_span(sh.get('slope_before_flip_range'))}), mean over "
                 "seeds per cell.",
                 f"Smallest ε at which the mean relative error exceeds {a['breakdown']:g} (shared): "
                 f"{_cells(sh['breakdown_eps'], sh['breakdown_eps'])}. The teacher's step first flips the sign of a "
@@ -226,11 +226,11 @@ def _described(summary: dict) -> list[str]:
                 f"At ε = {summary['eps'][-1]:g} the 95% interval of ΔL_T lies above 0 (L_T rises) in: "
                 f"{_cells(sh['rises_at_eps_max'])}."]
     if (df := a["different"]) and df["compared"]:
-        taylor = df["max_taylor_rel_error_at_eps_min"] or {}
+        taylor = df.get("max_taylor_rel_error_at_eps_min", {})
         out.append(f"Different init ({len(df['compared'])} cells): the share of seeds with Δθ_S·Δθ_T ≥ 0 at every "
-                   f"ε ≤ {small:g} runs from {_span(df['share_inner_nonneg_range'])} over cells; mean |offset| "
-                   f"{_span(df['abs_offset_range'], '.1e')}; the largest mean |cos(Δθ_S, Δθ_T)| at ε = {e_min:g} is "
-                   f"{df['max_abs_mean_cos_at_eps_min']:.2f}; the error of the own-init expansion has per-seed median "
+                   f"ε ≤ {small:g} runs from {_span(df.get('share_inner_nonneg_range'))} over cells; mean |offset| "
+                   f"{_span(df.get('abs_offset_range'), '.1e')}; the largest mean |cos(Δθ_S, Δθ_T)| at ε = {e_min:g} is "
+                   f"{df.get('max_abs_mean_cos_at_eps_min', np.nan):.2f}; the error of the own-init expansion has per-seed median "
                    f"{taylor.get('median', np.nan):.1e}.")
     if a["different"] and a["different"]["identical_inputs"]:
         out.append(f"On {', '.join(a['different']['identical_inputs'])} the shared and different students measured "

@@ -399,6 +399,11 @@ def test_a_missing_fashion_mnist_is_skipped_with_a_note(tmp_path, monkeypatch):
     assert summary["inputs"] == ["zeros"] and "fashion" in summary["skipped_inputs"]
     assert "apt-get install -y dataset-fashion-mnist" in summary["skipped_inputs"]["fashion"]
     assert "Skipped: fashion" in tos.table(summary)
+    # every shared cell is identically 0 here: nothing to pool, so the sign claim is not measured (and says where)
+    verdicts = {v["id"]: v for v in summary["verdicts"]}
+    assert verdicts["shared_positive"]["status"] == "not measured"
+    assert "analysis.shared.min_cos_at_eps_min" in verdicts["shared_positive"]["detail"]
+    assert "**not measured**" in tos.readme(summary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,12 +92,17 @@ def _range(cells: list, path: str) -> list | None:
     return [float(min(means)), float(max(means))] if means else None
 
 
+def _present(stats_by_name: dict) -> dict:
+    """Without the statistics no cell could give (a claim reading one then says 'not measured', naming it)."""
+    return {k: v for k, v in stats_by_name.items() if v is not None}
+
+
 def _shared(summary: dict, n: int, incomplete: list) -> dict:
     live = [(name, c) for name, d, c in _cells(summary, "shared") if c["small_eps"]["inner_zero"]["mean"] < 1.0]
     zero = [name for name, d, c in _cells(summary, "shared") if c["small_eps"]["inner_zero"]["mean"] == 1.0]
     smooth = [(name, c) for name, c in live if name.split("/")[0] not in KINK_INPUTS]
     kink = [(name, c) for name, c in live if name.split("/")[0] in KINK_INPUTS]
-    return {
+    return _present({
         "live": [name for name, _ in live], "zero": zero, "off_kink": [name for name, _ in smooth],
         "kink": [name for name, _ in kink],
         "min_cos_at_eps_min": _pool(live, "cos_at_eps_min", n, np.min, incomplete),
@@ -116,13 +121,13 @@ def _shared(summary: dict, n: int, incomplete: list) -> dict:
         "breakdown_eps": {name: c["breakdown_eps"] for name, c in live},
         "rises_at_eps_max": [name for name, c in live if (s := c["delta_loss_T_at_eps_max"])["ci95"] is not None
                              and s["mean"] - s["ci95"] > 0],
-    }
+    })
 
 
 def _different(summary: dict, n: int, incomplete: list) -> dict:
     same = identical_inputs(summary)
     cells = [(name, c) for name, d, c in _cells(summary, "different") if d not in same]
-    return {
+    return _present({
         "compared": [name for name, _ in cells], "identical_inputs": same,
         "share_inner_nonneg": _pool(cells, "small_eps.inner_nonneg", n, np.mean, incomplete),
         "share_loss_falls": _pool(cells, "small_eps.loss_falls", n, np.mean, incomplete),
@@ -136,7 +141,7 @@ def _different(summary: dict, n: int, incomplete: list) -> dict:
                                     for name, c in cells], "o"),
         "max_abs_mean_cos_at_eps_min": max((abs(c["cos_at_eps_min"]["mean"]) for _, c in cells
                                             if c["cos_at_eps_min"]["mean"] is not None), default=None),
-    }
+    })
 
 
 def analyse(summary: dict) -> dict:
