@@ -93,8 +93,8 @@ def claims(summary: dict) -> list[Claim]:
                       f"(matched distance > twice the teacher's travel, {2 * travel:.3g})", "minisub",
                       "init_distances.aligned.total", ">", 2 * travel)]
         if d.get("trained"):
-            out.append(Claim("cross_aux_closer_matched", "distillation moves the different-init aux student toward "
-                             "the teacher up to a relabelling of hidden units (matched distance, after − before)",
+            out.append(Claim("cross_aux_closer_matched", "after distillation the different-init aux student is closer "
+                             "to the teacher after weight matching than its starting point was (after − before)",
                              "minisub", "init_distances.trained.teacher_vs_cross_aux.aligned.total", "<",
                              baseline="init_distances.trained.teacher_vs_cross_start.aligned.total"))
     return out

@@ -140,7 +140,8 @@ def test_summary_has_curves_per_variant_arm_and_logged_step_with_cis():
     assert set(summary["optimizers"]) == {"sgd_vs_adam"}
     assert summary["init_distances"]["raw"]["total"]["mean"] == 2.5
     text = mt.readme(summary)
-    assert text.startswith(f"## {mt.NAME}") and "adam+projection vs adam (paired" in text
+    assert text.startswith(f"## {mt.NAME}") and "adam+projection against adam (paired" in text
+    assert "adam+projection: projection stops transfer" in text
     assert "| variant | reference | teacher |" in mt.table(summary)
 
 
