@@ -413,3 +413,12 @@ def test_the_committed_summary_is_analysed_without_changing_a_measured_number():
     again = mt.analyse({k: v for k, v in committed.items() if k not in ("analysis", "verdicts")})
     assert again["variants"] == committed["variants"] and again["init_distances"] == committed["init_distances"]
     assert again["verdicts"] == committed["verdicts"] and again["analysis"] == committed["analysis"]
+
+
+def test_an_undefined_statistic_is_not_measured_not_an_error():
+    s = _synthetic()
+    s["variants"]["adam"]["curves"]["dist_teacher_rel"]["student_aux"]["ci95"][-1] = None
+    s["variants"]["adam"]["trait"]["student_aux"]["gain_by_epoch"][0]["ci95"] = None
+    verdicts = {v["id"]: v for v in mt.analyse(s)["verdicts"]}
+    for claim in ("adam_closer", "adam_trait_early"):
+        assert verdicts[claim]["status"] == "not measured" and "analysis.variants.adam." in verdicts[claim]["detail"]

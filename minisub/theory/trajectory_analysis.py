@@ -69,8 +69,11 @@ def first_epoch_margin(gains: list) -> dict | None:
 
 def _variant(s: dict) -> dict:
     n, out = s["n_seeds"], {}
-    out["dist_teacher_rel_last"] = {a: _last(c, n) for a, c in s["curves"]["dist_teacher_rel"].items()}
-    out["first_epoch_margin"] = {a: first_epoch_margin(t["gain_by_epoch"]) for a, t in s["trait"].items()}
+    # an undefined statistic is left out, so a claim reading it says 'not measured' and names it
+    out["dist_teacher_rel_last"] = {a: last for a, c in s["curves"]["dist_teacher_rel"].items()
+                                    if None not in (last := _last(c, n)).values()}
+    out["first_epoch_margin"] = {a: m for a, t in s["trait"].items()
+                                 if (m := first_epoch_margin(t["gain_by_epoch"])) is not None}
     out["steps"] = {a: {"n_logged": g["n_logged"], "mean_above_0": round(g["frac_mean_pos"] * g["n_logged"]),
                         "interval_above_0": round(g["frac_ci_lo_pos"] * g["n_logged"])}
                     for a, g in s["alignment"]["grad_cos"].items()}
