@@ -46,8 +46,9 @@ def _variant_claims(v: str) -> list[Claim]:
         Claim(f"{v}_aligned_step0", f"{v}: at step 0 the shared-init aux student's distillation gradient is aligned "
               "with the trait gradient, cos(∇L_distill, ∇L_T) > 0 (the one-step picture)", "minisub",
               al + "first", ">"),
-        *[Claim(f"{v}_aligned_{e}_epoch", f"{v}: cos(∇L_distill, ∇L_T) stays positive over the {e} epoch (per-seed "
-                "average)", "kitkana2026", al + f"{e}_epoch_average", ">") for e in ("first", "last")],
+        *[Claim(f"{v}_aligned_{e}_epoch", f"{v}: cos(∇L_distill, ∇L_T) is positive on average over the {e} epoch "
+                "(per seed, the mean over its logged steps)", "kitkana2026", al + f"{e}_epoch_average", ">")
+          for e in ("first", "last")],
         Claim(f"{v}_trait_early", f"{v}: most of the trait arrives in the first epoch (gain after epoch 1 minus half "
               "the final gain > 0; interval bounded from the per-epoch intervals)", "kitkana2026",
               an + "first_epoch_margin.student_aux", ">"),
