@@ -168,7 +168,8 @@ def _row(axes, summary: dict, d: str, first: bool) -> None:
             _band(ax_r, eps, pe["rel_error"], color, ls)
             _band(ax_l, eps, pe["delta_loss_T"], color, ls)
     ax_r.axhline(0.1, color="grey", lw=0.6, ls=":")
-    if (flip := summary["analysis"]["first_flip_median"][d]) is not None:  # one teacher per input: one flip
+    flip = next(iter(next(iter(summary["cells"][d].values())).values()))["first_flip_eps"]["median"]
+    if flip is not None:  # the teacher is the same for every cell of an input: so is its first sign flip
         for ax in (ax_i, ax_r):
             ax.axvline(flip, color="grey", lw=0.8, ls="-.",
                        label="teacher's first hidden sign flip (median)" if first and ax is ax_r else None)

@@ -484,3 +484,18 @@ def test_the_committed_summary_is_analysed_without_changing_a_measured_number():
     assert again["cells"] == committed["cells"] and again["eps"] == committed["eps"]
     assert again["verdicts"] == committed.get("verdicts", again["verdicts"])
     assert {v["status"] for v in again["verdicts"]} <= {"supported", "refuted", "inconclusive", "confounded"}
+
+
+def test_one_program_recomputes_a_stored_run_it_may_not_reuse():
+    calls = []
+
+    def compute(log):
+        calls.append(1)
+        return {"x": np.zeros(1)}, {"schema": len(calls)}
+
+    cfg, ex = program.TheoremConfig(seeds=2), runner.Execution(experiment="t", progress=False)
+    assert runner.one_program("t", cfg, ex, compute)[0]["schema"] == 1
+    assert runner.one_program("t", cfg, ex, compute)[0]["schema"] == 1 and len(calls) == 1  # served from the store
+    assert runner.one_program("t", cfg, ex, compute, reusable=lambda s: s["schema"] == 2)[0]["schema"] == 2
+    assert runner.one_program("t", cfg, ex, compute, reusable=lambda s: s["schema"] == 2)[0]["schema"] == 2
+    assert len(calls) == 2
