@@ -178,9 +178,9 @@ HLINES = {"grad_cos": 0.0, "update_cos": 0.0, "dist_teacher_rel": 1.0}
 def _bars(ax, c: dict, key: str, arms: list[str], ylabel: str, first_key: str | None = None):
     x = np.arange(len(arms))
     for j, (side, color) in enumerate((("base", plots.PALETTE[0]), ("other", plots.PALETTE[2]))):
-        ax.bar(x + (j - 0.5) * 0.38, bands.array([c["arms"][a][key][side]["mean"] for a in arms]), 0.38, capsize=2,
-               yerr=np.nan_to_num(bands.array([c["arms"][a][key][side]["ci95"] for a in arms])), color=color, alpha=0.85,
-               label=c[side])
+        ax.bar(x + (j - 0.5) * 0.38, bands.array([c["arms"][a][key][side]["mean"] for a in arms]), 0.38,
+               yerr=np.nan_to_num(bands.array([c["arms"][a][key][side]["ci95"] for a in arms])), capsize=2,
+               color=color, alpha=0.85, label=c[side])
         if first_key:
             ax.plot(x + (j - 0.5) * 0.38, bands.array([c["arms"][a][first_key][side]["mean"] for a in arms]), "_",
                     color="black", ms=9, mew=1.2, label="at step 0" if j == 0 else None)

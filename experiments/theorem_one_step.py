@@ -217,9 +217,9 @@ def _described(summary: dict) -> list[str]:
                 f"{r[0]:.1e} to {r[1]:.1e} over cells; per seed, the largest over cells has median "
                 f"{rel.get('median', np.nan):.1e} ({rel.get('n_above', 0)} of {rel.get('n', 0)} seeds above "
                 f"{analysis.FIRST_ORDER_TOL:g}); log–log slope of the inner product "
-                f"{_span(sh.get('slope_inner_range'), '.4f')}, of the relative error {_span(sh.get('slope_rel_error_range'))} "
-                f"(before the teacher's first hidden sign flip {_span(sh.get('slope_before_flip_range'))}), mean over "
-                "seeds per cell.",
+                f"{_span(sh.get('slope_inner_range'), '.4f')}, of the relative error "
+                f"{_span(sh.get('slope_rel_error_range'))} (before the teacher's first hidden sign flip "
+                f"{_span(sh.get('slope_before_flip_range'))}), mean over seeds per cell.",
                 f"Smallest ε at which the mean relative error exceeds {a['breakdown']:g} (shared): "
                 f"{_cells(sh['breakdown_eps'], sh['breakdown_eps'])}. The teacher's step first flips the sign of a "
                 f"hidden pre-activation on x_S at a median ε of "
@@ -230,9 +230,9 @@ def _described(summary: dict) -> list[str]:
         taylor = df.get("max_taylor_rel_error_at_eps_min", {})
         out.append(f"Different init ({len(df['compared'])} cells): the share of seeds with Δθ_S·Δθ_T ≥ 0 at every "
                    f"ε ≤ {small:g} runs from {_span(df.get('share_inner_nonneg_range'))} over cells; mean |offset| "
-                   f"{_span(df.get('abs_offset_range'), '.1e')}; the largest mean |cos(Δθ_S, Δθ_T)| at ε = {e_min:g} is "
-                   f"{df.get('max_abs_mean_cos_at_eps_min', np.nan):.2f}; the error of the own-init expansion has per-seed median "
-                   f"{taylor.get('median', np.nan):.1e}.")
+                   f"{_span(df.get('abs_offset_range'), '.1e')}; the largest mean |cos(Δθ_S, Δθ_T)| at ε = {e_min:g} "
+                   f"is {df.get('max_abs_mean_cos_at_eps_min', np.nan):.2f}; the error of the own-init expansion has "
+                   f"per-seed median {taylor.get('median', np.nan):.1e}.")
     if a["different"] and a["different"]["identical_inputs"]:
         out.append(f"On {', '.join(a['different']['identical_inputs'])} the shared and different students measured "
                    "identical inner products (their outputs and Jacobians there do not depend on the init).")
