@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from minisub_experiments import theorem_one_step as tos
 from helpers import flat
-from minisub import cli, config, tree
+from minisub import cli, config, lineage, tree
 from minisub.mlp import mnist
 from minisub.run import runner
 from minisub.mlp import distill
@@ -338,7 +338,7 @@ def test_worlds_pair_each_seed_with_its_own_student_inits():
 def test_student_inits_come_from_the_lineage_module():
     cfg = program.TheoremConfig(seeds=4, hidden=(8,))
     inits = jax.vmap(cfg.spec.init)(jax.random.split(jax.random.key(0), 4))
-    donor = program.donors(cfg)
+    donor = lineage.donors(cfg.seed, cfg.seeds)
     assert np.all(donor != np.arange(4))
     students = program.student_inits(cfg, inits)
     for name, value in flat(students).items():
@@ -353,7 +353,7 @@ def test_the_program_measures_each_world_at_its_teacher_and_student_init():
                                 inputs=("uniform", "mnist"), imitations=("kl-aux",))
     out = program.compute(cfg, cfg.inputs, images)
     prep = program.prepare(cfg, cfg.inputs, images, None)
-    donor = program.donors(cfg)
+    donor = lineage.donors(cfg.seed, cfg.seeds)
     s, d, l = (a.ravel() for a in np.meshgrid(np.arange(3), np.arange(2), np.arange(2), indexing="ij"))
     with jax.enable_x64(True):
         f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731

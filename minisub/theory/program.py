@@ -121,11 +121,6 @@ def available_inputs(cfg: TheoremConfig) -> tuple[tuple[str, ...], dict[str, str
     return tuple(d for d in cfg.inputs if d not in skipped), skipped
 
 
-def donors(cfg: TheoremConfig) -> np.ndarray:
-    """``donor[i]``: whose init a 'different' student of seed ``i`` starts from (``lineage.donors``)."""
-    return lineage.donors(cfg.seed, cfg.seeds, "donor")
-
-
 @partial(jax.jit, static_argnums=(0, 1))
 def _draws(cfg: TheoremConfig, n_pool: tuple[int, ...], seed_ids):
     """Per seed: init, teacher-batch indices, the first images of its noise sets, indices into each image pool."""
@@ -160,8 +155,10 @@ def prepare(cfg: TheoremConfig, inputs: tuple[str, ...], mnist_data, fashion_ima
 
 
 def student_inits(cfg: TheoremConfig, inits_S):
-    """[seed, lineage] student inits: ``lineage.student_init`` of each lineage, the fresh init being the donor's."""
-    fresh_S = jax.tree.map(lambda a: a[donors(cfg)], inits_S)
+    """[seed, lineage] student inits: ``lineage.student_init`` of each lineage, the fresh init being the init of
+    the seed's donor (``lineage.donors``: a derangement, so never the seed's own)."""
+    donor = lineage.donors(cfg.seed, cfg.seeds)
+    fresh_S = jax.tree.map(lambda a: a[donor], inits_S)
     per_lineage = [jax.vmap(lambda t, f, text=text: lineage.student_init(text, cfg.spec, t, f))(inits_S, fresh_S)
                    for text in cfg.lineages]
     return jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a], axis=1), *per_lineage)
@@ -201,7 +198,8 @@ def compute(cfg: TheoremConfig, inputs: tuple[str, ...], mnist_data, fashion_ima
         out = jax.tree.map(lambda a: np.asarray(a, np.float64), out)
     shape = (cfg.seeds, len(inputs), len(cfg.lineages))
     results = {m: {q: v.reshape(shape + v.shape[1:]) for q, v in by_q.items()} for m, by_q in out.items()}
-    return {**results, "eps": cfg.eps, "seed": np.arange(cfg.seeds), "donor": donors(cfg),
+    return {**results, "eps": cfg.eps, "seed": np.arange(cfg.seeds),
+            "donor": lineage.donors(cfg.seed, cfg.seeds),
             "seconds": np.asarray(time.perf_counter() - start)}
 
 
