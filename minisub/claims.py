@@ -11,6 +11,9 @@ turns a claim and a summary into one of:
                    the claim's declared factor, so the comparison is not like for like;
 * ``not measured`` the summary lacks a metric the claim reads (named in the verdict).
 
+A metric without per-seed ``values`` but with a stored Student-t ``mean``, ``ci95`` and ``n``
+(an older summary that kept only those) is read as it is, for a comparison without ``baseline``.
+
 Comparisons (``compare``):
 
 * ``>`` / ``<``: the mean of the metric (or of its per-seed difference from ``baseline``: a paired
@@ -121,6 +124,14 @@ def _values(summary: dict, path: str) -> np.ndarray:
     return np.asarray(node["values"], np.float64)
 
 
+def _stored(summary: dict, path: str) -> dict | None:
+    """A stored Student-t summary ({'mean', 'ci95', 'n'}) that kept no per-seed values; None when it has them."""
+    node = lookup(summary, path)
+    if isinstance(node, dict) and "values" not in node and {"mean", "ci95", "n"} <= set(node):
+        return node
+    return None
+
+
 def _side(low: float, high: float, compare: str, threshold: float) -> str:
     if compare == ">":
         return SUPPORTED if low > threshold else REFUTED if high < threshold else INCONCLUSIVE
@@ -171,8 +182,10 @@ def verdict(claim: Claim, summary: dict) -> Verdict:
     try:
         if claim.compare in ("increasing", "decreasing"):
             return _trend(claim, summary)
-        v = _values(summary, claim.metric)
-        s = stats.paired(v, _values(summary, claim.baseline)) if claim.baseline else stats.mean_ci(v)
+        s = _stored(summary, claim.metric) if claim.baseline is None else None
+        if s is None:
+            v = _values(summary, claim.metric)
+            s = stats.paired(v, _values(summary, claim.baseline)) if claim.baseline else stats.mean_ci(v)
         confound = _confound(claim, summary)
     except _Missing as e:
         return Verdict(claim, MISSING, detail=f"the summary has no {e.args[0]!r}")

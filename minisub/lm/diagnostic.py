@@ -48,7 +48,7 @@ import numpy as np
 
 from minisub.lm import core as lm
 from minisub.lm import world
-from minisub.theory.one_step import tree_dot, tree_norm
+from minisub.tree import dot as tree_dot, norm as tree_norm
 from minisub.lm.transformer import TransformerSpec
 
 _TOL = 1e-6  # CG stops updating once ‖r‖ ≤ _TOL · ‖JΔ‖ (float32 reaches no further)

@@ -316,20 +316,23 @@ def missing_seeds(cfg: pipeline.AuxConfig, directory: Path) -> np.ndarray:
     return np.flatnonzero(~_coverage(stored_pieces(directory), cfg.seeds))
 
 
-def one_program(name: str, cfg, ex: Execution, compute, resummarise=None) -> tuple[dict, Path]:
+def one_program(name: str, cfg, ex: Execution, compute, resummarise=None, *, reusable=None) -> tuple[dict, Path]:
     """An experiment that computes all its seeds in one program: read it from the store, or compute and store it.
 
     ``compute(log) -> (arrays, summary without timing)``; ``log`` prints progress lines (None
     without progress). A complete stored run is returned as is, or, given ``resummarise(arrays,
     stored summary) -> summary``, summarised again from its arrays: the arrays are the record, so
-    a summary that gains a measurement needs no recompute. ``minisub merge`` (no compute) and
+    a summary that gains a measurement needs no recompute. ``reusable(stored summary) -> bool``, when
+    given, can refuse a stored run (an older schema, an input that has become available since), which
+    is then computed again. ``minisub merge`` (no compute) and
     ``--shard`` are refused, since there are no pieces to merge.
     """
     from minisub import config as config_lib
     from minisub.config import ConfigError, require
 
     directory = store.run_dir(name, cfg)
-    if not ex.force and (done := store.load_complete(directory)):
+    done = None if ex.force else store.load_complete(directory)
+    if done and (reusable is None or reusable(done[1])):
         return (resummarise(*done) if resummarise else done[1]), directory
     if not ex.compute:
         raise ConfigError(f"{name} has no shards to merge: run it with `minisub run {name}`")
