@@ -18,7 +18,7 @@ from minisub.config import ConfigError
 from minisub.mlp.mnist import MnistUnavailable
 
 FIGURES = Path("figures")
-WITH_EXPERIMENT = ("run", "merge", "bench")  # subcommands whose first positional is an experiment
+WITH_EXPERIMENT = ("run", "merge", "sweep", "bench")  # subcommands whose first positional is an experiment
 EXPORT_FORMATS = ("csv", "parquet")
 
 
@@ -177,6 +177,33 @@ def _check_keep_params(module, cfg, args) -> None:
 
 def cmd_run(args, extra) -> int:
     return _run(args, extra, compute=True)
+
+
+def cmd_sweep(args, extra) -> int:
+    """Sweep config fields given with several values (minisub.cli_sweep); every point validated first."""
+    from minisub import cli_sweep
+    from minisub.mlp import mnist
+
+    module = _experiment(args.experiment)
+    args.preset = args.preset or module.DEFAULT_PRESET
+    overrides = _field_overrides(args, extra)
+    if args.preset not in module.PRESETS:
+        raise ConfigError(f"preset={args.preset!r} is not allowed: preset must be one of {', '.join(module.PRESETS)}")
+    fixed, axes = cli_sweep.split_values(module.PRESETS[args.preset], overrides)
+    base = build_config(module, args.preset, fixed)
+    grid = cli_sweep.combinations(base, axes)  # every point's config validated before any compute
+    if args.print_config:
+        from minisub import config as config_lib
+
+        print(json.dumps({"experiment": module.NAME, "base": config_lib.to_dict(base), "axes": axes,
+                          "run_ids": {json.dumps(t): config_lib.digest(c) for t, c in grid}}, indent=1))
+        return 0
+    summary, directory = cli_sweep.run(module, base, axes, _execution(args, module),
+                                       _command(module, args.preset, overrides, "sweep"), loader=mnist.load_cached)
+    paths = cli_sweep.write(summary, Path(args.out) if args.out else directory)
+    print(cli_sweep.table(summary))
+    print("\nsweep:  " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def cmd_merge(args, extra) -> int:
@@ -339,6 +366,12 @@ def parser(module=None, preset: str | None = None) -> argparse.ArgumentParser:
                        allow_abbrev=False)
     _run_flags(m, module, keep_params=False, preset=preset)
     m.set_defaults(fn=cmd_merge)
+    sw = sub.add_parser("sweep", help="sweep config fields: --FIELD V1,V2,... (two fields: a grid), cached point by point",
+                        allow_abbrev=False, description="Sweep EXPERIMENT over config fields given several values "
+                        "(list fields: separate values by ';'); one or two swept fields; a figure of the metric "
+                        "against the first, with 95%% Student-t intervals.")
+    _run_flags(sw, module, keep_params=False, preset=preset)
+    sw.set_defaults(fn=cmd_sweep)
     f = sub.add_parser("figures", help="redraw figures from their committed JSON, without training")
     f.add_argument("experiment", nargs="?")
     f.add_argument("--dir", default=str(FIGURES))
@@ -417,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or an argparse error (already printed, one line)
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
-    if extra and args.command not in ("run", "merge", "bench"):
+    if extra and args.command not in WITH_EXPERIMENT:
         print(f"minisub: error: {args.command}: unexpected arguments {' '.join(extra)}", file=sys.stderr)
         return 2
     try:

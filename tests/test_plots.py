@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_style_sheet_is_the_one_source_of_the_style():
-    assert plots.STYLE_FILE.name == "minisub.mlpstyle" and plots.STYLE_FILE.parent == Path(plots.__file__).parent
+    assert plots.STYLE_FILE.name == "minisub.mplstyle" and plots.STYLE_FILE.parent == Path(plots.__file__).parent
     sheet = matplotlib.rc_params_from_file(plots.STYLE_FILE, use_default_template=False)
     assert plots.STYLE == dict(sheet)
     assert plots.PALETTE == ("#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB")  # Tol bright
@@ -31,7 +31,7 @@ def test_the_style_sheet_is_the_one_source_of_the_style():
 
 def test_the_style_sheet_ships_with_the_package():
     text = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'"minisub.report" = \["\*\.mlpstyle"\]', text)
+    assert re.search(r'"minisub.report" = \["\*\.mplstyle"\]', text)
 
 
 def test_importing_minisub_and_every_experiment_leaves_matplotlib_alone():

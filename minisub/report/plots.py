@@ -1,6 +1,6 @@
 """One figure style for the whole project: paper-ready, TrueType fonts, byte-reproducible files.
 
-The style lives in ``minisub.mlpstyle`` beside this module (``STYLE_FILE``; also usable as
+The style lives in ``minisub.mplstyle`` beside this module (``STYLE_FILE``; also usable as
 ``matplotlib.style.use(plots.STYLE_FILE)``). Nothing here changes matplotlib's global state:
 ``styled``, ``figure`` and ``save`` apply the style inside ``rc_context`` only, and no backend is
 chosen, so importing minisub leaves a notebook's settings alone.
@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-STYLE_FILE = Path(__file__).with_name("minisub.mlpstyle")  # the one source of the style
+STYLE_FILE = Path(__file__).with_name("minisub.mplstyle")  # the one source of the style
 STYLE = dict(matplotlib.rc_params_from_file(STYLE_FILE, use_default_template=False))
 PALETTE = tuple("#" + c.lstrip("#").upper() for c in STYLE["axes.prop_cycle"].by_key()["color"])
 
