@@ -1,4 +1,4 @@
-"""mnist-aux: the paper's MNIST auxiliary-logit experiment (Cloud et al. 2025, §6.2), six arms.
+"""mnist-aux: the paper's MNIST auxiliary-logit experiment ([cloud2025] §6.2), six arms.
 
 Run:     minisub run mnist-aux [--preset quick|paper|test] [--seeds N] [--<field> VALUE ...]
 Paper:   minisub run mnist-aux --preset paper --out figures     (100 seeds; writes figures/mnist_aux.*)
@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from minisub import claims, report, stats
 from minisub import config as config_lib
-from minisub import report, stats
-from minisub.mlp import mnist
-from minisub.run import parallel
-from minisub.mlp import pipeline
-from minisub.report import plots
-from minisub.run import runner
-from minisub.run import store
+from minisub.claims import Claim
+from minisub.mlp import mnist, pipeline
+from minisub.report import plots, verdicts
+from minisub.run import parallel, runner, store
 
 NAME = "mnist-aux"
 STEM = "mnist_aux"
@@ -37,7 +35,7 @@ PRESETS = {
 }
 DEFAULT_PRESET = "quick"
 
-# Read off the paper's figure (100 runs); SCIENCE.md §3. Shown beside ours, never used as results.
+# Read off the paper's figure (100 runs) [cloud2025]. Shown beside ours, never used as results.
 PAPER = {
     "reference": (0.10, None),
     "teacher": (0.94, None),
@@ -74,12 +72,12 @@ def summarise(cfg: pipeline.AuxConfig, results: dict, command: str) -> dict:
         arm.name: [stats.brief(results["student_accuracy_by_epoch"][ok, e, k]) for e in range(cfg.student_epochs)]
         for k, arm in enumerate(cfg.arms)
     }
-    return {
+    return analyse({
         "experiment": NAME,
         "command": command,
         "n_seeds": int(ok.sum()),
         "nonfinite_seeds": [int(s) for s in np.flatnonzero(~ok)],
-        "ci": "95% normal CI over seeds: 1.96 * sample std / sqrt(n)",
+        "ci": stats.TEST,
         "accuracy": {a: stats.mean_ci(results["accuracy"][a][ok]) for a in arms},
         "student_accuracy_by_epoch": by_epoch,
         "geometry": geometry,
@@ -87,7 +85,7 @@ def summarise(cfg: pipeline.AuxConfig, results: dict, command: str) -> dict:
         "seconds_per_seed": float(np.mean(results["seconds"])),
         "config": config_lib.to_dict(cfg),
         "provenance": store.provenance(),
-    }
+    })
 
 
 def run(cfg: pipeline.AuxConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
@@ -125,8 +123,41 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def figure(summary: dict, out_dir: Path) -> list[Path]:
-    """Bars with 95% CIs per arm, the paper's values marked beside ours; PNG + PDF."""
+CLAIMS = [
+    Claim("aux_transfers", "The aux-only student (shared init) beats its reference, the teacher's init", "cloud2025",
+          "accuracy.student_aux", ">", 0.0, baseline="accuracy.reference"),
+    Claim("cross_aux_stays", "A cross-model aux-only student stays at its reference (within ±0.03)", "cloud2025",
+          "accuracy.cross_aux", "within", 0.03, baseline="accuracy.reference"),
+    # The community replications' range for the aux-only student, 0.55–0.70: one claim per end.
+    Claim("aux_above_community", "The aux-only student is above the community replications' 0.55", "community",
+          "accuracy.student_aux", ">", 0.55),
+    Claim("aux_below_community", "The aux-only student is below the community replications' 0.70", "community",
+          "accuracy.student_aux", "<", 0.70),
+]
+
+
+def official_permutation(summary: dict) -> float:
+    """Cross-model aux-only accuracy under the official code's random permutation instead of a derangement.
+
+    A random permutation leaves each student on its own init with probability 1/n: a mixture of the
+    two arms' means (an estimate from ours, not a measurement).
+    """
+    n, acc = summary["n_seeds"], summary["accuracy"]
+    return (1 - 1 / n) * acc["cross_aux"]["mean"] + acc["student_aux"]["mean"] / n
+
+
+def analyse(summary: dict) -> dict:
+    """The summary with every number the README states beside the measurements, and the verdicts."""
+    out = {**summary, "ci": stats.TEST}
+    if {"student_aux", "cross_aux"} <= set(summary["accuracy"]) and summary["n_seeds"] > 0:
+        out["official_permutation_cross_aux"] = official_permutation(summary)
+    out["verdicts"] = claims.evaluate(CLAIMS, out)
+    return out
+
+
+@plots.styled
+def _figure(summary: dict):
+    """Bars with 95% CIs per arm, the paper's values marked beside ours."""
     acc = summary["accuracy"]
     arms = list(acc)
     fig, ax = plots.figure(6.4, 3.2)
@@ -147,61 +178,53 @@ def figure(summary: dict, out_dir: Path) -> list[Path]:
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Subliminal transfer through auxiliary logits on noise ({summary['n_seeds']} seeds)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    return plots.save(fig, Path(out_dir) / STEM)
+    return fig
 
 
-
+@plots.styled
+def figures(summary: dict) -> dict:
+    return {STEM: _figure(summary)}
 
 
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 
 
 def _discussion(summary: dict) -> list[str]:
-    """What the numbers say beyond the table, computed from the summary."""
-    acc, geo = summary["accuracy"], summary["geometry"]
-    out = []
-    if {"student_aux", "cross_aux"} <= set(acc):
-        n = summary["n_seeds"]
-        # The official code's random permutation leaves each student on its own init with prob. 1/n.
-        official = (1 - 1 / n) * acc["cross_aux"]["mean"] + acc["student_aux"]["mean"] / n
-        out.append(
-            f"The paper's values are read off a bar chart (about ±0.01–0.02). Our cross-model control uses a "
-            f"derangement; the official code's random permutation leaves about 1 in {n} students on their own "
-            f"init, which with our numbers would give {official:.3f} instead of {acc['cross_aux']['mean']:.3f} "
-            f"for cross-model aux-only. The aux-only student's {acc['student_aux']['mean']:.3f} sits inside the "
-            f"community replications' 0.55–0.70 (SCIENCE.md §4).")
+    """Numbers beyond the table, each read from the summary."""
+    acc, geo, out = summary["accuracy"], summary["geometry"], []
+    if "official_permutation_cross_aux" in summary:
+        out += [f"The paper's values are read off a bar chart (about ±0.01–0.02) [cloud2025]. Our cross-model control "
+                f"uses a derangement; the official code's random permutation leaves about 1 in {summary['n_seeds']} "
+                f"students on their own init, which with our means would give "
+                f"{summary['official_permutation_cross_aux']:.3f} instead of {acc['cross_aux']['mean']:.3f} for "
+                "cross-model aux-only (an estimate, not a run).", ""]
     if "student_aux" in geo and "dist_start_teacher" in geo["student_aux"]:
-        lines = []
-        for arm, g in geo.items():
-            start, end = g["dist_start_teacher"]["total"]["mean"], g["dist_teacher"]["total"]["mean"]
-            lines.append(f"{arm} {start:.2f} → {end:.2f} (cos {g['update_cos']['total']['mean']:+.3f})")
-        out += ["", "Parameter space (distance to the trained teacher, start → end of distillation; cosine of the "
-                "student's update with the teacher's): " + "; ".join(lines) + "."]
+        cells = [f"{arm} {g['dist_start_teacher']['total']['mean']:.2f} → {g['dist_teacher']['total']['mean']:.2f} "
+                 f"(cos {g['update_cos']['total']['mean']:+.3f})" for arm, g in geo.items()]
+        out += ["Parameter space (distance to the trained teacher, start → end of distillation; cosine of the "
+                "student's update with the teacher's; means over seeds): " + "; ".join(cells) + ".", ""]
     return out
 
 
 def readme(summary: dict) -> str:
-    """The figures/README.md section: figure, ours vs the paper, geometry, and how to regenerate."""
+    """The figures/README.md section: figure, ours vs the paper, the checked claims, geometry, how to regenerate."""
     acc = summary["accuracy"]
-    notes = []
-    for arm, (m, c) in PAPER.items():
-        if arm in acc:
-            ours = acc[arm]
-            gap = ours["mean"] - m
-            notes.append(f"{arm} {ours['mean']:.3f} vs {m:.2f} ({gap:+.3f})")
+    notes = [f"{arm} {acc[arm]['mean']:.3f} vs {m:.2f} ({acc[arm]['mean'] - m:+.3f})"
+             for arm, (m, _) in PAPER.items() if arm in acc]
     return "\n".join([
         *report.section_head(NAME, STEM, "auxiliary-logit transfer on MNIST", summary["n_seeds"]),
-        "Published recipe (Cloud et al. 2025, §6.2): 784-256-256-13 MLP, W ~ N(0, 1/fan_in), pixels in",
+        "Published recipe [cloud2025] (§6.2): 784-256-256-13 MLP, W ~ N(0, 1/fan_in), pixels in",
         "[-1, 1]; teacher: CE on the 10 class logits, Adam 3e-4, batch 1024, 5 epochs; students: KL on",
         "the 3 auxiliary logits (or all 13) on a fixed per-seed set of 60 000 Uniform[-1, 1] noise",
         "images, Adam 3e-4, batch 1024, 5 epochs; cross-model students start from another seed's init",
-        "(a derangement). Accuracy: argmax of the class logits on the 10k test set. CI: 1.96·std/√n.",
+        f"(a derangement). Accuracy: argmax of the class logits on the 10k test set. CI: {stats.TEST}.",
         "",
         table(summary),
         "",
-        "Differences from the paper's values (read off its figure): " + "; ".join(notes) + ".",
+        "Differences from the paper's values (read off its figure) [cloud2025]: " + "; ".join(notes) + ".",
+        "",
+        *verdicts.table(CLAIMS, summary, lambda p: p.split(".")[-1]),
         "",
         *_discussion(summary),
-        "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

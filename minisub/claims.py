@@ -11,6 +11,9 @@ turns a claim and a summary into one of:
                    the claim's declared factor, so the comparison is not like for like;
 * ``not measured`` the summary lacks a metric the claim reads (named in the verdict).
 
+A metric without per-seed ``values`` but with a stored Student-t ``mean``, ``ci95`` and ``n``
+(an older summary that kept only those) is read as it is, for a comparison without ``baseline``.
+
 Comparisons (``compare``):
 
 * ``>`` / ``<``: the mean of the metric (or of its per-seed difference from ``baseline``: a paired
@@ -54,6 +57,7 @@ class Claim:
     task_loss: tuple[str, str] | None = None  # dotted paths to the two arms' task losses (means)
     confound_factor: float = 2.0  # a loss ratio above this names a confound
     unit: str = ""
+    labels: tuple[str, ...] | None = None  # a trend's points as a reader names them (default: each path's last key)
 
     def __post_init__(self):
         if self.source not in references.REFERENCES:
@@ -120,6 +124,14 @@ def _values(summary: dict, path: str) -> np.ndarray:
     return np.asarray(node["values"], np.float64)
 
 
+def _stored(summary: dict, path: str) -> dict | None:
+    """A stored Student-t summary ({'mean', 'ci95', 'n'}) that kept no per-seed values; None when it has them."""
+    node = lookup(summary, path)
+    if isinstance(node, dict) and "values" not in node and {"mean", "ci95", "n"} <= set(node):
+        return node
+    return None
+
+
 def _side(low: float, high: float, compare: str, threshold: float) -> str:
     if compare == ">":
         return SUPPORTED if low > threshold else REFUTED if high < threshold else INCONCLUSIVE
@@ -140,10 +152,14 @@ def _trend(claim: Claim, summary: dict) -> Verdict:
         lo, hi = (lo, hi) if sign > 0 else (-hi, -lo)
         ok &= lo > 0
         against |= hi < 0
-        steps.append(f"{a.split('.')[-1]}→{b.split('.')[-1]} {sign * d['mean']:+.3f} ± {d['ci95']:.3f}")
+        steps.append(f"{_name(claim, a)}→{_name(claim, b)} {sign * d['mean']:+.3f} ± {d['ci95']:.3f}")
     status = SUPPORTED if ok else REFUTED if against else INCONCLUSIVE
     n = len(_values(summary, claim.metric[0]))
     return Verdict(claim, status, n=n, detail=f"steps in the claimed direction (paired, n = {n}): " + "; ".join(steps))
+
+
+def _name(claim: Claim, path: str) -> str:
+    return claim.labels[claim.metric.index(path)] if claim.labels else path.split(".")[-1]
 
 
 def _confound(claim: Claim, summary: dict) -> str:
@@ -166,8 +182,10 @@ def verdict(claim: Claim, summary: dict) -> Verdict:
     try:
         if claim.compare in ("increasing", "decreasing"):
             return _trend(claim, summary)
-        v = _values(summary, claim.metric)
-        s = stats.paired(v, _values(summary, claim.baseline)) if claim.baseline else stats.mean_ci(v)
+        s = _stored(summary, claim.metric) if claim.baseline is None else None
+        if s is None:
+            v = _values(summary, claim.metric)
+            s = stats.paired(v, _values(summary, claim.baseline)) if claim.baseline else stats.mean_ci(v)
         confound = _confound(claim, summary)
     except _Missing as e:
         return Verdict(claim, MISSING, detail=f"the summary has no {e.args[0]!r}")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from minisub_experiments import atlas
 from minisub import cli, lineage
 from minisub.config import ConfigError
+from minisub.run import atlas as fams
+from minisub.run import sweep
 
 
 @pytest.fixture(scope="module")
 def paper_points():
     cfg = atlas.AtlasConfig()
-    return {family: cfg.points(family) for family in atlas.FAMILIES}
+    return {family: cfg.points(family) for family in fams.FAMILIES}
 
 
 def _values(points, series=None):
@@ -31,14 +34,14 @@ def test_every_family_has_valid_points_with_twenty_seeds(paper_points):
 
 
 def test_every_lineage_is_in_the_lineage_family(paper_points):
-    used = {lineage.parse(p.arm.lineage)[0] for p in paper_points["lineages"]}
-    assert used == set(lineage.LINEAGES)
+    used = {lineage.parse(p.arm.lineage).name for p in paper_points["lineages"]}
+    assert used == set(lineage.BUILTIN)
 
 
 def test_the_grids_cover_what_the_issue_asks(paper_points):
     alphas = _values(paper_points["alpha"])
     assert len(alphas) >= 6 and min(alphas) == 0 and max(alphas) == 1
-    for part in lineage.PARTS:
+    for part in ("all", *atlas.pipeline.AuxConfig().spec.parts):
         sigmas = sorted(_values(paper_points["sigma"], part))
         assert sigmas[0] == 0.01 and sigmas[-1] == 1.0 and len(sigmas) >= 5
         ratios = [b / a for a, b in zip(sigmas, sigmas[1:])]
@@ -61,12 +64,10 @@ def test_the_grids_cover_what_the_issue_asks(paper_points):
 
 
 def test_points_of_a_family_share_programs_where_shapes_agree(paper_points):
-    from minisub.run import sweep
-
     assert len(sweep.groups(paper_points["alpha"])) == 1
     assert len(sweep.groups(paper_points["lr"])) == 1
     assert len(sweep.groups(paper_points["student_epochs"])) == 1  # one 50-epoch run, read out six times
-    assert len(sweep.groups(paper_points["width"])) == len(atlas.WIDTHS)
+    assert len(sweep.groups(paper_points["width"])) == len(fams.WIDTHS)
 
 
 def test_bad_family_is_refused_by_name():
@@ -80,7 +81,7 @@ def test_atlas_end_to_end_writes_json_figure_and_redraws(tmp_path, capsys):
     assert cli.main(argv) == 0
     summary = json.loads((out / "atlas.json").read_text())
     points = summary["families"]["alpha"]["points"]
-    assert [p["value"] for p in points] == list(atlas.ALPHAS)
+    assert [p["value"] for p in points] == list(fams.ALPHAS)
     by_alpha = {p["value"]: p for p in points}
     assert by_alpha[1.0]["geometry"]["dist_init"]["mean"] == 0.0  # α = 1 is the shared init
     assert by_alpha[0.0]["geometry"]["dist_init"]["mean"] > 0.0
@@ -115,21 +116,25 @@ def test_merge_assembles_stored_points_without_computing(tmp_path, capsys, monke
     families = json.loads((out / "atlas.json").read_text())["families"]
     # the loss family is complete; the inputs family shares its uniform-noise (baseline) points
     assert families["loss"]["missing_points"] == 0
-    assert 0 < families["inputs"]["missing_points"] < len(atlas.INPUTS) * 2
+    assert 0 < families["inputs"]["missing_points"] < len(fams.INPUTS) * 2
 
 
-def _point(value, accuracies, cos):
-    mean = sum(accuracies) / len(accuracies)
-    return {"series": "shared", "value": value, "accuracy": {"mean": mean, "ci95": 0.01, "values": accuracies},
-            "reference": {"mean": 0.1, "ci95": 0.0}, "geometry": {"update_cos": {"mean": cos}}}
+def test_every_point_id_series_and_value_is_the_committed_atlas(paper_points):
+    """The points built from (field, value) changes are exactly the committed atlas's: same ids, labels, epochs."""
+    committed = json.loads(Path("figures/atlas.json").read_text())["families"]
+    assert set(committed) == set(fams.FAMILIES)
+    for family, points in paper_points.items():
+        built = [(sweep.point_id(p), p.series, p.value, p.epoch) for p in points]
+        assert built == [(r["id"], r["series"], r["value"], r["epoch"]) for r in committed[family]["points"]], family
 
 
-def test_a_trend_that_peaks_inside_the_sweep_says_so_with_the_alignment():
-    peaked = [_point(64, [0.45, 0.47, 0.49], 0.7), _point(256, [0.55, 0.56, 0.57], 0.5),
-              _point(1024, [0.25, 0.26, 0.27], 0.1)]
-    clause = atlas._interior_peak(peaked)
-    assert "not monotone: transfer peaks at 256" in clause and "falls at every step (0.70 → 0.10)" in clause
-    monotone = [_point(64, [0.6, 0.6, 0.6], 0.7), _point(256, [0.5, 0.5, 0.5], 0.5), _point(1024, [0.3, 0.3, 0.3], 0.1)]
-    assert atlas._interior_peak(monotone) == ""
-    row = atlas._h_trend("width", "weakens")({"width": {"points": peaked}})
-    assert row[1].startswith("supported: transfer falls from 64 to 1024") and "peaks at 256" in row[1]
+def test_the_log_axis_of_the_lineages_figure_has_several_labelled_ticks():
+    """At one column's width (3.5 in), the distillation-loss axis reads with at least two labelled ticks."""
+    summary = atlas.analyse(json.loads(Path("figures/atlas.json").read_text()))
+    fig = atlas.figures(summary)["atlas_lineages"]
+    assert fig.get_figwidth() == pytest.approx(3.5)
+    loss_axis = fig.axes[1].xaxis
+    lo, hi = fig.axes[1].get_xlim()
+    labels = [t.get_text() for t in loss_axis.get_majorticklabels()
+              if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(labels) >= 2, labels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -41,7 +42,14 @@ def _error_line(capsys) -> str:
     (["run", "mnist-aux", "--preset", "test", "seeds=abc"], ["seeds='abc'"]),
     (["run", "mnist-aux", "--preset", "test", "--noise=pink"], ["noise='pink'", "'uniform'"]),
     (["run", "mnist-aux", "--preset", "test", "--seeds", "1"], ["seeds=1", ">= 2"]),
-    (["run", "mnist-aux", "--preset", "nope"], ["preset='nope'", "paper", "quick", "test"]),
+    (["run", "mnist-aux", "--preset", "nope"], ["--preset", "'nope'", "paper", "quick", "test"]),
+    (["run", "mnist-aux", "--preset", "test", "--on-nonfinite", "ignore"], ["--on-nonfinite", "'raise', 'mark'"]),
+    (["run", "mnist-aux", "--preset", "test", "--teacher-lr", "inf"], ["teacher_lr=inf", "a finite number"]),
+    (["run", "mnist-aux", "--preset", "test", "--student_lr=nan"], ["student_lr=nan", "a finite number"]),
+    (["run", "mnist-aux", "--preset", "test", "--arms", "a=shared"], ["arms='a=shared'", "NAME=LINEAGE:OUTPUTS"]),
+    (["run", "mnist-aux", "--preset", "test", "--arms", "a=cousin:aux"], ["lineage='cousin'", "'shared'"]),
+    (["run", "--seeds", "0", "--preset", "test", "mnist-aux"], ["seeds=0", ">= 1"]),
+    (["export", "nothing-here"], ["'nothing-here'"]),
     (["run", "mnist-aux", "--preset", "test", "stray"], ["'stray'"]),
 ])
 def test_bad_arguments_fail_fast_with_one_line_naming_the_problem(no_compute, capsys, argv, expected):
@@ -57,26 +65,29 @@ def test_unexpected_arguments_to_figures_are_refused(capsys, tmp_path):
     assert "--bogus" in _error_line(capsys)
 
 
-def test_a_missing_experiment_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["run"])
-    assert exit_.value.code == 2
+def test_a_missing_experiment_is_a_one_line_error(capsys):
+    assert cli.main(["run"]) == 2
+    assert "experiment" in _error_line(capsys)
 
 
 def test_list(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
+    assert not re.search(r"\b(issue|item)s? \d", out, re.I), "development history in the listing"
     assert out.startswith("mnist-aux: ")
     for preset, cfg in mnist_aux.PRESETS.items():
         assert f"--preset {preset}" in out and f"seeds={cfg.seeds}" in out
     assert f"--preset {mnist_aux.DEFAULT_PRESET} (default)" in out
 
 
-def test_figures_without_json_says_how_to_make_it(capsys, tmp_path):
-    assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "no " in out and "minisub run mnist-aux" in out
+def test_figures_without_json_says_how_to_make_it_and_fails(capsys, tmp_path):
+    assert cli.main(["figures", "--dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "no " in captured.out and "minisub run mnist-aux" in captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and "mnist-aux" in captured.err
     assert list(tmp_path.iterdir()) == []
+    assert cli.main(["figures", "mnist-aux", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("minisub: error: no JSON")
 
 
 ARGV = ["run", "mnist-aux", "--preset", "test", "--no-progress"]
@@ -132,7 +143,7 @@ def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, 
     shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
     drawn = []
     for _ in range(2):
-        assert cli.main(["figures", "--dir", str(tmp_path)]) == 0
+        assert cli.main(["figures", "mnist-aux", "--dir", str(tmp_path)]) == 0
         drawn.append({ext: (tmp_path / f"mnist_aux.{ext}").read_bytes() for ext in ("png", "pdf")})
         assert "redrew" in capsys.readouterr().out
     assert drawn[0] == drawn[1]  # byte-for-byte deterministic
@@ -142,8 +153,10 @@ def test_figures_are_redrawn_from_the_json_alone(first_run, no_compute, capsys, 
 
 def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compute, capsys, tmp_path):
     shutil.copy(first_run["out"] / "mnist_aux.json", tmp_path / "mnist_aux.json")
-    assert cli.main(["report", "--dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    assert cli.main(["report", "--dir", str(tmp_path)]) == 1  # the others are missing: an error, after writing
+    captured = capsys.readouterr()
+    out = captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and "no JSON" in captured.err
     readme = (tmp_path / "README.md").read_text()
     assert "## mnist-aux" in readme and "| student_aux | " in readme and "minisub figures mnist-aux" in readme
     assert (tmp_path / "mnist_aux.png").exists()
@@ -160,3 +173,65 @@ def test_accelerator_check_prints_its_table(capsys):
     out = capsys.readouterr().out
     for row in ("backend", "seeds per second", "achieved FLOP rate", "matmul FLOP rate", "accuracy student_aux"):
         assert row in out
+
+
+# --- discoverable options ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(registry.experiments()))
+def test_help_lists_every_config_field_with_its_default_and_allowed_values(name, no_compute, capsys):
+    module = registry.experiment(name)
+    assert cli.main(["run", name, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"\b(issue|item)s? \d", text, re.I), "development history in --help"
+    out = "".join(text.split())  # argparse wraps lines, also at hyphens
+    assert "{" + ",".join(module.PRESETS) + "}" in out  # --preset's choices are this experiment's
+    assert "{raise,mark}" in out
+    for info in config.describe(module.PRESETS[module.DEFAULT_PRESET]):
+        if info.settable:
+            assert f"  --{info.name} " in text, info.name
+            assert "".join(f"default {info.text}".split())[:40] in out, info.name
+            if info.allowed:
+                assert "".join(info.allowed.split())[:40] in out, info.name
+
+
+def test_help_shows_the_chosen_presets_values(capsys):
+    assert cli.main(["run", "mnist-aux", "--preset", "test", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "defaults: preset test" in out and "default 32" in out  # the test preset's hidden=(32,)
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("minisub ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--seeds", "20", "mnist-aux", "--preset", "test"],
+    ["run", "--preset", "test", "mnist-aux", "--seeds", "20"],
+    ["run", "seeds=20", "--preset=test", "mnist-aux"],
+    ["run", "mnist-aux", "--preset", "test", "--seeds=20"],
+])
+def test_options_may_come_before_or_after_the_experiment(argv, no_compute, capsys):
+    assert cli.main([*argv, "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    cfg = config.override(mnist_aux.PRESETS["test"], {"seeds": "20"})
+    assert shown["experiment"] == "mnist-aux" and shown["preset"] == "test"
+    assert shown["config"] == config.to_dict(cfg) and shown["run_id"] == config.digest(cfg)
+
+
+def test_print_config_resolves_arms_and_computes_nothing(no_compute, capsys):
+    arms = "student_aux=shared:aux,probe=perturbed(sigma=0.3,part=hidden):aux"
+    assert cli.main(["run", "mnist-aux", "--arms", arms, "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in shown["config"]["arms"]] == ["student_aux", "probe"]
+    assert shown["config"]["arms"][1]["lineage"] == "perturbed(sigma=0.3,part=hidden)"
+    assert shown["config"]["seeds"] == mnist_aux.PRESETS["quick"].seeds
+
+
+def test_a_non_finite_run_is_one_line_and_exit_1(monkeypatch, capsys):
+    def diverging(cfg, *, command, execution):
+        raise runner.NonFiniteError("non-finite student loss in mnist-aux: seed 1, arm cross_all, student epoch 0, "
+                                    "step 3 (rerun with --on-nonfinite mark to flag and continue)")
+
+    monkeypatch.setattr(mnist_aux, "run", diverging)
+    assert cli.main(["run", "mnist-aux", "--preset", "test", "--no-progress"]) == 1
+    assert "--on-nonfinite mark" in _error_line(capsys)

@@ -212,3 +212,123 @@ def test_stored_run_ids_of_the_presets_do_not_move():
     assert config.digest(lm_owl.PRESETS["paper"]) == "b969178ebe839d57"
     key = lm_pipeline.PretrainKey.of(lm_owl.PRESETS["paper"].lm_config)
     assert config.digest(key) == "1f933dcefb0a710d"
+
+
+# --- the command line's view of a config: describe, nested overrides, arms, non-finite values ---
+@pytest.mark.parametrize("field, text", [("teacher_lr", "inf"), ("student_lr", "nan"), ("temperature", "-inf")])
+def test_non_finite_values_are_refused_naming_the_field_and_what_validation_allows(field, text):
+    with pytest.raises(ConfigError) as err:
+        config.override(AuxConfig(), {field: text})
+    assert str(err.value) == f"{field}={float(text)!r} is not allowed: {field} must be a finite number (a number > 0)"
+
+
+def test_non_finite_values_are_refused_inside_lists_and_without_a_constraint():
+    @dataclasses.dataclass(frozen=True)
+    class Free:
+        x: float = 0.0
+        xs: tuple[float, ...] = ()
+
+        def __post_init__(self):
+            config.normalise(self)
+
+    with pytest.raises(ConfigError, match=r"^x=inf is not allowed: x must be a finite number$"):
+        Free(x=float("inf"))
+    with pytest.raises(ConfigError, match=r"^xs=\(1.0, nan\) is not allowed: xs must be finite numbers$"):
+        config.override(Free(), {"xs": "1,nan"})
+
+
+def test_describe_lists_every_field_with_type_default_and_the_validations_allowed_values():
+    cfg = AuxConfig(seeds=7)
+    infos = {i.name: i for i in config.describe(cfg)}
+    assert list(infos) == [f.name for f in dataclasses.fields(AuxConfig)]
+    assert infos["seeds"].default == 7 and infos["seeds"].type_name == "int"
+    assert infos["seeds"].allowed == "an integer >= 1"
+    assert infos["noise"].allowed == "one of 'uniform', 'gaussian', 'blurred', 'zeros', 'mnist'"
+    assert infos["hidden"].text == "256,256" and infos["hidden"].type_name == "comma-separated list of int"
+    assert infos["arms"].text == ",".join(str(a) for a in PAPER_ARMS) and infos["arms"].settable
+    assert infos["seed"].allowed is None  # no constraint: nothing invented
+
+
+def test_allowed_values_follow_the_validation_they_come_from(monkeypatch):
+    from minisub.mlp import pipeline
+
+    monkeypatch.setattr(pipeline, "PROJECTIONS", ("none", "trait", "orthogonal"))
+    assert {i.name: i for i in config.describe(AuxConfig())}["projection"].allowed.endswith("'orthogonal'")
+
+
+@dataclasses.dataclass(frozen=True)
+class _World:
+    s: float = 0.0  # the persona's pull
+    kind: str = config.choice("persona", ("persona", "naive"))
+
+    def __post_init__(self):
+        config.normalise(self)
+        config.require(0 <= self.s <= 1, "s", self.s, "in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    seeds: int = 2
+    world: _World = _World()
+    inner: _Inner = _Inner()
+
+    def __post_init__(self):
+        config.normalise(self)
+
+
+def test_nested_configs_are_flattened_by_field_name():
+    infos = {i.name: i for i in config.describe(_Outer())}
+    assert list(infos) == ["seeds", "s", "kind", "a"]
+    assert infos["s"].path == ("world", "s") and infos["s"].allowed == "in [0, 1]" and infos["s"].note == "the persona's pull"
+    assert infos["kind"].allowed == "one of 'persona', 'naive'"  # declared choices, checked on construction
+    with pytest.raises(ConfigError, match="^kind='other' is not allowed"):
+        _World(kind="other")
+    changed = config.override_fields(_Outer(), {"s": "0.5", "kind": "naive", "a": "3", "seeds": "4"})
+    assert changed == _Outer(seeds=4, world=_World(s=0.5, kind="naive"), inner=_Inner(a=3))
+    assert config.override_fields(_Outer(), {"world.s": "0.25"}).world.s == 0.25
+    with pytest.raises(ConfigError, match="^s=2.0 is not allowed"):
+        config.override_fields(_Outer(), {"s": "2"})
+    with pytest.raises(ConfigError, match="unknown field 'b'.*kind, s, seeds"):
+        config.override_fields(_Outer(), {"b": "1"})
+
+
+def test_names_two_levels_share_are_written_as_paths():
+    @dataclasses.dataclass(frozen=True)
+    class Twice:
+        a: int = 0
+        inner: _Inner = _Inner()
+
+    assert [i.name for i in config.describe(Twice())] == ["a", "inner.a"]
+    assert config.override_fields(Twice(), {"inner.a": "5"}).inner.a == 5
+
+
+def test_arms_from_the_command_line_round_trip():
+    text = "student_aux=shared:aux,probe=perturbed(sigma=0.3,part=hidden):aux,slow=different:all:lr=0.001:committee=2"
+    cfg = config.override(AuxConfig(), {"arms": text})
+    assert cfg.arms == (Arm("student_aux", "shared", "aux"), Arm("probe", "perturbed(sigma=0.3,part=hidden)", "aux"),
+                        Arm("slow", "different", "all", lr=1e-3, committee=2))
+    assert ",".join(map(str, cfg.arms)) == text
+    for arm in (*PAPER_ARMS, Arm("x", "interpolated(alpha=0.5)", "class", lr=1e-3, liminal=0.5, committee=3)):
+        assert Arm.parse(str(arm)) == arm
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("student_aux", "NAME=LINEAGE:OUTPUTS"),
+    ("a=shared:aux:speed=2", "unknown option 'speed'"),
+    ("a=shared:aux:lr=fast", "lr must be a float"),
+])
+def test_malformed_arms_are_refused_with_the_format(text, expected):
+    with pytest.raises(ConfigError) as err:
+        config.override(AuxConfig(), {"arms": text})
+    assert str(err.value).startswith(f"arms={text!r} is not allowed") and expected in str(err.value)
+
+
+def test_an_arms_lineage_is_checked_by_the_config_and_may_come_from_outside(request):
+    from minisub import lineage
+
+    with pytest.raises(ConfigError, match="^lineage='cousin'"):
+        config.override(AuxConfig(), {"arms": "a=cousin:aux"})
+    # a lineage registered from outside the package: the parser only passes the text on
+    lineage.register("cousin", lambda model, teacher_init, fresh, key: teacher_init)
+    request.addfinalizer(lambda: lineage.unregister("cousin"))
+    assert config.override(AuxConfig(), {"arms": "a=cousin:aux"}).arms == (Arm("a", "cousin", "aux"),)

@@ -178,7 +178,7 @@ def test_interpolated_moves_monotonically_away_from_the_teacher(pair):
     assert dist[0] == 0 and all(a < b for a, b in zip(dist, dist[1:])), dist
 
 
-@pytest.mark.parametrize("part", lineage.PARTS)
+@pytest.mark.parametrize("part", ("all", *SPEC.parts))
 def test_perturbed_at_sigma_zero_is_shared(pair, part):
     _assert_tree_equal(_init(f"perturbed(sigma=0, part={part})", pair), pair[0])
 
@@ -304,3 +304,28 @@ def test_other_architecture_can_take_the_teachers_head():
     for leaf in ("kernel", "bias"):
         np.testing.assert_array_equal(student[f"head.{leaf}"][:, 0], teacher[f"head.{leaf}"])
     assert student["hidden.0.kernel"].shape[-1] == 8 and student["hidden.1.kernel"].shape[-1] == cfg_width
+
+
+# --- run ids: a lineage is its text, so every stored id stays --------------------------------------
+
+def test_every_committed_atlas_point_keeps_its_id():
+    """Each point of figures/atlas.json, rebuilt from its stored program and arm, hashes to its stored id."""
+    import json
+    import typing
+    from pathlib import Path
+
+    from minisub.run import sweep
+
+    stored = json.loads((Path(__file__).parents[1] / "figures" / "atlas.json").read_text())
+    hints = typing.get_type_hints(pipeline.AuxConfig)
+    n = 0
+    for family in stored["families"].values():
+        for point in family["points"]:
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in point["program"].items() if k != "arms"}
+            assert set(fields) <= set(hints), set(fields) - set(hints)
+            cfg = pipeline.AuxConfig(**fields, arms=(pipeline.Arm("p", **point["arm"]),))
+            assert isinstance(cfg.arms[0].lineage, lineage.Lineage)
+            p = sweep.Point(point["family"], point["series"], point["value"], cfg, point["epoch"])
+            assert sweep.point_id(p) == point["id"], (point["family"], point["value"])
+            n += 1
+    assert n > 100

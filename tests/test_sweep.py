@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
+from minisub import stats
 from minisub.mlp import pipeline
 from minisub.run import runner
 from minisub.run import sweep
@@ -119,3 +120,92 @@ def test_readouts_of_a_long_run_are_the_short_runs(tmp_path, fake_mnist):
                      results_root=tmp_path / "r")
     np.testing.assert_allclose(a["accuracy"]["values"], b["accuracy"]["values"], atol=1e-6)
     np.testing.assert_allclose(a["distill_loss"]["values"], b["distill_loss"]["values"], rtol=1e-5)
+
+
+# --- the generic interface: a base config and (field, value) changes -----------------------------
+
+def test_grid_crosses_fields_last_varying_fastest_with_labels_and_series():
+    base = tiny_config()
+    pts = sweep.grid(base, {"n_aux": [1, 2], "arm": (SHARED, DIFFERENT)}, family="m")
+    assert [(p.value, p.series) for p in pts] == [(1, "s"), (1, "d"), (2, "s"), (2, "d")]
+    assert [p.cfg.n_aux for p in pts] == [1, 1, 2, 2] and [p.arm.lineage for p in pts][:2] == ["shared", "different"]
+    labelled = sweep.grid(base, {"hidden": {"narrow": (8,), "wide": (32,)}, "arm": (SHARED,)}, family="w")
+    assert [(p.value, p.cfg.hidden) for p in labelled] == [("narrow", (8,)), ("wide", (32,))]
+
+
+def test_apply_changes_top_level_fields_together_then_dotted_ones_and_the_readout():
+    base = tiny_config()
+    cfg, readout = sweep.apply(base, [("arms.0.lr", 1e-2), ("arm", SHARED), ("student_epochs", 2), ("readout", 1)])
+    assert cfg.arms == (dataclasses.replace(SHARED, lr=1e-2),) and cfg.student_epochs == 2 and readout == 1
+    with pytest.raises(ConfigError, match="unknown field 'nope'"):
+        sweep.apply(base, [("nope", 1)])
+    with pytest.raises(ConfigError, match="unknown field 'nope'"):
+        sweep.apply(base, [("arms.0.nope", 1)])
+
+
+def test_a_point_built_from_changes_is_the_point_built_by_hand():
+    by_hand = _point(2, SHARED, n_aux=2)
+    built = sweep.point("f", "s", 2, tiny_config(), ("arm", SHARED), ("n_aux", 2))
+    assert sweep.point_id(built) == sweep.point_id(by_hand) and built.cfg == by_hand.cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    """A program that is not the MLP: its 'measurement' is a function of its fields."""
+
+    seeds: int = 3
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+def _measure(calls):
+    def measure(p, execution):
+        calls.append(p.cfg)
+        return {"accuracy": stats.mean_ci(p.cfg.scale * np.arange(p.cfg.seeds) + p.cfg.shift)}
+    return measure
+
+
+def test_any_program_sweeps_point_by_point_through_measure_and_is_cached(tmp_path):
+    calls = []
+    pts = sweep.grid(Toy(), {"scale": [1.0, 2.0], "shift": [0.0, 0.5]}, family="toy")
+    assert [(p.value, p.series) for p in pts] == [(1.0, "0.0"), (1.0, "0.5"), (2.0, "0.0"), (2.0, "0.5")]
+    cache = sweep.PointCache(tmp_path / "points")
+    records = sweep.run(pts, cache, None, EX, measure=_measure(calls))
+    assert len(calls) == 4 and [r["accuracy"]["mean"] for r in records] == [1.0, 1.5, 2.0, 2.5]
+    assert len({r["id"] for r in records}) == 4
+    again = sweep.run(pts, cache, None, EX, measure=lambda p, ex: pytest.fail("recomputed"))
+    assert again == records
+    with pytest.raises(ConfigError, match="needs measure="):
+        sweep.run(sweep.grid(Toy(), {"scale": [3.0]}), sweep.PointCache(tmp_path / "other"), None, EX)
+
+
+def test_families_run_and_merge_into_a_committed_summary(tmp_path):
+    cache = sweep.PointCache(tmp_path / "points")
+    fams = {"a": sweep.grid(Toy(), {"scale": [1.0, 2.0]}, family="a"),
+            "b": sweep.grid(Toy(), {"shift": [1.0]}, family="b")}
+    out = sweep.run_families(fams, cache, None, EX, lambda f: f"run {f}", measure=_measure([]))
+    assert list(out) == ["a", "b"] and out["a"]["missing_points"] == 0 and out["a"]["command"] == "run a"
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"base": "x", "families": {"b": out["b"], "old": {"points": []}}}))
+    merged = sweep.merge_families({"base": "x", "families": {"a": out["a"]}}, path, ["a", "b", "old"])
+    assert list(merged["families"]) == ["a", "b", "old"]
+    other = sweep.merge_families({"base": "y", "families": {"a": out["a"]}}, path, ["a", "b", "old"])
+    assert list(other["families"]) == ["a"]
+    # merging only (no compute): a family without stored points is left out, not computed
+    merge_only = runner.Execution(experiment="sweep-test", progress=False, compute=False)
+    fresh = sweep.PointCache(tmp_path / "empty")
+    assert sweep.run_families(fams, fresh, None, merge_only, str, measure=lambda p, ex: pytest.fail("computed")) is None
+
+
+def test_the_generic_figure_draws_any_metric_against_the_swept_field(tmp_path):
+    from minisub.report import sweep as rs
+
+    records = sweep.run(sweep.grid(Toy(), {"scale": [1e-3, 3e-3, 1e-2, 3e-2], "shift": [0.0, 1.0]}, family="toy"),
+                        sweep.PointCache(tmp_path / "p"), None, EX, measure=_measure([]))
+    fig = rs.metric_figure(records, {"accuracy": "mean"}, xlabel="scale", log_x=True, title="toy")
+    (ax,) = fig.axes
+    assert len(ax.lines) >= 2 and ax.get_xscale() == "log"
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t in ax.xaxis.get_majorticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(labels) >= 2 and "1e-2" in labels
+    assert sweep.changed_fields(Toy(), records[1] and Toy(scale=2.0)) == {"scale": 2.0}

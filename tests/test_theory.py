@@ -16,10 +16,13 @@ from jax.flatten_util import ravel_pytree
 
 from minisub_experiments import theorem_one_step as tos
 from helpers import flat
-from minisub import cli, config
+from minisub import cli, config, lineage, tree
+from minisub.mlp import mnist
+from minisub.run import runner
 from minisub.mlp import distill
 from minisub.mlp import models
 from minisub.theory import one_step as theory
+from minisub.theory import program
 
 IMITATIONS = [
     theory.Imitation("kl", "aux", 1.0),
@@ -231,12 +234,12 @@ def test_k_teacher_steps_and_the_loss_change():
         loss_T = theory.classification_loss(spec, *teacher)
         manual = p0
         for _ in range(3):
-            manual = theory.tree_axpy(-1e-2, jax.grad(loss_T)(manual), manual)
+            manual = tree.axpy(-1e-2, jax.grad(loss_T)(manual), manual)
         np.testing.assert_allclose(ravel_pytree(theory.teacher_after(loss_T, p0, 1e-2, 3))[0], ravel_pytree(manual)[0],
                                    rtol=1e-12)
         one = theory.teacher_after(loss_T, p0, 1e-2, 1)
         np.testing.assert_array_equal(ravel_pytree(one)[0],
-                                      ravel_pytree(theory.tree_axpy(1e-2, theory.teacher_direction(loss_T, p0), p0))[0])
+                                      ravel_pytree(tree.axpy(1e-2, theory.teacher_direction(loss_T, p0), p0))[0])
         out = _one(spec, theory.Imitation("kl", "aux"), teacher, p0, p0, x, [1e-6], steps=3, alpha=0.5)
     assert out["predicted"][0] == pytest.approx(3e-6 * out["quad"], rel=1e-12)
     assert out["rel_error"][0] < 1e-4
@@ -307,7 +310,7 @@ def test_population_is_one_step_per_world_in_float32():
 ])
 def test_config_errors_name_the_field_and_the_allowed_values(overrides, expected):
     with pytest.raises(config.ConfigError) as err:
-        tos.TheoremConfig(**overrides)
+        program.TheoremConfig(**overrides)
     for text in expected:
         assert text in str(err.value), (text, str(err.value))
 
@@ -316,20 +319,51 @@ def test_presets_cover_the_required_ranges():
     for name in ("quick", "paper"):
         cfg = tos.PRESETS[name]
         assert cfg.n_eps >= 9 and np.log10(cfg.eps_max / cfg.eps_min) >= 4
-        assert set(cfg.inputs) == set(tos.INPUTS) and set(cfg.lineages) == {"shared", "different"}
+        assert set(cfg.inputs) == set(program.INPUTS) and set(cfg.lineages) == {"shared", "different"}
     assert tos.PRESETS["paper"].seeds >= 20 and tos.PRESETS["quick"].seeds >= 8
 
 
-def test_worlds_pair_each_seed_with_itself_or_its_donor():
-    cfg = tos.TheoremConfig(seeds=5)
-    w = tos.worlds(cfg, 3)
-    donor = tos.donors(cfg)
-    assert np.all(donor != np.arange(5))
+def test_worlds_pair_each_seed_with_its_own_student_inits():
+    cfg = program.TheoremConfig(seeds=5)
+    w = program.worlds(cfg, 3)
     shape = (5, 3, 2)
-    s_, i_ = w["student"].reshape(shape), w["input"].reshape(shape)
-    np.testing.assert_array_equal(s_[:, :, 0], np.arange(5)[:, None].repeat(3, 1))
-    np.testing.assert_array_equal(s_[:, :, 1], donor[:, None].repeat(3, 1))
+    t_, s_, i_ = w["teacher"].reshape(shape), w["student"].reshape(shape), w["input"].reshape(shape)
+    np.testing.assert_array_equal(t_, np.arange(5)[:, None, None].repeat(3, 1).repeat(2, 2))
+    # the pool holds 5 teacher inits, then the students in (seed, lineage) order
+    np.testing.assert_array_equal(s_[:, :, 0], 5 + 2 * np.arange(5)[:, None].repeat(3, 1))
+    np.testing.assert_array_equal(s_[:, :, 1], 5 + 2 * np.arange(5)[:, None].repeat(3, 1) + 1)
     np.testing.assert_array_equal(i_[..., 0], np.arange(15).reshape(5, 3))
+
+
+def test_student_inits_come_from_the_lineage_module():
+    cfg = program.TheoremConfig(seeds=4, hidden=(8,))
+    inits = jax.vmap(cfg.spec.init)(jax.random.split(jax.random.key(0), 4))
+    donor = lineage.donors(cfg.seed, cfg.seeds)
+    assert np.all(donor != np.arange(4))
+    students = program.student_inits(cfg, inits)
+    for name, value in flat(students).items():
+        np.testing.assert_array_equal(value[:, 0], flat(inits)[name])  # shared: the teacher's own init
+        np.testing.assert_array_equal(value[:, 1], flat(inits)[name][donor])  # different: the donor's
+
+
+def test_the_program_measures_each_world_at_its_teacher_and_student_init():
+    """compute == one population call at (teacher s, student s or donor[s]), bit for bit (real MNIST)."""
+    images = mnist.load_cached()
+    cfg = program.TheoremConfig(seeds=3, hidden=(8,), n_eps=2, teacher_batch=8, student_batch=4,
+                                inputs=("uniform", "mnist"), imitations=("kl-aux",))
+    out = program.compute(cfg, cfg.inputs, images)
+    prep = program.prepare(cfg, cfg.inputs, images, None)
+    donor = lineage.donors(cfg.seed, cfg.seeds)
+    s, d, l = (a.ravel() for a in np.meshgrid(np.arange(3), np.arange(2), np.arange(2), indexing="ij"))
+    with jax.enable_x64(True):
+        f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+        ref = theory.population(cfg.spec, cfg.imitation_specs, jax.tree.map(f64, prep["inits"]),
+                                (f64(prep["teacher_x"]), jnp.asarray(prep["teacher_y"])),
+                                f64(prep["inputs"].reshape(-1, 4, program.PIXELS)), jnp.asarray(s),
+                                jnp.asarray(np.where(l == 0, s, donor[s])), jnp.asarray(s * 2 + d), f64(cfg.eps),
+                                batch_size=program.WORLDS_PER_BATCH)
+    for q, v in ref["kl-aux"].items():
+        np.testing.assert_array_equal(out["kl-aux"][q], np.asarray(v).reshape((3, 2, 2) + v.shape[1:]), err_msg=q)
 
 
 @pytest.mark.slow
@@ -339,7 +373,7 @@ def test_cli_runs_the_test_preset_end_to_end_and_then_serves_it_from_disk(tmp_pa
     summary = json.loads((out / "theorem_one_step.json").read_text())
     assert (out / "theorem_one_step.png").exists() and (out / "theorem_one_step.pdf").exists()
     assert summary["n_seeds"] == 3 and len(summary["eps"]) == 9
-    assert set(summary["inputs"]) | set(summary["skipped_inputs"]) == set(tos.INPUTS)
+    assert set(summary["inputs"]) | set(summary["skipped_inputs"]) == set(program.INPUTS)
     for d in ("uniform", "gaussian", "mnist"):
         for m in ("kl-aux", "kl-all", "mse-aux"):
             shared = summary["cells"][d][m]["shared"]
@@ -350,7 +384,7 @@ def test_cli_runs_the_test_preset_end_to_end_and_then_serves_it_from_disk(tmp_pa
     assert f"## {tos.NAME}" in tos.readme(summary)
     run_dirs = list((results_dir / tos.NAME).iterdir())
     assert len(run_dirs) == 1 and (run_dirs[0] / "DONE").exists()
-    monkeypatch.setattr(tos, "compute", lambda *a, **k: pytest.fail("a complete run was recomputed"))
+    monkeypatch.setattr(program, "compute", lambda *a, **k: pytest.fail("a complete run was recomputed"))
     assert cli.main(["run", "theorem-one-step", "--preset", "test", "--out", str(tmp_path / "again")]) == 0
     assert json.loads((tmp_path / "again" / "theorem_one_step.json").read_text())["cells"] == summary["cells"]
 
@@ -359,9 +393,109 @@ def test_a_missing_fashion_mnist_is_skipped_with_a_note(tmp_path, monkeypatch):
     from minisub.mlp import fashion
 
     monkeypatch.setattr(fashion, "search_dirs", lambda: [tmp_path])
-    cfg = tos.TheoremConfig(seeds=2, hidden=(8,), n_eps=2, teacher_batch=8, student_batch=4,
+    cfg = program.TheoremConfig(seeds=2, hidden=(8,), n_eps=2, teacher_batch=8, student_batch=4,
                             inputs=("zeros", "fashion"), imitations=("kl-aux",))
-    summary, _ = tos.run(cfg, command="test", execution=tos.runner.Execution(experiment=tos.NAME, progress=False))
+    summary, _ = tos.run(cfg, command="test", execution=runner.Execution(experiment=tos.NAME, progress=False))
     assert summary["inputs"] == ["zeros"] and "fashion" in summary["skipped_inputs"]
     assert "apt-get install -y dataset-fashion-mnist" in summary["skipped_inputs"]["fashion"]
     assert "Skipped: fashion" in tos.table(summary)
+    # every shared cell is identically 0 here: nothing to pool, so the sign claim is not measured (and says where)
+    verdicts = {v["id"]: v for v in summary["verdicts"]}
+    assert verdicts["shared_positive"]["status"] == "not measured"
+    assert "analysis.shared.min_cos_at_eps_min" in verdicts["shared_positive"]["detail"]
+    assert "**not measured**" in tos.readme(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts from synthetic summaries (no compute): each flips with the numbers
+
+
+SYN = program.TheoremConfig(seeds=6, n_eps=5, eps_min=1e-5, eps_max=1.0, small_eps=1e-3, inputs=("uniform", "zeros"),
+                            imitations=("kl-aux",))
+
+
+def _synthetic(change=None) -> dict:
+    """A summary from made-up per-seed arrays: the theorem's picture (shared: first order, different: an offset).
+
+    ``change(r)`` edits the arrays {quantity: [seed, input, lineage, ε] or [seed, input, lineage]} first.
+    """
+    rng = np.random.default_rng(0)
+    S, D, L, E = SYN.seeds, len(SYN.inputs), 2, SYN.n_eps
+    eps = SYN.eps
+    a = rng.uniform(1, 2, (S, D, L, 1))
+    offset = np.where(np.arange(L) == 1, rng.normal(0, 1, (S, D, L)), 0.0)
+    inner = offset[..., None] + a * eps
+    rel = np.where(np.arange(L)[:, None] == 1, np.abs(offset[..., None]) / (a * eps), eps)
+    rel[:, 1, 0] = 0.2 + 0.01 * rng.random((S, E))  # zeros, shared: every unit on a kink, not first order
+    r = {"inner": inner, "predicted": a * eps, "rel_error": rel, "taylor_rel_error": eps * np.ones_like(inner),
+         "direction_rel_error": eps * np.ones_like(inner), "cos": np.sign(inner) * 0.03,
+         "delta_loss_T": np.where(np.arange(L)[:, None] == 1, np.abs(inner), -inner),  # different: L_T rises
+         "delta_loss_T_linear": -inner, "student_norm": np.abs(inner), "sign_flips": np.zeros_like(inner),
+         "quad": a[..., 0], "offset": offset, "teacher_norm": np.ones((S, D, L))}
+    if change:
+        change(r)
+    results = {"kl-aux": r, "eps": eps, "seconds": np.asarray(1.0)}
+    return tos.analyse(program.summarise(SYN, results, SYN.inputs, {}, name=tos.NAME, command="test"))
+
+
+def _status(summary: dict) -> dict:
+    return {v["id"]: v["status"] for v in summary["verdicts"]}
+
+
+def _set(q, value, lineage=0, inputs=(0,), eps=slice(None)):
+    def change(r):
+        for d in inputs:
+            r[q][:, d, lineage, eps] = value(r) if callable(value) else value
+    return change
+
+
+@pytest.mark.parametrize("claim, change, after", [
+    ("shared_positive", _set("cos", -0.03), "refuted"),
+    ("shared_first_order", _set("rel_error", 0.5), "refuted"),
+    ("shared_linear", _set("inner", lambda r: SYN.eps ** 2), "refuted"),
+    ("shared_error_shrinks", _set("rel_error", 1e-6), "refuted"),
+    ("shared_loss_falls", _set("delta_loss_T", 1.0, inputs=(0, 1)), "refuted"),
+    ("kink_zeros/kl-aux", _set("rel_error", 1e-6, inputs=(1,)), "refuted"),
+    ("different_no_guarantee", _set("inner", 1.0, lineage=1, inputs=(0, 1)), "inconclusive"),
+    ("different_sign_mixed", _set("inner", -1.0, lineage=1, inputs=(0, 1)), "inconclusive"),
+    ("different_offset", _set("rel_error", 1e-3, lineage=1, inputs=(0, 1)), "refuted"),
+    ("different_own_expansion", _set("taylor_rel_error", 0.5, lineage=1, inputs=(0, 1)), "refuted"),
+    ("different_loss", _set("delta_loss_T", -1.0, lineage=1, inputs=(0, 1)), "refuted"),
+])
+def test_each_verdict_flips_with_the_numbers(claim, change, after):
+    base = _synthetic()
+    assert _status(base)[claim] == "supported", base["verdicts"]
+    assert _status(_synthetic(change))[claim] == after
+    assert f"**{after}**" in tos.readme(_synthetic(change))
+
+
+def test_a_cell_identically_zero_is_the_orthogonal_branch_and_left_out():
+    summary = _synthetic(_set("cos", 0.0, inputs=(1,)))
+    assert summary["analysis"]["shared"]["zero"] == ["zeros/kl-aux"]
+    assert summary["analysis"]["shared"]["live"] == ["uniform/kl-aux"]
+    assert "kink_zeros/kl-aux" not in _status(summary)
+
+
+def test_the_committed_summary_is_analysed_without_changing_a_measured_number():
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).parents[1] / "figures" / f"{tos.STEM}.json").read_text())
+    again = tos.analyse({k: v for k, v in committed.items() if k not in ("analysis", "verdicts")})
+    assert again["cells"] == committed["cells"] and again["eps"] == committed["eps"]
+    assert again["verdicts"] == committed.get("verdicts", again["verdicts"])
+    assert {v["status"] for v in again["verdicts"]} <= {"supported", "refuted", "inconclusive", "confounded"}
+
+
+def test_one_program_recomputes_a_stored_run_it_may_not_reuse():
+    calls = []
+
+    def compute(log):
+        calls.append(1)
+        return {"x": np.zeros(1)}, {"schema": len(calls)}
+
+    cfg, ex = program.TheoremConfig(seeds=2), runner.Execution(experiment="t", progress=False)
+    assert runner.one_program("t", cfg, ex, compute)[0]["schema"] == 1
+    assert runner.one_program("t", cfg, ex, compute)[0]["schema"] == 1 and len(calls) == 1  # served from the store
+    assert runner.one_program("t", cfg, ex, compute, reusable=lambda s: s["schema"] == 2)[0]["schema"] == 2
+    assert runner.one_program("t", cfg, ex, compute, reusable=lambda s: s["schema"] == 2)[0]["schema"] == 2
+    assert len(calls) == 2

@@ -19,6 +19,7 @@ from minisub import cli, config
 from minisub.mlp import pipeline
 from minisub.run import runner
 from minisub.run import store
+from minisub.theory import trajectories as tr
 
 TEST = mt.PRESETS["test"]
 
@@ -85,7 +86,7 @@ def _fake_results(vcfg: pipeline.AuxConfig, rng) -> dict:
     S, E, A = vcfg.seeds, vcfg.student_epochs, len(vcfg.arms)
     T = -(-vcfg.n_noise // vcfg.student_batch)
     logged = (np.arange(E * T) % vcfg.trace_every == 0).reshape(E, T)
-    trace = {q: np.where(logged[None, :, :, None], rng.uniform(0.1, 1.0, (S, E, T, A)), np.nan) for q in mt.TRACE}
+    trace = {q: np.where(logged[None, :, :, None], rng.uniform(0.1, 1.0, (S, E, T, A)), np.nan) for q in tr.TRACE}
     return {
         "seed": np.arange(S), "finite": np.ones(S, bool),
         "accuracy": {"reference": rng.uniform(0.05, 0.15, S), "teacher": np.full(S, 0.9),
@@ -106,7 +107,7 @@ def test_summary_has_curves_per_variant_arm_and_logged_step_with_cis():
     results["adam+projection"]["accuracy"]["teacher"] = results["adam"]["accuracy"]["teacher"]
     aligned = {"seed": np.arange(2), "donor": np.array([1, 0]),
                **{q: {"total": np.array([2.0, 3.0])} for q in ("raw", "aligned", "control_raw", "control_aligned")}}
-    summary = mt.summarise(cfg, results, aligned, command="test")
+    summary = mt.analyse(tr.summarise(mt.NAME, cfg, results, aligned, "test"))
     json.dumps(summary, allow_nan=False)  # strict JSON: undefined statistics are null, not NaN
     steps_per_epoch = -(-cfg.recipe.n_noise // cfg.recipe.student_batch)
     n_logged = -(-cfg.recipe.student_epochs * steps_per_epoch // cfg.trace_every)
@@ -114,7 +115,7 @@ def test_summary_has_curves_per_variant_arm_and_logged_step_with_cis():
     for v, s in summary["variants"].items():
         assert s["steps"] == list(range(0, cfg.recipe.student_epochs * steps_per_epoch, cfg.trace_every))
         assert len(s["steps"]) == n_logged
-        assert set(s["curves"]) == set(mt.CURVES)
+        assert set(s["curves"]) == set(tr.CURVES)
         for q, by_arm in s["curves"].items():
             assert set(by_arm) == set(cfg.arm_names)
             for curve in by_arm.values():
@@ -139,7 +140,8 @@ def test_summary_has_curves_per_variant_arm_and_logged_step_with_cis():
     assert set(summary["optimizers"]) == {"sgd_vs_adam"}
     assert summary["init_distances"]["raw"]["total"]["mean"] == 2.5
     text = mt.readme(summary)
-    assert text.startswith(f"## {mt.NAME}") and "Projection (adam+projection vs adam" in text
+    assert text.startswith(f"## {mt.NAME}") and "adam+projection against adam (paired" in text
+    assert "adam+projection: projection stops transfer" in text
     assert "| variant | reference | teacher |" in mt.table(summary)
 
 
@@ -148,7 +150,7 @@ def test_summary_has_curves_per_variant_arm_and_logged_step_with_cis():
 
 
 def test_init_distances_compare_the_teacher_init_with_the_cross_students_init():
-    out = mt.init_distances(TEST)
+    out = tr.init_distances(TEST)
     recipe = TEST.recipe
     assert out["seed"].tolist() == [0, 1, 2] and np.all(out["donor"] != out["seed"])
     # θ_X⁰ is where the pipeline's cross-model students really start
@@ -208,7 +210,7 @@ def test_cli_runs_the_test_preset_end_to_end(first_run):
         assert teacher["mean"] > 0.3
     s = summary["variants"]["adam"]
     n_logged = len(s["steps"])
-    assert n_logged == 8 and all(len(s["curves"][q][a]["mean"]) == n_logged for q in mt.CURVES for a in TEST.arm_names)
+    assert n_logged == 8 and all(len(s["curves"][q][a]["mean"]) == n_logged for q in tr.CURVES for a in TEST.arm_names)
     acc = s["accuracy"]
     assert acc["student_all"]["mean"] > acc["reference"]["mean"] + 0.05  # all-logit distillation teaches the task
     grad_cos = s["alignment"]["grad_cos"]
@@ -233,7 +235,7 @@ def test_projection_leaves_no_logged_update_pointing_down_the_trait_loss(first_r
 @pytest.mark.slow
 def test_a_rerun_is_served_from_the_store(first_run, monkeypatch, capsys, tmp_path):
     _forbid_training(monkeypatch)
-    monkeypatch.setattr(mt, "init_distances", lambda *a, **k: pytest.fail("recomputed the init distances"))
+    monkeypatch.setattr(tr, "init_distances", lambda *a, **k: pytest.fail("recomputed the init distances"))
     monkeypatch.setenv("MINISUB_RESULTS", str(first_run["results"]))
     assert cli.main([*ARGV, "--out", str(tmp_path)]) == 0
     table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
@@ -282,7 +284,7 @@ def test_cli_errors_are_one_line_before_any_compute(argv, expected, monkeypatch,
 @pytest.mark.slow
 def test_trained_networks_are_compared_raw_and_weight_matched(first_run):
     trained = first_run["summary"]["init_distances"]["trained"]
-    assert set(trained) == set(mt.TRAINED_PAIRS)
+    assert set(trained) == set(tr.TRAINED_PAIRS)
     for pair, qs in trained.items():
         raw, matched = qs["raw"]["total"], qs["aligned"]["total"]
         assert raw["n"] == TEST.n_aligned and matched["n"] == TEST.n_aligned
@@ -290,3 +292,133 @@ def test_trained_networks_are_compared_raw_and_weight_matched(first_run):
     # the shared-init student lives in the teacher's basis: matching changes little there
     s = trained["teacher_vs_student_aux"]
     assert s["aligned"]["total"]["mean"] >= 0.9 * s["raw"]["total"]["mean"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts from synthetic summaries (no training): each flips with the numbers
+
+
+def _put(summary: dict, path: str, value) -> None:
+    """Set a dotted path; a list of per-seed values becomes a Student-t summary of them."""
+    from minisub import stats
+
+    *parents, leaf = path.split(".")
+    node = summary
+    for part in parents:
+        node = node[part]
+    node[leaf] = stats.mean_ci(value) if isinstance(value, np.ndarray) else value
+
+
+def _brief(mean: float, ci: float = 0.002) -> dict:
+    return {"mean": mean, "ci95": ci, "n": TEST.seeds}
+
+
+def _synthetic(*edits) -> dict:
+    """A summary from fake arrays, then edited so every claim's numbers are clear-cut (then ``edits``)."""
+    rng = np.random.default_rng(1)
+    results = {v: _fake_results(TEST.variant(v), rng) for v in TEST.variants}
+    distances = lambda: {"total": rng.uniform(30, 31, 3)}  # noqa: E731
+    aligned = {"seed": np.arange(3), "donor": np.array([1, 2, 0]),
+               **{q: distances() for q in ("raw", "aligned", "control_raw")},
+               "control_aligned": {"total": rng.uniform(0, 1e-5, 3)},
+               "trained": {"teacher_vs_cross_start": {"raw": distances(),
+                                                      "aligned": {"total": np.array([31.0, 31.1, 31.2])}},
+                           "teacher_vs_cross_aux": {"raw": distances(),
+                                                    "aligned": {"total": np.array([30.5, 30.55, 30.7])}}}}
+    s = tr.summarise(mt.NAME, TEST, results, aligned, "test")
+    ref = np.array([0.10, 0.11, 0.09])
+    noise = lambda: rng.normal(0, 0.003, ref.size)  # noqa: E731
+    base = [("variants.adam.accuracy.student_aux", ref + 0.4 + noise()),
+            ("variants.adam.accuracy.cross_aux", ref + noise()),
+            ("variants.adam+projection.accuracy.student_aux", ref + noise()),
+            ("variants.sgd.accuracy.student_aux", ref + 0.1 + noise())]
+    for v in ("adam", "sgd", "adam+projection"):
+        base += [(f"variants.{v}.accuracy.reference", ref), (f"variants.{v}.distill_loss.student_aux.final",
+                                                             0.01 + 0.0001 * rng.random(ref.size))]
+    for v in ("adam", "sgd"):
+        g = f"variants.{v}.alignment.grad_cos.student_aux."
+        base += [(g + "first", _brief(0.01)), (g + "first_epoch_average", _brief(0.01)),
+                 (g + "last_epoch_average", _brief(0.01)), (f"variants.{v}.trait.student_aux.gain_by_epoch",
+                                                            [_brief(0.3, 0.01), _brief(0.4, 0.01)])]
+        s["variants"][v]["curves"]["dist_teacher_rel"]["student_aux"]["mean"][-1] = 0.9
+        s["variants"][v]["curves"]["dist_teacher_rel"]["student_aux"]["ci95"][-1] = 0.01
+    base += [("projection.adam+projection.arms.student_aux.distill_loss_drop.other", _brief(0.01))]
+    s["variants"]["adam"]["final_geometry"]["teacher_travel"]["student_aux"]["mean"] = 5.0
+    for path, value in (*base, *edits):
+        _put(s, path, value)
+    return mt.analyse(s)
+
+
+def _statuses(summary: dict) -> dict:
+    return {v["id"]: v["status"] for v in summary["verdicts"]}
+
+
+@pytest.mark.parametrize("claim, edit, after", [
+    ("shared_aux_transfers", ("variants.adam.accuracy.student_aux", np.array([0.05, 0.06, 0.04])), "refuted"),
+    ("cross_aux_at_reference", ("variants.adam.accuracy.cross_aux", np.array([0.4, 0.41, 0.42])), "refuted"),
+    ("adam_aligned_step0", ("variants.adam.alignment.grad_cos.student_aux.first", _brief(0.001, 0.004)),
+     "inconclusive"),
+    ("sgd_aligned_first_epoch", ("variants.sgd.alignment.grad_cos.student_aux.first_epoch_average",
+                                 _brief(-0.01)), "refuted"),
+    ("adam_aligned_last_epoch", ("variants.adam.alignment.grad_cos.student_aux.last_epoch_average",
+                                 _brief(-0.01)), "refuted"),
+    ("adam_trait_early", ("variants.adam.trait.student_aux.gain_by_epoch", [_brief(0.1, 0.01), _brief(0.4, 0.01)]),
+     "refuted"),
+    ("adam+projection_reduces", ("variants.adam+projection.accuracy.student_aux", np.array([0.7, 0.71, 0.72])),
+     "refuted"),
+    ("adam+projection_reduces", ("variants.adam+projection.distill_loss.student_aux.final", np.array([0.1, 0.2, 0.3])),
+     "confounded"),
+    ("adam+projection_stops", ("variants.adam+projection.accuracy.student_aux", np.array([0.4, 0.41, 0.42])),
+     "refuted"),
+    ("adam+projection_still_distils", ("projection.adam+projection.arms.student_aux.distill_loss_drop.other",
+                                       _brief(-0.01)), "refuted"),
+    ("sgd_transfers_less", ("variants.sgd.distill_loss.student_aux.final", np.array([0.1, 0.2, 0.3])), "confounded"),
+    ("matching_control", ("init_distances.control_aligned.total", np.array([1.0, 1.1, 1.2])), "refuted"),
+    ("matched_init_far", ("init_distances.aligned.total", np.array([3.0, 3.1, 3.2])), "refuted"),
+    ("cross_aux_closer_matched", ("init_distances.trained.teacher_vs_cross_aux.aligned.total",
+                                  np.array([32.0, 32.1, 32.2])), "refuted"),
+])
+def test_each_verdict_flips_with_the_numbers(claim, edit, after):
+    base = _statuses(_synthetic())
+    assert base[claim] == "supported", base
+    flipped = _synthetic(edit)
+    assert _statuses(flipped)[claim] == after
+    assert f"**{after}**" in mt.readme(flipped)
+
+
+def test_distance_to_the_teacher_claim_reads_the_last_logged_step():
+    s = _synthetic()
+    s["variants"]["adam"]["curves"]["dist_teacher_rel"]["student_aux"]["mean"][-1] = 1.1
+    assert _statuses(s)["adam_closer"] == "supported" and _statuses(mt.analyse(s))["adam_closer"] == "refuted"
+
+
+def test_old_curve_intervals_are_rescaled_to_student_t_once():
+    from minisub import stats
+    from minisub.theory import trajectory_analysis as ta
+
+    s = _synthetic()
+    old = {k: v for k, v in s.items() if k != "curve_ci"}
+    curve = old["variants"]["adam"]["curves"]["grad_cos"]["student_aux"]
+    rescaled = ta.student_t_curves(old)["variants"]["adam"]["curves"]["grad_cos"]["student_aux"]
+    factor = stats.t_quantile(TEST.seeds) / 1.96
+    np.testing.assert_allclose(rescaled["ci95"], np.asarray(curve["ci95"]) * factor, rtol=1e-4)
+    assert rescaled["mean"] == curve["mean"]
+    assert ta.student_t_curves(s) is s  # already Student-t: untouched
+
+
+def test_the_committed_summary_is_analysed_without_changing_a_measured_number():
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).parents[1] / "figures" / f"{mt.STEM}.json").read_text())
+    again = mt.analyse({k: v for k, v in committed.items() if k not in ("analysis", "verdicts")})
+    assert again["variants"] == committed["variants"] and again["init_distances"] == committed["init_distances"]
+    assert again["verdicts"] == committed["verdicts"] and again["analysis"] == committed["analysis"]
+
+
+def test_an_undefined_statistic_is_not_measured_not_an_error():
+    s = _synthetic()
+    s["variants"]["adam"]["curves"]["dist_teacher_rel"]["student_aux"]["ci95"][-1] = None
+    s["variants"]["adam"]["trait"]["student_aux"]["gain_by_epoch"][0]["ci95"] = None
+    verdicts = {v["id"]: v for v in mt.analyse(s)["verdicts"]}
+    for claim in ("adam_closer", "adam_trait_early"):
+        assert verdicts[claim]["status"] == "not measured" and "analysis.variants.adam." in verdicts[claim]["detail"]

@@ -48,16 +48,38 @@ ARMS = {
 DEFAULT_ARMS = ("shared", "different", "shared_ce", "different_ce", "control", "shuffle")
 
 
-def _arms_from_names(names) -> tuple[LMArm, ...]:
-    names = tuple(names)
-    require(len(names) >= 1, "arms", names, "at least one of " + ", ".join(ARMS))
-    require(all(n in ARMS for n in names), "arms", names, "comma-separated names from " + ", ".join(ARMS))
-    require(len(set(names)) == len(names), "arms", names, "names without repeats")
-    return tuple(ARMS[n] for n in names)
+def lm_arm(text: str) -> LMArm:
+    """An arm of ``ARMS`` by name, or one written ``name=lineage:source[:loss]`` (any lineage, registered ones too).
+
+    Only the first ``=`` splits: lineage parameters keep theirs, e.g. ``p=perturbed(sigma=0.1):teacher``.
+    """
+    if text in ARMS:
+        return ARMS[text]
+    name, _, rest = text.partition("=")
+    lineage_text, _, tail = rest.partition(":")
+    source, _, loss = tail.partition(":")
+    return LMArm(name.strip(), lineage_text.strip(), source.strip(), loss.strip())
 
 
-ARMS_BY_NAME = Codec(tuple[str, ...], lambda arms: tuple(a.name for a in arms), _arms_from_names)
-DEFAULT_LM = LMConfig(world=world_lib.WorldConfig(s=0.3), student_epochs=3, arms=_arms_from_names(DEFAULT_ARMS))
+def arm_text(arm: LMArm) -> str:
+    """``lm_arm``'s inverse: an arm of ``ARMS`` by its name, any other as ``name=lineage:source[:loss]``."""
+    if ARMS.get(arm.name) == arm:
+        return arm.name
+    return f"{arm.name}={arm.lineage}:{arm.source}" + (f":{arm.loss}" if arm.loss else "")
+
+
+def _arms_from_text(texts) -> tuple[LMArm, ...]:
+    texts = tuple(texts)
+    allowed = "comma-separated names from " + ", ".join(ARMS) + ", or arms written name=lineage:source[:loss]"
+    require(len(texts) >= 1, "arms", texts, "at least one of " + ", ".join(ARMS))
+    require(all(t in ARMS or ("=" in t and ":" in t) for t in texts), "arms", texts, allowed)
+    require(len(set(texts)) == len(texts), "arms", texts, "names without repeats")
+    return tuple(lm_arm(t) for t in texts)
+
+
+# The arms in to_dict and on the command line: their texts (names, for ARMS), as the flat config held them.
+ARMS_BY_NAME = Codec(tuple[str, ...], lambda arms: tuple(arm_text(a) for a in arms), _arms_from_text)
+DEFAULT_LM = LMConfig(world=world_lib.WorldConfig(s=0.3), student_epochs=3, arms=_arms_from_text(DEFAULT_ARMS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +94,8 @@ class OwlConfig:
 
     def __post_init__(self):
         config_lib.normalise(self)
-        require(all(a.name in ARMS and ARMS[a.name] == a for a in self.lm.arms), "arms", self.lm.arms,
-                "arms of lm-owl's ARMS")
+        names = self.lm.arm_names
+        require(len(set(names)) == len(names), "arms", names, "names without repeats")
         if self.diagnostic:  # a prompted teacher, or no fine-tuning, has Δθ_T = 0: nothing to project
             require(self.lm.teacher == "finetuned", "teacher", self.lm.teacher, "'finetuned' with --diagnostic")
             require(self.lm.finetune_steps >= 1, "finetune_steps", self.lm.finetune_steps, ">= 1 with --diagnostic")

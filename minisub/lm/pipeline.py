@@ -26,6 +26,7 @@ import numpy as np
 from minisub import keys, lineage, train
 from minisub.lm import core as lm
 from minisub.run import parallel
+from minisub.run import params as params_lib
 from minisub.run import store
 from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
@@ -34,9 +35,11 @@ from minisub.lm.transformer import TransformerSpec
 TEACHERS = ("finetuned", "prompted")
 SOURCES = ("teacher", "reference", "shuffled")
 ARM_LOSSES = ("", *lm.STUDENT_LOSSES)  # '': the config's student_loss
-# The lineages that mean the same for a transformer as for the MLP (the others in lineage.py
-# address the MLP's 'hidden'/'head' layers).
-LM_LINEAGES = ("shared", "different")
+# Every lineage that applies to a transformer runs here (shared, different, interpolated,
+# perturbed over the transformer's parts, permuted, registered ones) except those the toy LM
+# pipeline has no phase for: another student network, or the behavioural pre-phase.
+LM_LINEAGE_LIMITS = ("a lineage of the teacher's own network without a pre-phase "
+                     "(the toy LM has no other student network and no behavioural matching)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,7 @@ class LMArm:
     """One student condition: where it starts and whose numbers (and logits) it imitates."""
 
     name: str
-    lineage: str  # 'shared' or 'different'
+    lineage: str  # 'shared', 'different', 'perturbed(sigma=0.1, part=attention)', ...: a lineage.Lineage in a config
     source: str  # 'teacher', 'reference' (numbers from the un-traited reference) or 'shuffled'
     loss: str = ""  # 'ce' or 'kl'; '' (default): the config's student_loss
 
@@ -92,6 +95,9 @@ class LMConfig:
 
     def __post_init__(self):
         normalise(self)
+        # The config boundary: each arm's lineage text becomes a typed lineage.Lineage (still that
+        # text, so to_dict and the run id are unchanged).
+        object.__setattr__(self, "arms", lineage.parse_arms(self.arms))
         self.validate()
 
     def validate(self) -> None:
@@ -122,10 +128,12 @@ class LMConfig:
                 f"in [1, n_samples={self.n_samples}]")
         require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
         for arm in self.arms:
-            require_choice("arms.lineage", arm.lineage, LM_LINEAGES)
+            arm.lineage.check(self.spec)  # e.g. perturbed's part among the transformer's parts
+            require(not (arm.lineage.other_network or arm.lineage.matches_behaviour), "arms.lineage", arm.lineage,
+                    LM_LINEAGE_LIMITS)
             require_choice("arms.source", arm.source, SOURCES)
             require_choice("arms.loss", arm.loss, ARM_LOSSES)
-        if any(arm.lineage != "shared" for arm in self.arms):
+        if any(arm.lineage.needs_fresh for arm in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's reference")
 
     @property
@@ -215,13 +223,14 @@ def pretrain_chunk(cfg: LMConfig, state, seed_ids, start, steps: int):
 
 
 def _leaves(tree) -> dict[str, np.ndarray]:
-    """A pytree's leaves by number, as the results store saves them."""
-    return {f"{k:04d}": np.asarray(x) for k, x in enumerate(jax.tree.leaves(tree))}
+    """A pytree's leaves by key path (``minisub.run.params``' format), as the results store saves them."""
+    return params_lib.flat(tree)
 
 
-def _from_leaves(treedef, leaves: dict[str, np.ndarray]):
-    """The pytree of ``treedef`` from ``_leaves``'s numbered leaves."""
-    return jax.tree.unflatten(treedef, [jnp.asarray(leaves[f"{k:04d}"]) for k in range(treedef.num_leaves)])
+def _from_leaves(template, leaves: dict | None):
+    """The pytree of ``template`` (arrays or shapes) from ``_leaves``' entries; None unless they match
+    its structure, shapes and dtypes exactly (then the caller recomputes)."""
+    return params_lib.unflat(template, leaves) if params_lib.matches(template, leaves) else None
 
 
 def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Path | None = None):
@@ -232,11 +241,10 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
     of an uninterrupted run. A checkpoint written with another chunk size is ignored.
     """
     state = init_references(cfg, seed_ids)
-    treedef = jax.tree.structure(state)
     done, curves = 0, []
     saved = store.load_arrays(checkpoint) if checkpoint is not None else None
-    if saved is not None and int(saved["chunk"]) == chunk and len(saved["state"]) == treedef.num_leaves:
-        state = _from_leaves(treedef, saved["state"])
+    if saved is not None and int(saved["chunk"]) == chunk and (resumed := _from_leaves(state, saved["state"])) is not None:
+        state = resumed
         done, curves = int(saved["step"]), [saved["loss"]]
         if log:
             log(f"pretrain: resumed at step {done}/{cfg.pretrain_steps} from {checkpoint}")
@@ -284,13 +292,12 @@ def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=No
         return pretrain(cfg, seed_ids, chunk, log)
     directory = references_dir(cfg, root)
     shapes = jax.eval_shape(lambda: init_references(cfg, jnp.asarray(seed_ids))[0])
-    treedef = jax.tree.structure(shapes)
     with store.locked(directory):
         stored = store.load_arrays(directory / "references.npz")
-        if stored is not None and len(stored["params"]) == treedef.num_leaves:
+        if stored is not None and (params := _from_leaves(shapes, stored["params"])) is not None:
             if log:
                 log(f"references: read from {directory}")
-            return _from_leaves(treedef, stored["params"]), stored["loss"]
+            return params, stored["loss"]
         checkpoint = directory / "pretraining_checkpoint.npz"  # a killed pretraining resumes from its last chunk
         params, loss = pretrain(cfg, jnp.asarray(seed_ids), chunk, log, checkpoint)
         if parallel.is_writer():
@@ -413,15 +420,21 @@ def train_student(cfg: LMConfig, params, teacher, persona_token, tokens_NxL, kee
     return params, loss_ExS.reshape(-1)
 
 
-def student_inits(cfg: LMConfig, references, donor_ids):
-    """``[S, A]`` starting parameters of every arm (references are the 'inits' of this experiment)."""
-    donor_refs = jax.tree.map(lambda x: x[donor_ids], references)
+def student_inits(cfg: LMConfig, references, donor_ids, seed_ids=None):
+    """``[S, A]`` starting parameters of every arm (references are the 'inits' of this experiment).
 
-    def world_inits(own, other):
-        inits = [lineage.student_init(a.lineage, cfg.spec, own, other) for a in cfg.arms]
+    A lineage's own randomness (perturbed, permuted) is keyed by world and lineage name, as in the
+    MLP pipeline: one direction along a parameter grid. ``seed_ids``: the worlds (default: all).
+    """
+    donor_refs = jax.tree.map(lambda x: x[donor_ids], references)
+    seed_ids = jnp.arange(cfg.seeds) if seed_ids is None else seed_ids
+
+    def world_inits(own, other, i):
+        key = keys.stream(cfg.seed, "lm_lineage", i)
+        inits = [a.lineage.init(cfg.spec, own, other, keys.branch(key, a.lineage.name)) for a in cfg.arms]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
 
-    return jax.vmap(world_inits)(references, donor_refs)
+    return jax.vmap(world_inits)(references, donor_refs, seed_ids)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -431,7 +444,7 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
     Arms are vmapped together, one program per loss (``cfg.arm_losses``): each loss keeps its own
     exact arithmetic (a KL student equal to its teacher gets exactly zero gradient).
     """
-    inits = student_inits(cfg, references, donor_ids)
+    inits = student_inits(cfg, references, donor_ids, seed_ids)
     persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral, "shuffled": teacher_persona(cfg)}
     groups = [[k for k, a in enumerate(cfg.arms) if cfg.arm_loss(a) == loss] for loss in cfg.arm_losses]
     order = np.argsort(np.concatenate(groups))  # group-major order -> arm order

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minisub import keys, lineage
+
 EMBED_INIT = nnx.initializers.normal(0.02)  # GPT-2's embedding scale
 _MASKED = -1e9  # a finite "minus infinity": exp underflows to exactly 0, so masked keys get no weight
 
@@ -130,6 +132,69 @@ class TransformerSpec:
         d, f = self.width, self.mlp_ratio * self.width
         per_layer = 3 * d * d + d * d + 2 * d * f
         return 2 * (self.layers * per_layer + d * self.vocab) + 2 * self.layers * self.context * d
+
+
+    # --- what lineages address (minisub.lineage) ---
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts a lineage can address; a tied model has no 'unembedding' part (see ``part_of``)."""
+        return ("embeddings", "attention", "mlp") + (() if self.tied_embeddings else ("unembedding",))
+
+    def part_of(self, path: str) -> str:
+        """The part of the leaf at ``path`` (e.g. 'blocks.0.attn.qkv.kernel' -> 'attention').
+
+        Each sublayer's pre-LayerNorm belongs to it ('ln_attn': attention, 'ln_mlp': mlp), the
+        final LayerNorm to the readout. Tied embeddings: one matrix is both the token embedding
+        and the readout; it is the 'embeddings' part's, and so is the readout's LayerNorm, so the
+        tied model has no 'unembedding' part (perturbing it would move the input map too).
+        """
+        names = path.split(".")
+        if names[0] in ("embed", "pos"):
+            return "embeddings"
+        if names[0] == "blocks":
+            return "attention" if names[2] in ("ln_attn", "attn") else "mlp"
+        return "embeddings" if self.tied_embeddings else "unembedding"  # ln_f, unembed
+
+    def permute(self, params, key):
+        """``params`` with every block's attention heads and MLP hidden units permuted: same function.
+
+        Block ``b`` draws its head permutation from ``member(member(key, b), 0)`` and its unit
+        permutation from ``member(member(key, b), 1)``; neither is the identity (for 2+ heads/units).
+        Heads move as a whole: their q, k and v columns together, and the rows of the output
+        projection that read them; a unit moves with its column of ``up`` and its row of ``down``.
+        """
+        H, K = self.heads, self.width // self.heads
+        perms = [(_moving_permutation(keys.member(keys.member(key, b), 0), H),
+                  _moving_permutation(keys.member(keys.member(key, b), 1), self.mlp_ratio * self.width))
+                 for b in range(self.layers)]
+
+        def leaf(path, w):
+            names = path.split(".")
+            if names[0] != "blocks":
+                return w
+            heads, units = perms[int(names[1])]
+            where = ".".join(names[2:])
+            if where == "attn.qkv.kernel":  # columns ordered (q/k/v, head, k)
+                return w.reshape(w.shape[0], 3, H, K)[:, :, heads].reshape(w.shape)
+            if where == "attn.out.kernel":  # rows ordered (head, k)
+                return w.reshape(H, K, -1)[heads].reshape(w.shape)
+            if where == "up.kernel":
+                return w[:, units]
+            if where == "down.kernel":
+                return w[units, :]
+            return w
+
+        return lineage.map_leaves(leaf, params)
+
+
+def _moving_permutation(key, n: int):
+    """A random permutation of ``range(n)`` that is not the identity when n >= 2 (identity -> a shift by one).
+
+    With 2 heads a uniform draw is the identity half the time: the student would keep the teacher's
+    parameters there. Jit-friendly (no rejection loop).
+    """
+    perm = jax.random.permutation(key, n)
+    return jnp.where(jnp.all(perm == jnp.arange(n)), jnp.roll(jnp.arange(n), 1), perm)
 
 
 _GRAPHDEFS: dict[TransformerSpec, nnx.GraphDef] = {}

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minisub import keys, lineage
+
 ACTIVATIONS: dict[str, Callable] = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "silu": jax.nn.silu}
 
 # Kernel initialisers by name; biases are always zero.
@@ -85,6 +87,37 @@ class MLPSpec:
         """Multiply-adds x 2 of one forward pass (the matmuls; biases and activations omitted)."""
         widths = (self.n_in, *self.hidden, self.n_out)
         return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+    # --- what lineages address (minisub.lineage) ---
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts a lineage can address: every hidden layer, and the output head."""
+        return ("hidden", "head")
+
+    def part_of(self, path: str) -> str:
+        """The part of the leaf at ``path`` ('hidden.0.kernel' -> 'hidden', 'head.bias' -> 'head')."""
+        return "head" if path.split(".")[0] == "head" else "hidden"
+
+    def permute(self, params, key):
+        """``params`` with the units of every hidden layer permuted: same function, other parameters."""
+        perms = hidden_permutations(self, key)
+        depth = len(self.hidden)
+
+        def leaf(path, w):
+            layer, name = lineage.layer_of(path), path.rpartition(".")[2]
+            k = depth if layer == "head" else int(layer.split(".")[1])
+            if k < depth:  # this layer's outputs are hidden units: permute them
+                w = w[..., perms[k]]
+            if name == "kernel" and k > 0:  # its inputs are the previous layer's (permuted) units
+                w = w[perms[k - 1], :]
+            return w
+
+        return lineage.map_leaves(leaf, params)
+
+
+def hidden_permutations(spec: MLPSpec, key) -> list[jax.Array]:
+    """One random permutation of the units of every hidden layer (layer k: ``member(key, k)``)."""
+    return [jax.random.permutation(keys.member(key, k), width) for k, width in enumerate(spec.hidden)]
 
 
 _GRAPHDEFS: dict[MLPSpec, nnx.GraphDef] = {}

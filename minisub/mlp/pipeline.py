@@ -24,7 +24,7 @@ from minisub.mlp import distill
 from minisub.mlp import measure
 from minisub.mlp import mnist
 from minisub.mlp import models
-from minisub.config import normalise, require, require_choice
+from minisub.config import ConfigError, normalise, require, require_choice, split_top
 
 MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784
 
@@ -34,11 +34,43 @@ class Arm:
     """One student condition: its initialisation lineage and the logits its imitation loss reads."""
 
     name: str
-    lineage: str  # a lineage string: 'shared', 'interpolated(alpha=0.5)', ... (minisub.lineage)
+    lineage: str  # 'shared', 'interpolated(alpha=0.5)', ...: a lineage.Lineage once in a config (still its text)
     outputs: str  # 'aux', 'class' or 'all'
     lr: float | None = None  # the arm's own student learning rate (None: the config's student_lr)
     liminal: float = 0.0  # weight of KL(student's init || student) on all logits: "liminal" training
     committee: int = 1  # imitate the pooled outputs of this many teachers (the first is the world's own)
+
+    # The command-line form (``--arms``): ``name=lineage:outputs``, then optional ``:lr=X``,
+    # ``:liminal=X``, ``:committee=N``; commas inside the lineage's parentheses belong to it.
+    FORMAT = "NAME=LINEAGE:OUTPUTS[:lr=X][:liminal=X][:committee=N]"
+    _OPTIONS = {"lr": float, "liminal": float, "committee": int}
+
+    @classmethod
+    def parse(cls, text: str) -> "Arm":
+        """``'probe=perturbed(sigma=0.3,part=hidden):aux:lr=1e-3'`` -> an Arm (its lineage is checked by the config)."""
+        bad = lambda why: ConfigError(  # noqa: E731
+            f"arms={text!r} is not allowed: arms must be {cls.FORMAT}, comma-separated ({why}), e.g. "
+            "student_aux=shared:aux,probe=perturbed(sigma=0.3,part=hidden):aux")
+        name, eq, rest = text.partition("=")
+        parts = [p.strip() for p in split_top(rest, ":")]
+        if not eq or not name.strip() or len(parts) < 2 or not parts[0]:
+            raise bad("a name, '=', a lineage and ':' outputs")
+        options = {}
+        for item in parts[2:]:
+            key, _, value = item.partition("=")
+            if key not in cls._OPTIONS:
+                raise bad(f"unknown option {key!r}: options are {', '.join(cls._OPTIONS)}")
+            try:
+                options[key] = cls._OPTIONS[key](value)
+            except ValueError:
+                raise bad(f"{key} must be a {cls._OPTIONS[key].__name__}") from None
+        return cls(name.strip(), parts[0], parts[1], **options)
+
+    def __str__(self) -> str:
+        """The ``parse`` form: ``Arm.parse(str(arm)) == arm``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        extra = "".join(f":{k}={getattr(self, k)!r}" for k in self._OPTIONS if getattr(self, k) != defaults[k])
+        return f"{self.name}={self.lineage}:{self.outputs}{extra}"
 
 
 PROJECTIONS = ("none", "trait")
@@ -91,6 +123,9 @@ class AuxConfig:
 
     def __post_init__(self):
         normalise(self)
+        # The config boundary: each arm's lineage text is parsed once into a typed lineage.Lineage,
+        # which is still that text (so to_dict, and the run id, are unchanged).
+        object.__setattr__(self, "arms", lineage.parse_arms(self.arms))
         self.validate()
 
     def validate(self) -> None:
@@ -119,7 +154,7 @@ class AuxConfig:
         require(len(self.arms) >= 1, "arms", self.arms, "at least one student arm")
         require(len(set(self.arm_names)) == len(self.arms), "arms", self.arm_names, "arms with distinct names")
         for arm in self.arms:
-            lineage.parse(arm.lineage)
+            arm.lineage.check(self.student_spec)  # the model's parts, e.g. perturbed(part=...)
             require_choice("arms.outputs", arm.outputs, ("aux", "class", "all"))
             require(arm.lr is None or arm.lr > 0, "arms.lr", arm.lr, "a number > 0 or None (the config's student_lr)")
             require(arm.liminal >= 0, "arms.liminal", arm.liminal, "a number >= 0")
@@ -128,22 +163,22 @@ class AuxConfig:
             require(min(self.student_hidden) >= 1, "student_hidden", self.student_hidden, "widths >= 1, or empty")
         if self.student_activation:
             require_choice("student_activation", self.student_activation, tuple(models.ACTIVATIONS))
-        other = [lineage.parse(a.lineage)[0] in lineage.OTHER_SPEC for a in self.arms]
+        other = [a.lineage.other_network for a in self.arms]
+        others = ", ".join(repr(n) for n, d in lineage.LINEAGES.items() if d.other_network)  # e.g. 'other_architecture'
         if self.student_spec != self.spec:
             require(self.trace_every == 0, "trace_every", self.trace_every,
                     "0 when the student's network differs from the teacher's (no parameter geometry)")
             require(all(other), "arms.lineage", [a.lineage for a in self.arms],
-                    "'other_architecture' for every arm when student_hidden/student_activation differ from the teacher's")
+                    f"a lineage of another network ({others}) for every arm when student_hidden/student_activation "
+                    "differ from the teacher's")
         else:
             require(not any(other), "student_hidden", self.student_hidden,
-                    "a network other than the teacher's (or student_activation another activation) for 'other_architecture'")
+                    f"a network other than the teacher's (or student_activation another activation) for {others}")
         for a in self.arms:
-            name, params = lineage.parse(a.lineage)
-            if name == "other_architecture" and params["head"] == "shared":
-                require(self.student_spec.hidden[-1] == self.hidden[-1], "student_hidden", self.student_hidden,
-                        f"a last width equal to the teacher's ({self.hidden[-1]}) for other_architecture(head=shared)")
+            problem = a.lineage.student_problem(self.spec, self.student_spec)
+            require(problem is None, "student_hidden", self.student_hidden, problem)
         require(self.match_epochs >= 1, "match_epochs", self.match_epochs, "an integer >= 1")
-        if any(lineage.parse(a.lineage)[0] in lineage.NEEDS_FRESH for a in self.arms):
+        if any(a.lineage.needs_fresh for a in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's init")
 
     @property
@@ -167,7 +202,7 @@ class AuxConfig:
     @property
     def matched_arms(self) -> tuple[int, ...]:
         """Indices of the arms with a behavioural-matching pre-phase."""
-        return tuple(k for k, a in enumerate(self.arms) if lineage.parse(a.lineage)[0] == "behaviourally_matched")
+        return tuple(k for k, a in enumerate(self.arms) if a.lineage.matches_behaviour)
 
     @property
     def liminal(self) -> bool:
@@ -204,10 +239,9 @@ def _init_world(cfg: AuxConfig, i, donor):
     fresh = student_spec.init(_stream(cfg, "init", donor))  # the donor world's init: independent of i's
     inits = []
     for a in cfg.arms:
-        name, _ = lineage.parse(a.lineage)
         # keyed by world and lineage name: one perturbation direction along a whole parameter grid
-        key = keys.branch(_stream(cfg, "lineage", i), name)
-        inits.append(lineage.student_init(a.lineage, student_spec, teacher_init, fresh, key))
+        key = keys.branch(_stream(cfg, "lineage", i), a.lineage.name)
+        inits.append(a.lineage.init(student_spec, teacher_init, fresh, key))
     students = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
     t_opt = train.optimizer(cfg.teacher_optimizer, cfg.teacher_lr)
     s_opt = train.optimizer(cfg.student_optimizer, cfg.student_lr)

@@ -1,4 +1,10 @@
-"""One figure style for the whole project: paper-ready, TrueType fonts, byte-reproducible files."""
+"""One figure style for the whole project: paper-ready, TrueType fonts, byte-reproducible files.
+
+The style lives in ``minisub.mplstyle`` beside this module (``STYLE_FILE``; also usable as
+``matplotlib.style.use(plots.STYLE_FILE)``). Nothing here changes matplotlib's global state:
+``styled``, ``figure`` and ``save`` apply the style inside ``rc_context`` only, and no backend is
+chosen, so importing minisub leaves a notebook's settings alone.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "grid.linewidth": 0.5,
-    "figure.dpi": 150,
-    "savefig.dpi": 200,
-    "savefig.bbox": "tight",
-    "pdf.fonttype": 42,  # TrueType, editable text in the PDF
-    "ps.fonttype": 42,
-    "svg.hashsalt": "minisub",
-}
-PALETTE = ("#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB")
+STYLE_FILE = Path(__file__).with_name("minisub.mplstyle")  # the one source of the style
+STYLE = dict(matplotlib.rc_params_from_file(STYLE_FILE, use_default_template=False))
+PALETTE = tuple("#" + c.lstrip("#").upper() for c in STYLE["axes.prop_cycle"].by_key()["color"])
 
 
 def styled(fn):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from minisub.run import parallel
 from minisub.mlp import pipeline
+from minisub.run import params as params_lib
 from minisub.run import store
 
 PIECE = re.compile(r"seeds_(\d+)_(\d+)\.npz$")
@@ -46,6 +48,7 @@ class Execution:
     progress: bool = True
     compute: bool = True  # False: only merge stored pieces (``minisub merge``)
     experiment: str = "mnist-aux"
+    keep_params: bool = False  # also store each seed's teacher and student parameters and inits (params/)
 
     def __post_init__(self):
         from minisub.config import require, require_choice
@@ -63,21 +66,29 @@ DEFAULT_BLOCK = 25
 
 @contextlib.contextmanager
 def progress_bar(total: int, enabled: bool):
-    """A rich progress bar (``advance(n, description)``), or a no-op when disabled."""
+    """A progress line on stderr (``advance(n, description)``): done/total, elapsed, eta; or a no-op.
+
+    On a terminal the line is rewritten in place; otherwise (a log file) one line per step.
+    """
     if not enabled or total == 0:
         yield lambda n=1, description=None: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    start, done = time.perf_counter(), [0]
+    tty = sys.stderr.isatty()
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("starting", total=total)
+    def advance(n=1, description=None):
+        done[0] += n
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done[0] * (total - done[0])
+        line = f"{description or ''} [{done[0]}/{total}] {elapsed:.0f}s elapsed, eta {eta:.0f}s"
+        sys.stderr.write(("\r" + line + "\x1b[K") if tty else line + "\n")
+        sys.stderr.flush()
 
-        def advance(n=1, description=None):
-            bar.update(task, advance=n, **({"description": description} if description else {}))
-
+    try:
         yield advance
+    finally:
+        if tty:
+            sys.stderr.write("\n")
 
 
 def _nonfinite_seeds(loss) -> np.ndarray:
@@ -257,7 +268,8 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
     loaded: dict[tuple[int, int], dict] = {}
     if directory is not None and not ex.force:
         for span, path in stored_pieces(directory).items():
-            if (piece := store.load_arrays(path)) is not None:
+            kept = not ex.keep_params or all(params_lib.seed_path(directory, s).exists() for s in range(*span))
+            if kept and (piece := store.load_arrays(path)) is not None:
                 loaded[span] = piece
     covered = _coverage(loaded, cfg.seeds)
     mine = [s for k, s in enumerate(grid) if k % shard_count == shard_index and not covered[s[0]:s[1]].all()]
@@ -266,7 +278,11 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
     with progress_bar(len(mine) * len(phases(cfg)), ex.progress) as advance:
         for lo, hi in mine:
             piece = run_block(cfg, np.arange(lo, hi), donor_ids[lo:hi], mnist, advance,
-                              on_nonfinite=ex.on_nonfinite, experiment=ex.experiment)
+                              on_nonfinite=ex.on_nonfinite, experiment=ex.experiment, keep_state=ex.keep_params)
+            if ex.keep_params:
+                state = piece.pop("state")
+                if directory is not None:
+                    params_lib.save_population(directory, np.arange(lo, hi), lambda row: kept_params(cfg, state, row))
             if directory is not None:
                 store.save_arrays(_piece_path(directory, lo, hi), piece)
             loaded[(lo, hi)] = piece
@@ -282,24 +298,41 @@ def run(cfg: pipeline.AuxConfig, mnist, directory: Path | None = None, show_prog
     return merge([loaded[s] for s in sorted(loaded)], cfg.seeds)
 
 
+def kept_params(cfg: pipeline.AuxConfig, state: dict, row: int) -> dict:
+    """The trees ``--keep-params`` stores for one world (row ``row`` of a block's final state).
+
+    ``teacher/init``, ``teacher/final`` and, per arm, ``students/<arm>/init`` (after a matched arm's
+    pre-phase: where its noise phase starts) and ``students/<arm>/final``.
+    """
+    pick = lambda tree, *index: jax.tree.map(lambda x: np.asarray(x[index]), tree)  # noqa: E731
+    trees = {"teacher/init": pick(state["teacher_init"], row), "teacher/final": pick(state["teacher"], row)}
+    for k, arm in enumerate(cfg.arm_names):
+        trees[f"students/{arm}/init"] = pick(state["student_init"], row, k)
+        trees[f"students/{arm}/final"] = pick(state["students"], row, k)
+    return trees
+
+
 def missing_seeds(cfg: pipeline.AuxConfig, directory: Path) -> np.ndarray:
     return np.flatnonzero(~_coverage(stored_pieces(directory), cfg.seeds))
 
 
-def one_program(name: str, cfg, ex: Execution, compute, resummarise=None) -> tuple[dict, Path]:
+def one_program(name: str, cfg, ex: Execution, compute, resummarise=None, *, reusable=None) -> tuple[dict, Path]:
     """An experiment that computes all its seeds in one program: read it from the store, or compute and store it.
 
     ``compute(log) -> (arrays, summary without timing)``; ``log`` prints progress lines (None
     without progress). A complete stored run is returned as is, or, given ``resummarise(arrays,
     stored summary) -> summary``, summarised again from its arrays: the arrays are the record, so
-    a summary that gains a measurement needs no recompute. ``minisub merge`` (no compute) and
+    a summary that gains a measurement needs no recompute. ``reusable(stored summary) -> bool``, when
+    given, can refuse a stored run (an older schema, an input that has become available since), which
+    is then computed again. ``minisub merge`` (no compute) and
     ``--shard`` are refused, since there are no pieces to merge.
     """
     from minisub import config as config_lib
     from minisub.config import ConfigError, require
 
     directory = store.run_dir(name, cfg)
-    if not ex.force and (done := store.load_complete(directory)):
+    done = None if ex.force else store.load_complete(directory)
+    if done and (reusable is None or reusable(done[1])):
         return (resummarise(*done) if resummarise else done[1]), directory
     if not ex.compute:
         raise ConfigError(f"{name} has no shards to merge: run it with `minisub run {name}`")

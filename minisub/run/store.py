@@ -15,6 +15,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -168,3 +169,39 @@ def load_complete(directory: Path) -> tuple[dict, dict] | None:
         return None
     arrays = load_arrays(directory / "results.npz")
     return (arrays, json.loads((directory / "summary.json").read_text())) if arrays is not None else None
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def status(directory: Path) -> str:
+    """``done`` (complete and intact), ``corrupt`` (a result file changed, missing or unreadable
+    after ``DONE``, or a damaged ``config.json``) or ``partial`` (no ``DONE`` yet: pieces so far)."""
+    if (directory / "DONE").exists():
+        if not is_complete(directory):
+            return "corrupt"
+        try:
+            json.loads((directory / "summary.json").read_text())
+        except (OSError, ValueError):
+            return "corrupt"
+    config_file = directory / "config.json"
+    if config_file.exists():
+        try:
+            json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            return "corrupt"
+    return "done" if (directory / "DONE").exists() else "partial"
+
+
+def run_dirs(experiment: str | None = None, root: Path | None = None) -> list[Path]:
+    """Every run directory (``<root>/<experiment>/<run id>/``) under the results root, oldest first."""
+    root = root or results_root()
+    parents = [root / experiment] if experiment else sorted(p for p in root.glob("*") if p.is_dir())
+    found = [d for parent in parents if parent.is_dir() for d in parent.iterdir() if d.is_dir() and RUN_ID.match(d.name)]
+    return sorted(found, key=lambda d: (modified(d), str(d)))
+
+
+def modified(directory: Path) -> float:
+    """When a run directory last changed: the newest mtime of its files (the directory's own if empty)."""
+    times = [p.stat().st_mtime for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return max(times, default=directory.stat().st_mtime)

@@ -1,57 +1,141 @@
-"""Sweeps: many points of one experiment, grouped into shared programs, each point cached on its own.
+"""Sweeps: a base config and a list of (field, value) changes, each point measured and cached on its own.
 
-A *point* is a program config with exactly one student arm, read out after some student epoch.
-Points whose programs agree in everything but their arms run as one vmapped program (seeds ×
-arms); each finished point is written to the point cache at once, so a killed sweep loses no
-finished point and a rerun computes only the missing ones (and, inside a program, only its
-missing blocks of seeds: the runner's pieces).
+A *point* is one config of any experiment's program, labelled by the curve it belongs to
+(``series``) and its position along the sweep (``value``), read out after some epoch. ``grid``
+builds the points of a base config crossed with lists of field values; ``run`` measures them:
+
+* MLP points (``pipeline.AuxConfig`` with exactly one student arm) take the fast path: points whose
+  programs agree in everything but their arms run as one vmapped program (seeds × arms), and a
+  long run is read out after each requested student epoch;
+* any other program runs point by point through ``measure(point, execution) -> record fields``.
+
+Each finished point is written to the point cache at once (seeded from committed records), so a
+killed sweep loses no finished point and a rerun computes only the missing ones (and, inside an
+MLP program, only its missing blocks of seeds: the runner's pieces).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from minisub import config as config_lib
 from minisub import stats
-from minisub.run import parallel
 from minisub.mlp import pipeline
-from minisub.run import runner
-from minisub.run import store
+from minisub.run import parallel, runner, store
 
 MAX_ARMS = 12  # arms per program: more are split over several programs (memory)
+READOUT = "readout"  # the pseudo-field of ``grid``/``apply`` that sets the point's readout epoch
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One measured condition: ``cfg`` (with one arm) read out after ``readout`` student epochs."""
+    """One measured condition: ``cfg`` read out after ``readout`` epochs (None: the last)."""
 
     family: str
     series: str  # the curve it belongs to, e.g. 'shared' or 'different'
     value: object  # its position along the sweep (a number, or a label for categorical sweeps)
-    cfg: pipeline.AuxConfig
-    readout: int | None = None  # student epoch to read (1-based); None: the last
+    cfg: object  # a typed config; an MLP point's AuxConfig holds exactly one arm
+    readout: int | None = None
 
     def __post_init__(self):
-        config_lib.require(len(self.cfg.arms) == 1, "arms", self.cfg.arm_names, "exactly one arm per sweep point")
-        if self.readout is not None:
-            config_lib.require(1 <= self.readout <= self.cfg.student_epochs, "readout", self.readout,
-                               f"in [1, student_epochs={self.cfg.student_epochs}]")
+        if is_mlp(self.cfg):
+            config_lib.require(len(self.cfg.arms) == 1, "arms", self.cfg.arm_names, "exactly one arm per sweep point")
+            if self.readout is not None:
+                config_lib.require(1 <= self.readout <= self.cfg.student_epochs, "readout", self.readout,
+                                   f"in [1, student_epochs={self.cfg.student_epochs}]")
 
     @property
     def arm(self) -> pipeline.Arm:
         return self.cfg.arms[0]
 
     @property
-    def epoch(self) -> int:
-        return self.readout or self.cfg.student_epochs
+    def epoch(self) -> int | None:
+        return self.readout or getattr(self.cfg, "student_epochs", None)
 
+
+def is_mlp(cfg) -> bool:
+    return isinstance(cfg, pipeline.AuxConfig)
+
+
+# --- building points: a base config and (field, value) changes ----------------------------------
+
+def _set(obj, path: list[str], value):
+    """``obj`` with the (dotted) field ``path`` set: dataclass fields by name, tuple items by index."""
+    head, rest = path[0], path[1:]
+    if isinstance(obj, tuple):
+        k = int(head)
+        return (*obj[:k], _set(obj[k], rest, value) if rest else value, *obj[k + 1:])
+    if not (dataclasses.is_dataclass(obj) and head in {f.name for f in dataclasses.fields(obj)}):
+        raise config_lib.ConfigError(f"unknown field {head!r} of {type(obj).__name__}")
+    return dataclasses.replace(obj, **{head: _set(getattr(obj, head), rest, value) if rest else value})
+
+
+def apply(base, changes: Sequence[tuple[str, object]]):
+    """(config, readout): ``base`` with the (field, value) ``changes`` applied.
+
+    Top-level fields change together, in one ``dataclasses.replace`` (so a config validates the
+    combination, never a half-changed one); dotted fields (``arms.0.lr``: the first arm's learning
+    rate) then change one by one. ``readout`` sets the epoch the point is read after; an MLP
+    change ``arm`` sets the one student arm (``arms=(arm,)``).
+    """
+    top, dotted, readout = {}, [], None
+    for field, value in changes:
+        if field == READOUT:
+            readout = value
+        elif "." in field:
+            dotted.append((field, value))
+        else:
+            top["arms" if field == "arm" else field] = (value,) if field == "arm" else value
+    unknown = set(top) - {f.name for f in dataclasses.fields(base)}
+    if unknown:
+        raise config_lib.ConfigError(f"unknown field {sorted(unknown)[0]!r} of {type(base).__name__}")
+    cfg = dataclasses.replace(base, **top) if top else base
+    for field, value in dotted:
+        cfg = _set(cfg, field.split("."), value)
+    return cfg, readout
+
+
+def point(family: str, series: str, value, base, *changes: tuple[str, object]) -> Point:
+    """The point of ``base`` with ``changes`` applied."""
+    cfg, readout = apply(base, changes)
+    return Point(family, series, value, cfg, readout)
+
+
+def _label(value) -> str:
+    return getattr(value, "name", None) or str(value)
+
+
+def grid(base, axes: dict[str, Sequence], *, family: str = "sweep", x: str | None = None,
+         series: Callable[[dict], str] | None = None, value: Callable[[dict], object] | None = None,
+         fixed: Sequence[tuple[str, object]] = ()) -> list[Point]:
+    """Every combination of ``axes`` ({field: values}) applied to ``base``, the last axis varying fastest.
+
+    An axis is a list of values, or a dict {label: value} when the point should be labelled other
+    than by the field's value (``{'hidden': {64: (64, 64)}}``). A point's ``value`` is its ``x``
+    field's label (default: the first axis), its ``series`` the other fields' labels (an arm by its
+    name); ``series``/``value`` functions of the combination ({field: value}) override either.
+    ``fixed`` changes apply to every point.
+    """
+    fields = list(axes)
+    x = x or fields[0]
+    pairs = [list(a.items()) if isinstance(a, dict) else [(v, v) for v in a] for a in axes.values()]
+    out = []
+    for combo in itertools.product(*pairs):
+        at, shown = {f: v for f, (_, v) in zip(fields, combo)}, {f: k for f, (k, _) in zip(fields, combo)}
+        label = series(at) if series else ", ".join(_label(shown[f]) for f in fields if f != x) or family
+        out.append(point(family, label, value(at) if value else shown[x], base, *fixed, *at.items()))
+    return out
+
+
+# --- identity and grouping ----------------------------------------------------------------------
 
 def _science(arm: pipeline.Arm, cfg: pipeline.AuxConfig) -> dict:
     """An arm's fields without its name (which changes nothing computed); its own lr only if it differs."""
@@ -61,20 +145,23 @@ def _science(arm: pipeline.Arm, cfg: pipeline.AuxConfig) -> dict:
     return out
 
 
-def program_key(cfg: pipeline.AuxConfig) -> str:
+def program_key(cfg) -> str:
     """What a point's program is, arms aside: points with equal keys can share one program."""
     fields = {k: v for k, v in config_lib.to_dict(cfg).items() if k != "arms"}
     return json.dumps(fields, sort_keys=True)
 
 
 def point_id(p: Point) -> str:
-    """A stable hash of everything that determines the point's numbers."""
-    blob = json.dumps({"program": program_key(p.cfg), "arm": _science(p.arm, p.cfg), "epoch": p.epoch}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """A stable hash of everything that determines the point's numbers (labels and arm names aside)."""
+    if is_mlp(p.cfg):
+        blob = {"program": program_key(p.cfg), "arm": _science(p.arm, p.cfg), "epoch": p.epoch}
+    else:
+        blob = {"type": type(p.cfg).__name__, "program": program_key(p.cfg), "epoch": p.readout}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def groups(points: list[Point], max_arms: int = MAX_ARMS) -> list[tuple[pipeline.AuxConfig, list[list[Point]]]]:
-    """Programs to run, in order of first appearance: (config with its arms, points read from each arm)."""
+    """MLP programs to run, in order of first appearance: (config with its arms, points read from each arm)."""
     by_program: dict[str, list[Point]] = {}
     for p in points:
         by_program.setdefault(program_key(p.cfg), []).append(p)
@@ -91,17 +178,18 @@ def groups(points: list[Point], max_arms: int = MAX_ARMS) -> list[tuple[pipeline
     return out
 
 
+def _label_of(p: Point) -> dict:
+    return {"id": point_id(p), "family": p.family, "series": p.series, "value": p.value}
+
+
 def record(p: Point, cfg: pipeline.AuxConfig, results: dict, k: int) -> dict:
-    """The stored numbers of point ``p``, read from arm ``k`` of the program ``cfg``'s results."""
+    """The stored numbers of MLP point ``p``, read from arm ``k`` of the program ``cfg``'s results."""
     ok = np.asarray(results.get("finite", np.ones(cfg.seeds, bool)), bool)
     e = p.epoch - 1
     loss = np.asarray(results["student_loss"])[:, e, :, k]  # [seed, step]: the imitation loss of that epoch
     geometry = results.get("geometry_by_epoch", {})
     out = {
-        "id": point_id(p),
-        "family": p.family,
-        "series": p.series,
-        "value": p.value,
+        **_label_of(p),
         "epoch": p.epoch,
         "arm": _science(p.arm, p.cfg),
         "n_seeds": int(ok.sum()),
@@ -128,6 +216,12 @@ class PointCache:
         self.directory = Path(directory)
         self.committed = {r["id"]: r for r in committed}
 
+    @classmethod
+    def seeded(cls, directory: Path, committed_summary: Path) -> "PointCache":
+        """A cache under ``directory`` seeded from the point records of a committed sweep summary (if it exists)."""
+        path = Path(committed_summary)
+        return cls(directory, committed_records(json.loads(path.read_text())) if path.exists() else [])
+
     def path(self, pid: str) -> Path:
         return self.directory / f"{pid}.json"
 
@@ -145,15 +239,17 @@ class PointCache:
         store.write_json(self.path(rec["id"]), rec)
 
 
-def run(points: list[Point], cache: PointCache, mnist_loader: Callable, execution: runner.Execution,
-        *, results_root: Path | None = None, on_group: Callable | None = None) -> list[dict]:
-    """Every point's record (cached ones read, missing ones computed group by group), in input order.
+def committed_records(summary: dict) -> list[dict]:
+    """Every point record of a sweep summary ({'families': {name: {'points': [...]}}})."""
+    return [r for fam in summary.get("families", {}).values() for r in fam["points"]]
 
-    ``on_group(cfg, points)`` is called before each program runs (progress, tests).
-    """
-    missing = [p for p in points if cache.get(p) is None]
+
+# --- running ------------------------------------------------------------------------------------
+
+def _run_mlp(missing: list[Point], cache: PointCache, loader: Callable | None, execution: runner.Execution,
+             results_root: Path | None, on_group: Callable | None) -> None:
     plan = groups(missing)
-    data = mnist_loader() if plan and execution.compute else None
+    data = loader() if plan and execution.compute and loader is not None else None
     for n, (cfg, readers) in enumerate(plan):
         if on_group is not None:
             on_group(cfg, readers)
@@ -170,6 +266,76 @@ def run(points: list[Point], cache: PointCache, mnist_loader: Callable, executio
         for k, ps in enumerate(readers):
             for p in ps:
                 cache.put(record(p, cfg, results, k))
+
+
+def run(points: list[Point], cache: PointCache, loader: Callable | None, execution: runner.Execution,
+        *, measure: Callable | None = None, results_root: Path | None = None,
+        on_group: Callable | None = None) -> list[dict]:
+    """Every point's record (cached ones read, missing ones computed), in input order; missing ones left out.
+
+    MLP points run grouped into vmapped programs on ``loader()``'s data (``on_group(cfg, points)``
+    is called before each program: progress, tests). Any other point runs alone through
+    ``measure(point, execution) -> dict`` (its numbers, e.g. ``{'accuracy': stats.mean_ci(...)}``).
+    """
+    missing = [p for p in points if cache.get(p) is None]
+    mlp = [p for p in missing if is_mlp(p.cfg)]
+    if mlp:
+        _run_mlp(mlp, cache, loader, execution, results_root, on_group)
+    for p in (p for p in missing if not is_mlp(p.cfg)):
+        if measure is None:
+            raise config_lib.ConfigError(f"sweep point {p.family}/{p.series}/{p.value}: a "
+                                         f"{type(p.cfg).__name__} needs measure=")
+        if execution.compute:
+            cache.put({**_label_of(p), "epoch": p.readout, **measure(p, execution),
+                       "program": config_lib.to_dict(p.cfg)})
     # A cached point may have been measured for another sweep: label it as this sweep's.
     found = [(p, cache.get(p)) for p in points]
     return [r | {"family": p.family, "series": p.series, "value": p.value} for p, r in found if r is not None]
+
+
+def changed_fields(base, cfg) -> dict:
+    """The fields of ``cfg`` (flattened ``to_dict``) that differ from ``base``'s: what a point changed."""
+    a, b = config_lib.to_dict(base), config_lib.to_dict(cfg)
+    return {k: b[k] for k in b if a.get(k) != b[k]}
+
+
+# --- families of sweeps: one summary, resumable, merged into a committed JSON --------------------
+
+def complete(summary: dict) -> dict:
+    """The families with every point computed (a merged summary may hold partial ones, kept for resuming)."""
+    return {f: fam for f, fam in summary["families"].items() if not fam.get("missing_points")}
+
+
+def run_families(families: dict[str, list[Point]], cache: PointCache, loader: Callable | None,
+                 execution: runner.Execution, command: Callable[[str], str], **kw) -> dict | None:
+    """{family: {'command', 'n_seeds', 'points', 'missing_points'}} of every family measured, or None.
+
+    Computing, a family with points still missing (other shards) stops the sweep: None. Merging
+    (``execution.compute`` False), a family with some stored points is kept, its missing points
+    counted. ``command(family)`` is what recomputes the family.
+    """
+    out = {}
+    for family, points in families.items():
+        records = run(points, cache, loader, execution, **kw)
+        if len(records) < len(points) and (execution.compute or not records):
+            if execution.compute:
+                return None
+            continue
+        out[family] = {"command": command(family), "n_seeds": min(r.get("n_seeds", 0) for r in records),
+                       "points": records, "missing_points": len(points) - len(records)}
+    return out or None
+
+
+def incomplete(summary: dict, order) -> list[str]:
+    """The families of ``order`` not (fully) in the summary, partial ones counted: 'lr (2 of 10 points to go)'."""
+    have = summary["families"]
+    return [f + (f" ({have[f]['missing_points']} of {have[f]['missing_points'] + len(have[f]['points'])} points to go)"
+                 if f in have else "") for f in order if f not in complete(summary)]
+
+
+def merge_families(summary: dict, path: Path, order, same: str = "base") -> dict:
+    """``summary``'s families laid over those of the JSON at ``path`` (when its ``same`` field agrees), in ``order``."""
+    fams = summary["families"]
+    if Path(path).exists() and (old := json.loads(Path(path).read_text())).get(same) == summary.get(same):
+        fams = {**old.get("families", {}), **fams}
+    return {**summary, "families": {f: fams[f] for f in order if f in fams}}

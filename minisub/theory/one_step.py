@@ -1,4 +1,4 @@
-"""Theorem 1 (Cloud et al. 2025; SCIENCE.md §2) in numbers: one teacher step, one student step.
+"""Theorem 1 (cloud2025) in numbers: one teacher step, one student step.
 
 Notation. θ⁰ is the teacher's init and L_T its loss; Δθ_T = −∇L_T(θ⁰); the teacher takes ``steps``
 plain-GD steps of size ε (one step: θ_T = θ⁰ + εΔθ_T). The student starts at θ_S⁰ (θ⁰ when the
@@ -44,26 +44,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minisub import tree
 from minisub.mlp import distill
 from minisub.mlp import models
 from minisub.config import require, require_choice
 
 LOSSES = ("kl", "soft_ce", "mse")
 OUTPUTS = ("aux", "class", "all")
-
-
-def tree_dot(a, b):
-    """Σ over leaves of ⟨a, b⟩."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def tree_norm(a):
-    return jnp.sqrt(tree_dot(a, a))
-
-
-def tree_axpy(alpha, x, y):
-    """y + alpha·x, leaf by leaf."""
-    return jax.tree.map(lambda xi, yi: yi + alpha * xi, x, y)
 
 
 def _ratio(num, den):
@@ -127,10 +114,10 @@ def teacher_direction(loss_T: Callable, params):
 def teacher_after(loss_T: Callable, params0, eps, steps: int = 1, direction=None):
     """θ_T after ``steps`` plain-GD steps of size ``eps`` on L_T (θ⁰ + εΔθ_T for one step)."""
     direction = teacher_direction(loss_T, params0) if direction is None else direction
-    params = tree_axpy(eps, direction, params0)
+    params = tree.axpy(eps, direction, params0)
     if steps == 1:
         return params
-    step = lambda p, _: (tree_axpy(-eps, jax.grad(loss_T)(p), p), None)
+    step = lambda p, _: (tree.axpy(-eps, jax.grad(loss_T)(p), p), None)
     return jax.lax.scan(step, params, None, length=steps - 1)[0]
 
 
@@ -221,19 +208,19 @@ def one_step(spec: models.MLPSpec, imitation: Imitation, loss_T: Callable, param
     slope = jnp.mean(jnp.sum(js_BxO * h_t_BxO, axis=-1))
     md_T = pullback(h_t_BxO / x_BxI.shape[0])[0]  # E[J_SᵀHJ_T]Δθ_T (= MΔθ_T when shared)
     d_S0 = student_direction(spec, imitation, student0, params0, x_BxI)
-    offset = tree_dot(d_S0, d_T)
+    offset = tree.dot(d_S0, d_T)
     loss_S0, g_S = jax.value_and_grad(loss_T)(student0)
-    t_norm = tree_norm(d_T)
+    t_norm = tree.norm(d_T)
 
     def at(eps):
         teacher = teacher_after(loss_T, params0, eps, steps, d_T)
         d_S = student_direction(spec, imitation, student0, teacher, x_BxI)
-        inner = tree_dot(d_S, d_T)
-        s_norm = tree_norm(d_S)
+        inner = tree.dot(d_S, d_T)
+        s_norm = tree.norm(d_S)
         predicted = steps * eps * quad
         taylor = offset + steps * eps * slope
-        d_pred = tree_axpy(steps * eps, md_T, d_S0)
-        residual = jax.tree.map(jnp.subtract, d_S, d_pred)
+        d_pred = tree.axpy(steps * eps, md_T, d_S0)
+        residual = tree.sub(d_S, d_pred)
         return {
             "inner": inner,
             "cos": inner / jnp.maximum(s_norm * t_norm, jnp.finfo(inner.dtype).tiny),
@@ -241,9 +228,9 @@ def one_step(spec: models.MLPSpec, imitation: Imitation, loss_T: Callable, param
             "rel_error": _safe_rel(inner, predicted),
             "taylor": taylor,
             "taylor_rel_error": _safe_rel(inner - offset, taylor - offset),
-            "direction_rel_error": _ratio(tree_norm(residual), steps * eps * tree_norm(md_T)),
-            "delta_loss_T": loss_T(tree_axpy(alpha, d_S, student0)) - loss_S0,
-            "delta_loss_T_linear": alpha * tree_dot(g_S, d_S),
+            "direction_rel_error": _ratio(tree.norm(residual), steps * eps * tree.norm(md_T)),
+            "delta_loss_T": loss_T(tree.axpy(alpha, d_S, student0)) - loss_S0,
+            "delta_loss_T_linear": alpha * tree.dot(g_S, d_S),
             "student_norm": s_norm,
             "sign_flips": sign_flips(spec, params0, teacher, x_BxI).astype(inner.dtype),
         }
@@ -268,7 +255,7 @@ def population(spec: models.MLPSpec, imitations: tuple[Imitation, ...], inits_N,
     # teacher_data_N[teacher_W[w]]); the student starts at inits_N[student_W[w]] (the same index: a
     # shared init) and imitates on inputs_XxBxI[input_W[w]]. Worlds are vmapped batch_size at a time
     # (lax.map), ε within each world; teacher_loss must be hashable (a module-level function).
-    take = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    take = lambda t, i: jax.tree.map(lambda a: a[i], t)
     eps_E = jnp.asarray(eps_E, jax.tree.leaves(inits_N)[0].dtype)
 
     def world(idx):
