@@ -64,6 +64,13 @@ def run(cfg: owl.OwlConfig, *, command: str, execution=None) -> tuple[dict, Path
     return owl.run(cfg, command=command, execution=execution, analyse=analyse)
 
 
+def sweep_metrics(summary: dict) -> dict:
+    """What ``minisub sweep lm-owl`` plots per point: the KL arms' trait gains and their paired difference."""
+    arms, paired = summary["arms"], summary["paired"]
+    out = {f"{a} gain": arms[a]["trait_gain"] for a in ("shared", "different") if a in arms}
+    return {**out, **({"shared − different": paired["shared − different"]} if "shared − different" in paired else {})}
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 pm = report.pm

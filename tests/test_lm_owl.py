@@ -85,6 +85,8 @@ def test_run_end_to_end_writes_table_json_and_figure(first_run):
     run_dir = first_run["results"] / "lm-owl" / config.digest(TEST)
     assert (run_dir / "DONE").exists() and f"results: {run_dir}" in out
     assert "## lm-owl" in lm_owl.readme(summary) and lm_owl.PAPER_COMMAND.split(" --")[0] in lm_owl.readme(summary)
+    metrics = lm_owl.sweep_metrics(summary)
+    assert set(metrics) == {"shared gain", "different gain", "shared − different"} and metrics["shared gain"]["n"] == 3
 
 
 def test_a_second_identical_run_is_served_from_the_store(first_run, no_compute, monkeypatch, capsys, tmp_path):
@@ -122,7 +124,7 @@ def test_bad_fields_are_refused_naming_them_before_any_compute(no_compute, capsy
 
 
 def test_every_field_is_flat_and_settable_from_the_command_line():
-    fields = list(config.flat_fields(TEST))
+    fields = [info.name for info in config.describe(TEST)]
     world_fields = [f.name for f in dataclasses.fields(world.WorldConfig) if f.name != "kind"]
     lm_fields = [f.name for f in dataclasses.fields(lm_pipeline.LMConfig) if f.name != "world"]
     analyses = [f.name for f in dataclasses.fields(owl.OwlConfig) if f.name != "lm"]
@@ -278,12 +280,17 @@ def test_every_lm_owl_verdict_flips_with_a_synthetic_summary():
 
 
 def test_nested_config_is_flat_for_run_ids_and_the_command_line():
-    cfg = config.override(TEST, {"world": "naive", "s": "0", "arms": "shared,different", "seeds": "5"})
+    cfg = config.override_fields(TEST, {"world": "naive", "s": "0", "arms": "shared,different", "seeds": "5"})
     assert cfg.lm.world.kind == "naive" and cfg.lm.world.s == 0.0 and cfg.lm.seeds == 5
     assert cfg.arms == ("shared", "different") and cfg.lm.arm_names == ("shared", "different")
     flat = config.to_dict(cfg)
     assert flat["world"] == "naive" and flat["s"] == 0.0 and flat["arms"] == ["shared", "different"]
     assert "lm" not in flat and "kind" not in flat  # nested configs leave no trace of their nesting
-    assert config.replace(TEST, **{"s": 0.0, "world": "naive"}) == config.override(TEST, {"world": "naive", "s": "0"})
+    assert config.replace(TEST, **{"s": 0.0, "world": "naive"}) == config.override_fields(TEST, {"world": "naive", "s": "0"})
     with pytest.raises(config.ConfigError, match="unknown field 'kind'"):
         config.replace(TEST, kind="naive")
+    custom = config.override_fields(TEST, {"arms": "shared,p=perturbed(sigma=0.1):teacher:ce"})
+    assert config.to_dict(custom)["arms"] == ["shared", "p=perturbed(sigma=0.1):teacher:ce"]  # as written
+    assert custom.lm.arms[1].lineage == "perturbed(sigma=0.1)" and custom.lm.arm_loss(custom.lm.arms[1]) == "ce"
+    with pytest.raises(config.ConfigError, match="world='moon' is not allowed: world must be one of"):
+        config.replace(TEST, world="moon")  # a renamed field's error says the name the command line uses
