@@ -19,6 +19,7 @@ import pytest
 
 from helpers import flat, tiny_config
 from minisub import keys, lineage
+from minisub import config
 from minisub.config import ConfigError
 from minisub.lm import pipeline as lm_pipeline
 from minisub.lm.transformer import TransformerSpec
@@ -241,7 +242,7 @@ def test_an_external_lineage_runs_end_to_end_in_lm_owl():
     from minisub_experiments import lm_owl
 
     arms = ("shared", "half=scaled(factor=0.5):teacher", "perm=permuted:teacher")
-    cfg = dataclasses.replace(lm_owl.PRESETS["test"], arms=arms)
+    cfg = config.replace(lm_owl.PRESETS["test"], arms=arms)  # lm-owl's config nests LMConfig: flat names
     assert [a.lineage.name for a in cfg.lm_config.arms] == ["shared", "scaled", "permuted"]
     summary, _ = lm_owl.run(cfg, command="test")
     got = summary["arms"]

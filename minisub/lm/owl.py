@@ -173,13 +173,13 @@ def _ce_partner(cfg: OwlConfig) -> str | None:
     """The arm the CE controls are paired with: shared start, the teacher's numbers, by CE."""
     for arm in cfg.lm.arms:
         if arm.lineage == "shared" and arm.source == "teacher" and cfg.lm.arm_loss(arm) == "ce":
-            return arm.name
+            return arm_text(arm)
     return None
 
 
 def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
     """The paired differences ``(label, a, b)`` this config's arms allow."""
-    arms = set(cfg.lm.arm_names)
+    arms = set(cfg.arms)
     out = [p for p in PAIRS if {p[1], p[2]} <= arms]
     partner = _ce_partner(cfg)
     for control in ("control", "shuffle"):
@@ -359,7 +359,7 @@ def notes(cfg: OwlConfig, out: dict) -> list[str]:
 
 def summarise(cfg: OwlConfig, out: dict, command: str) -> dict:
     """The JSON behind the figure: per arm trait before/after/gain, other animals, number task, geometry."""
-    lmc, t, names = cfg.lm, cfg.lm.trait_index, cfg.lm.arm_names
+    lmc, t, names = cfg.lm, cfg.lm.trait_index, cfg.arms  # arms by their text (an ARMS arm: its name)
     extras = {}
     if "student_question_probs" in out:
         r = lmc.world.rogue
