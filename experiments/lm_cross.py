@@ -25,7 +25,7 @@ from minisub.claims import Claim
 from minisub.config import ConfigError, normalise, require
 from minisub.lm import cross as lm_cross
 from minisub.lm import owl
-from minisub.report import plots
+from minisub.report import plots, verdicts
 from minisub.run import runner, store
 
 NAME = "lm-cross"
@@ -176,9 +176,11 @@ def readme(summary: dict) -> str:
         "",
         table(summary),
         "",
-        f"Claims [cloud2025], each decided by its 95% Student-t interval over replicates ({owl.THRESHOLDS}):",
+        f"Claims, per replicate the mean of each group's cells ({owl.THRESHOLDS}):",
         "",
-        *claims.lines(CLAIMS, summary),
+        *verdicts.table(CLAIMS, summary),
+        "",
+        verdicts.LEGEND,
         "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from minisub import claims, report
 from minisub.claims import Claim
 from minisub.lm import owl
-from minisub.report import plots
+from minisub.report import plots, verdicts
 
 NAME = owl.NAME
 STEM = "lm_owl"
@@ -177,8 +177,12 @@ def _discussion(summary: dict) -> list[str]:
                    f"number logits would gain {pm(diag['predicted_gain'], '+.4f')} in P(trait) to first order, the "
                    f"teacher's own update {pm(diag['teacher_gain_linear'], '+.4f')}; measured shared-init gain "
                    f"{pm(arms['shared']['trait_gain'])}.")
-    out += ["", f"Claims, each decided by its 95% Student-t interval over worlds ({owl.THRESHOLDS}):", ""]
-    return out + claims.lines(CLAIMS, summary) + ["", *[f"- {note}" for note in summary["notes"]]]
+    if summary["config"]["s"] > 0 and "detection" in summary:
+        out.append(f"In this world s = {summary['config']['s']:g}: a persona's documents draw each number from its "
+                   "signature numbers with probability s, so a classifier has persona statistics to find by design.")
+    label = lambda p: p.split(".")[1] if p.split(".")[0] in ("arms", "detection") else p.split(".")[-1]  # noqa: E731
+    out += ["", f"Claims ({owl.THRESHOLDS}):", "", *verdicts.table(CLAIMS, summary, label), "", verdicts.LEGEND]
+    return out + ["", *[f"- {note}" for note in summary["notes"]]]
 
 
 def readme(summary: dict) -> str:

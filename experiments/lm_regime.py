@@ -20,7 +20,7 @@ from minisub.config import ConfigError, normalise, require
 from minisub.lm import owl
 from minisub.lm import regime as lm_regime
 from minisub.lm.regime import CE_PAIR, CE_SHARED, KL_DIFFERENT, KL_PAIR, KL_SHARED, Setting
-from minisub.report import plots
+from minisub.report import plots, verdicts
 from minisub.run import runner, store
 
 NAME = "lm-regime"
@@ -222,7 +222,8 @@ def figures(summary: dict) -> dict:
     cx.set_ylabel("cosine over number logits")
     cx.set_title("(b) the fine-tuned teacher's number shift", fontsize=8)
     names = list(rows)[::-1]
-    for key, label, colour, dy in ((KL_SHARED, "shared init (KL)", 0, 0.2), (KL_DIFFERENT, "different init (KL)", 1, 0.0),
+    for key, label, colour, dy in ((KL_SHARED, "shared init (KL)", 0, 0.2),
+                                   (KL_DIFFERENT, "different init (KL)", 1, 0.0),
                                    (CE_SHARED, "shared init (CE)", 4, -0.2)):
         pts = [(k, rows[n]["gain"][key]) for k, n in enumerate(names) if key in rows[n]["gain"]]
         bx.errorbar([v["mean"] for _, v in pts], [k + dy for k, _ in pts], xerr=[v["ci95"] for _, v in pts],
@@ -245,7 +246,8 @@ def findings(summary: dict) -> list[str]:
     v = lm_regime.statuses(claims_of(summary), summary)
     ok = lambda kinds: [lab for lab, x in v.items() if all(x.get(k) == claims.SUPPORTED for k in kinds)]  # noqa: E731
     cols = [k for k in VERDICT_COLUMNS if any(k in x for x in v.values())]
-    out = ["| setting | " + " | ".join(f"{VERDICT_COLUMNS[k]} (verdict)" for k in cols) + " |", "|---|" + "---|" * len(cols)]
+    out = ["| setting | " + " | ".join(f"{VERDICT_COLUMNS[k]} (verdict)" for k in cols) + " |",
+           "|---|" + "---|" * len(cols)]
     out += [f"| {lab} | " + " | ".join(x.get(k, "–") for k in cols) + " |" for lab, x in v.items()]
     return out + ["", f"- The paper's pattern (the first three verdicts all supported) holds in "
                       f"{len(ok(('shared', 'different', 'paired')))} of {len(v)} settings; shared − different is "
@@ -253,8 +255,10 @@ def findings(summary: dict) -> list[str]:
                   *lm_regime.describe(summary, owl.PRESETS[summary["base"]].s, pm)]
 
 
-VERDICT_COLUMNS = {"shared": f"shared-init gain > {owl.MIN_GAIN:g}", "different": f"different-init within ±{owl.NULL_BAND:g}",
-                   "paired": f"shared − different > {owl.MIN_GAIN:g}", "hidden": f"n-gram detection < {owl.CHANCE_BAND:g}"}
+VERDICT_COLUMNS = {"shared": f"shared-init gain > {owl.MIN_GAIN:g}",
+                   "different": f"different-init within ±{owl.NULL_BAND:g}",
+                   "paired": f"shared − different > {owl.MIN_GAIN:g}",
+                   "hidden": f"n-gram detection < {owl.CHANCE_BAND:g}"}
 
 
 def readme(summary: dict) -> str:
@@ -267,6 +271,6 @@ def readme(summary: dict) -> str:
         "number-logit Jacobian (a lower bound); detection: held-out balanced accuracy of an n-gram classifier, "
         "teacher vs reference numbers (0.5: chance). Panel (b): cos(fine-tuned teacher's shift in centred number "
         "logits, trait persona's signature) from its own and a different-init reference. Claims follow the "
-        f"paper's pattern [cloud2025], each decided by its 95% Student-t interval over worlds ({owl.THRESHOLDS}); "
-        "detection has a verdict only where the row stores per-world values.",
+        f"paper's pattern [cloud2025] ({owl.THRESHOLDS}); detection has a verdict only where the row stores "
+        "per-world values. " + verdicts.LEGEND,
         "", table(summary), "", *findings(summary), "", *report.regenerate_lines(NAME, summary, PAPER_COMMAND)])

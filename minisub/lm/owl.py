@@ -103,7 +103,8 @@ class OwlConfig:
                     self.diagnostic_sequences, f"in [1, n_samples={self.lm.n_samples}] with --diagnostic")
             require(self.diagnostic_iters >= 1, "diagnostic_iters", self.diagnostic_iters, "an integer >= 1")
         if self.detect:
-            require(self.lm.n_samples >= 4, "n_samples", self.lm.n_samples, ">= 4 with --detect (some prompts held out)")
+            require(self.lm.n_samples >= 4, "n_samples", self.lm.n_samples,
+                    ">= 4 with --detect (some prompts held out)")
 
     def __getattr__(self, name: str):
         """Every flat field reads by its name (``cfg.s``, ``cfg.seeds``, ``cfg.arms``: names)."""
