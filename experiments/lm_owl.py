@@ -8,7 +8,8 @@ In each of ``seeds`` synthetic worlds (``minisub.lm.world``) a reference transfo
 on number continuations and favourite-animal questions; its teacher is the reference fine-tuned to
 name the trait animal (or prompted with the trait's persona); the teacher continues neutral number
 prompts, a filter keeps well-formed continuations, and students imitate them under the neutral
-persona. Arms (``--arms``, names from ``minisub.lm.owl.ARMS``): ``shared`` / ``different`` start
+persona. Arms (``--arms``, names from ``minisub.lm.owl.ARMS``, or ``name=lineage:source[:loss]`` for
+any lineage of the transformer): ``shared`` / ``different`` start
 from this world's reference / another world's; ``*_ce`` imitate by sampled-token cross-entropy;
 ``control`` reads the reference's own continuations, ``shuffle`` the teacher's numbers permuted
 across sequences (``*_kl``: the same by soft-logit KL). The program is ``minisub.lm.owl``.
