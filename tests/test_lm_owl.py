@@ -294,3 +294,14 @@ def test_nested_config_is_flat_for_run_ids_and_the_command_line():
     assert custom.lm.arms[1].lineage == "perturbed(sigma=0.1)" and custom.lm.arm_loss(custom.lm.arms[1]) == "ce"
     with pytest.raises(config.ConfigError, match="world='moon' is not allowed: world must be one of"):
         config.replace(TEST, world="moon")  # a renamed field's error says the name the command line uses
+
+
+@pytest.mark.parametrize("module_name", ["lm_owl", "lm_cross"])
+def test_the_committed_json_is_current(module_name):
+    """figures/<stem>.json holds what analyse computes from its per-seed values (verdicts, derived)."""
+    import importlib
+    from pathlib import Path
+    module = importlib.import_module(f"minisub_experiments.{module_name}")
+    summary = json.loads((Path(__file__).parent.parent / "figures" / f"{module.STEM}.json").read_text())
+    assert json.loads(json.dumps(module.analyse(summary))) == summary
+    assert "item " not in module.readme(summary) and "SCIENCE" not in module.readme(summary)

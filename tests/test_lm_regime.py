@@ -209,3 +209,16 @@ def test_every_paper_settings_run_id_stays():
     assert {name: config.digest(paper.owl(name)) for name in paper.settings} == PAPER_IDS
     assert paper.command("naive") == ("minisub run lm-owl --preset paper --seeds 24 --world naive --s 0.0 "
                                       "--diagnostic true --detect true")
+
+
+def test_the_committed_json_is_current_and_its_text_renders():
+    """figures/lm_regime.json holds what analyse computes from its rows (verdicts, derived), and its README reads."""
+    from pathlib import Path
+    path = Path(__file__).parent.parent / "figures" / "lm_regime.json"
+    summary = json.loads(path.read_text())
+    assert json.loads(json.dumps(lm_regime.analyse(summary))) == summary
+    text = lm_regime.readme(summary)
+    assert "aim" not in summary and "(issue" not in text and "item " not in text
+    assert "r = +0.93 (n = 5, Student-t p = 0.022" in text and "reported, not claimed" in text
+    assert "| bad behaviour: FORBIDDEN answered to a command | inconclusive | supported | inconclusive |" in text
+    assert "median +0.008, above +0.02 in 10 of 24 worlds" in text and "exact sign test p = 1.2e-07" in text
