@@ -1,8 +1,7 @@
 """lm-regime: where the toy LM's trait transfer is large, and specific to the shared init.
 
 Run:     minisub run lm-regime --preset paper --out figures    (every setting, 24 seeds; --settings s0,s0.1: some)
-Merge:   minisub merge lm-regime --preset paper --out figures  (no training; settings not stored here keep
-                                                                their rows in the JSON already at --out)
+Merge:   minisub merge lm-regime --preset paper --out figures  (no training; rows not stored here are kept from --out)
 Redraw:  minisub figures lm-regime                              (from figures/lm_regime.json alone)
 
 Every setting is one lm-owl run of the paper preset with a few fields changed (``minisub.lm.regime``;
@@ -19,7 +18,8 @@ from minisub.claims import Claim
 from minisub.config import ConfigError, normalise, require
 from minisub.lm import owl
 from minisub.lm import regime as lm_regime
-from minisub.lm.regime import CE_PAIR, CE_SHARED, KL_DIFFERENT, KL_PAIR, KL_SHARED, Setting
+from minisub.lm.regime import CE_PAIR, CE_SHARED, KL_DIFFERENT, KL_PAIR, KL_SHARED
+from minisub.lm.regime import Setting as S
 from minisub.report import plots, verdicts
 from minisub.run import runner, store
 
@@ -29,9 +29,8 @@ ORDER = 60  # its place in figures/README.md
 # The bad-behaviour trait: a world with command documents, in which only the rogue persona answers
 # FORBIDDEN; the teacher is fine-tuned to answer it under the neutral persona.
 FORBIDDEN = {"trait_kind": "forbidden", "command_fraction": 0.1}
-S = Setting
 # Grouped by pretrained world: each world's references are pretrained once, by its first setting.
-SETTINGS: dict[str, Setting] = {
+SETTINGS: dict[str, S] = {
     "base": S("s", "s = 0.3: lm-owl's recipe", {}),
     "finetune3": S("teacher", "fine-tune 3 steps", {"finetune_steps": 3}),
     "finetune30": S("teacher", "fine-tune 30 steps", {"finetune_steps": 30}),
@@ -99,8 +98,7 @@ class RegimeConfig:
 
     def command(self, name: str) -> str:
         """The lm-owl command that recomputes one setting alone."""
-        return f"minisub run lm-owl --preset {self.base} " + " ".join(
-            f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in self.fields(name).items())
+        return owl.command(self.base, self.fields(name))
 
 
 PRESETS = {
@@ -131,9 +129,7 @@ def pending(cfg: RegimeConfig, directory: Path) -> str:
 
 def merge_written(summary: dict, path: Path) -> dict:
     """Rows this results store lacks, kept from the JSON already at ``path`` when they are the same runs."""
-    merged = lm_regime.keep_written_rows(summary, path, SETTINGS)
-    if kept := [n for n, r in merged["settings"].items() if "kept_from" in r and n not in summary["settings"]]:
-        print(f"[{NAME}] kept from {path} (not in this results store): " + ", ".join(kept))
+    merged = lm_regime.keep_written_rows(summary, path, SETTINGS, log=print)
     return analyse(merged) if merged is not summary else summary
 
 
@@ -160,7 +156,6 @@ def claims_of(summary: dict) -> list[Claim]:
 def analyse(summary: dict) -> dict:
     """The summary with its derived statistics (``lm_regime.derived``) and every claim's verdict."""
     out = lm_regime.derived(summary, owl.PRESETS[summary["base"]].s)
-    out.pop("aim", None)  # an internal target of the map's development, not a claim
     return {**out, "verdicts": claims.evaluate(claims_of(out), lm_regime.by_position(out))}
 
 

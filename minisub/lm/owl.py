@@ -120,6 +120,12 @@ class OwlConfig:
         return self.lm
 
 
+def command(preset: str, fields: dict) -> str:
+    """The ``minisub run lm-owl`` command of ``preset`` with ``fields`` (flat names) set."""
+    return f"minisub run {NAME} --preset {preset} " + " ".join(
+        f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items())
+
+
 def owl_config(**flat) -> OwlConfig:
     """An ``OwlConfig`` from flat field values (``owl_config(seeds=24, s=0.0)``)."""
     return config_lib.replace(OwlConfig(), **flat)

@@ -92,13 +92,14 @@ def run_settings(configs: dict, settings: dict, commands: dict, execution, analy
     return rows, missing
 
 
-def keep_written_rows(summary: dict, path: Path, settings: dict) -> dict:
+def keep_written_rows(summary: dict, path: Path, settings: dict, log=None) -> dict:
     """``summary`` plus the rows of its missing settings that the JSON at ``path`` holds for the same runs.
 
     The results store is local to a machine, the written JSON travels with the repository: a map
     merged where only some settings are stored keeps the others' committed rows instead of dropping
     them. A row is kept only if it is the same lm-owl run (same base, seeds and changed fields); it
-    is marked ``"kept_from"``. ``settings``: every known setting (name -> ``Setting``), in map order.
+    is marked ``"kept_from"``. ``settings``: every known setting (name -> ``Setting``), in map order;
+    ``log``: told which rows were kept.
     """
     if not summary.get("missing_settings") or not Path(path).exists():
         return summary
@@ -108,6 +109,8 @@ def keep_written_rows(summary: dict, path: Path, settings: dict) -> dict:
             if same and n in old.get("settings", {}) and old["settings"][n].get("fields") == settings[n].fields}
     if not kept:
         return summary
+    if log:
+        log(f"[lm-regime] kept from {path} (not in this results store): " + ", ".join(kept))
     order = [n for n in settings if n in summary["settings"] or n in kept]
     rows = {**summary["settings"], **kept}
     return {**summary, "settings": {n: rows[n] for n in order},
