@@ -215,7 +215,7 @@ def test_arms_with_either_loss_train_together_and_kl_to_itself_stays_put():
 
 
 def test_forbidden_trait_runs_end_to_end_with_its_diagnostic(tmp_path, monkeypatch, capsys):
-    """The bad-behaviour trait (item 3): FORBIDDEN answered to a command, measured over the command's answers."""
+    """The bad-behaviour trait: FORBIDDEN answered to a command, measured over the command's answers."""
     monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path / "results"))
     extra = ["--trait_kind", "forbidden", "--command_fraction", "0.2", "--arms", "shared,different",
              "--finetune_steps", "10", "--diagnostic", "true"]
