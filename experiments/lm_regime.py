@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from minisub import claims, config, report, stats
+from minisub import claims as claims_lib
+from minisub import config, report, stats
 from minisub.claims import Claim
 from minisub.config import ConfigError, normalise, require
 from minisub.lm import owl
@@ -133,7 +134,7 @@ def merge_written(summary: dict, path: Path) -> dict:
     return analyse(merged) if merged is not summary else summary
 
 
-def claims_of(summary: dict) -> list[Claim]:
+def claims(summary: dict) -> list[Claim]:
     """Per setting with both KL arms: the paper's pattern, as three claims (and detection, where per-world).
     Paths read ``lm_regime.by_position``'s ``rows.<k>`` (a setting's name, like 's0.1', may hold a dot)."""
     out = []
@@ -156,7 +157,7 @@ def claims_of(summary: dict) -> list[Claim]:
 def analyse(summary: dict) -> dict:
     """The summary with its derived statistics (``lm_regime.derived``) and every claim's verdict."""
     out = lm_regime.derived(summary, owl.PRESETS[summary["base"]].s)
-    return {**out, "verdicts": claims.evaluate(claims_of(out), lm_regime.by_position(out))}
+    return {**out, "verdicts": claims_lib.evaluate(claims(out), lm_regime.by_position(out))}
 
 
 pm = report.pm
@@ -238,8 +239,8 @@ def figures(summary: dict) -> dict:
 
 def findings(summary: dict) -> list[str]:
     """The verdicts per setting (claims.verdict), then descriptive numbers, each with its n and test."""
-    v = lm_regime.statuses(claims_of(summary), summary)
-    ok = lambda kinds: [lab for lab, x in v.items() if all(x.get(k) == claims.SUPPORTED for k in kinds)]  # noqa: E731
+    v = lm_regime.statuses(claims(summary), summary)
+    ok = lambda kinds: [lab for lab, x in v.items() if all(x.get(k) == claims_lib.SUPPORTED for k in kinds)]  # noqa: E731
     cols = [k for k in VERDICT_COLUMNS if any(k in x for x in v.values())]
     out = ["| setting | " + " | ".join(f"{VERDICT_COLUMNS[k]} (verdict)" for k in cols) + " |",
            "|---|" + "---|" * len(cols)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisub import claims, report, stats
+from minisub import claims, references, report, stats
 from minisub import config as config_lib
 from minisub.claims import Claim
 from minisub.mlp import mnist, pipeline
@@ -35,15 +35,11 @@ PRESETS = {
 }
 DEFAULT_PRESET = "quick"
 
-# Read off the paper's figure (100 runs) [cloud2025]. Shown beside ours, never used as results.
-PAPER = {
-    "reference": (0.10, None),
-    "teacher": (0.94, None),
-    "student_aux": (0.53, 0.02),
-    "student_all": (0.91, None),
-    "cross_aux": (0.11, 0.01),
-    "cross_all": (0.74, None),
-}
+# Read off the paper's figure (100 runs) [cloud2025], from minisub/references.py: (mean, CI or None).
+# Shown beside ours, never used as results.
+PAPER = {arm: (v if isinstance(v, tuple) else (v, None))
+         for arm in ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
+         for v in [references.number("cloud2025", f"mnist_{arm}")]}
 LABELS = {
     "reference": "reference\n(teacher's init)",
     "teacher": "teacher",

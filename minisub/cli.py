@@ -154,7 +154,7 @@ def _run(args, extra, compute: bool) -> int:
     from minisub import report
 
     out = Path(args.out) if args.out else directory
-    paths = module.write_outputs(summary, out) if hasattr(module, "write_outputs") else report.write_outputs(module, summary, out)
+    paths = report.write_outputs(module, summary, out)
     print(module.table(summary))
     print(f"\nresults: {directory}")
     print("figure:  " + ", ".join(str(p) for p in paths))

@@ -9,9 +9,11 @@ package register themselves the same way, with one line in their ``pyproject.tom
 
 An experiment module provides ``NAME``, ``STEM``, ``PRESETS``, ``DEFAULT_PRESET``, ``PAPER_COMMAND``,
 ``run(cfg, *, command, execution) -> (summary | None, directory)``, ``table(summary) -> str``,
-``figures(summary) -> {file stem: matplotlib Figure}``, ``CLAIMS`` (``minisub.claims.Claim``s) and
-``readme(summary) -> str``; optionally ``ORDER`` (default 1000: its place in figures/README.md)
-and ``merge_written(summary, path) -> summary``.
+``figures(summary) -> {file stem: matplotlib Figure}`` and ``readme(summary) -> str``; it declares
+its claims as ``CLAIMS`` (``minisub.claims.Claim``s) or ``claims(summary)`` (when they depend on
+which points exist) and evaluates them in ``analyse(summary) -> summary``. Optionally: ``ORDER``
+(default 1000: its place in figures/README.md), ``merge_written(summary, path) -> summary`` and
+``sweep_metrics(summary) -> {name: stats}`` (what ``minisub sweep`` reports).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from types import ModuleType
 from minisub.config import ConfigError
 
 GROUP = "minisub.experiments"
-REQUIRED = ("NAME", "STEM", "PRESETS", "DEFAULT_PRESET", "PAPER_COMMAND", "run", "table", "readme")
+REQUIRED = ("NAME", "STEM", "PRESETS", "DEFAULT_PRESET", "PAPER_COMMAND", "run", "table", "figures", "readme")
 
 
 def experiments() -> dict[str, ModuleType]:

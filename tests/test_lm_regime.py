@@ -106,7 +106,7 @@ def test_readme_section_states_verdicts_and_the_s_curve(first_run):
     text = lm_regime.readme(first_run["summary"])
     assert "| shared-init gain > 0.02 (verdict) |" in text and "Against s" in text
     assert "minisub figures lm-regime" in text and "aim at" not in text and "aim" not in first_run["summary"]
-    assert [v["id"] for v in first_run["summary"]["verdicts"]] == [c.id for c in lm_regime.claims_of(first_run["summary"])]
+    assert [v["id"] for v in first_run["summary"]["verdicts"]] == [c.id for c in lm_regime.claims(first_run["summary"])]
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -135,7 +135,7 @@ def _synthetic(shared, different, detection=None) -> dict:
 
 
 def _statuses(summary: dict) -> dict:
-    return regime_lib.statuses(lm_regime.claims_of(summary), lm_regime.analyse(summary))["base row"]
+    return regime_lib.statuses(lm_regime.claims(summary), lm_regime.analyse(summary))["base row"]
 
 
 def test_each_setting_verdict_flips_with_the_numbers():

@@ -23,6 +23,7 @@ PAPER_COMMAND = "minisub run my-probe"
 def run(cfg, *, command, execution=None): raise NotImplementedError
 def table(summary): return ""
 def readme(summary): return ""
+def figures(summary): return {}
 '''
 
 

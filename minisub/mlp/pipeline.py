@@ -397,6 +397,35 @@ def pooled_targets(cfg: AuxConfig, outputs_KxBxO, masks_AxO):
     return jax.vmap(mixture)(weights_AxK, masks_AxO)
 
 
+TRACE_KEYS = ("grad_cos", "update_trait_cos", "dist_teacher", "travel", "update_cos", "function_kl", "probe_accuracy")
+
+
+def _trait_grads(cfg: AuxConfig, trait_key, images_u8, labels, students, t):
+    """∇L_T at every student: cross-entropy of its class logits on a real labelled batch."""
+    spec = cfg.student_spec
+    idx = jax.random.randint(jax.random.fold_in(trait_key, t), (cfg.trait_batch,), 0, cfg.n_train)
+    x, y = mnist.to_unit_range(images_u8[idx]), labels[idx]
+    loss = lambda p: jnp.mean(distill.cross_entropy(models.class_logits(spec, spec.apply(p, x)), y))
+    return jax.vmap(jax.grad(loss))(students)
+
+
+def _trace(cfg: AuxConfig, world, probe, students, grads, updates, g_trait):
+    """Trajectory measurements per arm at the current step (before its update)."""
+    spec, (probe_x, probe_y, teacher_probe) = cfg.student_spec, probe
+    geo = jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
+        students, world["student_init"], world["teacher"], world["teacher_init"])
+    log_q = jax.vmap(lambda p: jax.nn.log_softmax(models.class_logits(spec, spec.apply(p, probe_x))))(students)
+    return {
+        "grad_cos": jax.vmap(_cos)(grads, g_trait),  # cos(∇L_distill, ∇L_T) > 0: distilling also lowers L_T
+        "update_trait_cos": jax.vmap(_cos)(updates, jax.tree.map(jnp.negative, g_trait)),
+        "dist_teacher": geo["dist_teacher"]["total"],
+        "travel": geo["travel"]["total"],
+        "update_cos": geo["update_cos"]["total"],
+        "function_kl": jnp.mean(jnp.sum(jnp.exp(teacher_probe) * (teacher_probe - log_q), -1), -1),
+        "probe_accuracy": jnp.mean(jnp.argmax(log_q, -1) == probe_y, -1),
+    }
+
+
 def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8, probe_labels):
     spec, opt = cfg.student_spec, train.optimizer(cfg.student_optimizer, cfg.student_lr)
     teacher_spec = cfg.spec
@@ -409,32 +438,11 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
     teacher = world["teacher"]
     steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
     probe_x = mnist.to_unit_range(probe_u8[: cfg.n_probe])
-    probe_y = probe_labels[: cfg.n_probe]
-    teacher_probe = jax.nn.log_softmax(models.class_logits(spec, teacher_spec.apply(teacher, probe_x)))
+    probe = (probe_x, probe_labels[: cfg.n_probe],
+             jax.nn.log_softmax(models.class_logits(spec, teacher_spec.apply(teacher, probe_x))))
+    trait_grads = partial(_trait_grads, cfg, trait_key, images_u8, labels)
+    trace = partial(_trace, cfg, world, probe)
 
-    def trait_grads(students, t):
-        """∇L_T at every student: cross-entropy of its class logits on a real labelled batch."""
-        idx = jax.random.randint(jax.random.fold_in(trait_key, t), (cfg.trait_batch,), 0, cfg.n_train)
-        x, y = mnist.to_unit_range(images_u8[idx]), labels[idx]
-        loss = lambda p: jnp.mean(distill.cross_entropy(models.class_logits(spec, spec.apply(p, x)), y))
-        return jax.vmap(jax.grad(loss))(students)
-
-    def trace(students, grads, updates, g_trait):
-        """Trajectory measurements per arm at the current step (before its update)."""
-        geo = jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
-            students, world["student_init"], teacher, world["teacher_init"])
-        log_q = jax.vmap(lambda p: jax.nn.log_softmax(models.class_logits(spec, spec.apply(p, probe_x))))(students)
-        return {
-            "grad_cos": jax.vmap(_cos)(grads, g_trait),  # cos(∇L_distill, ∇L_T) > 0: distilling also lowers L_T
-            "update_trait_cos": jax.vmap(_cos)(updates, jax.tree.map(jnp.negative, g_trait)),
-            "dist_teacher": geo["dist_teacher"]["total"],
-            "travel": geo["travel"]["total"],
-            "update_cos": geo["update_cos"]["total"],
-            "function_kl": jnp.mean(jnp.sum(jnp.exp(teacher_probe) * (teacher_probe - log_q), -1), -1),
-            "probe_accuracy": jnp.mean(jnp.argmax(log_q, -1) == probe_y, -1),
-        }
-
-    trace_keys = ("grad_cos", "update_trait_cos", "dist_teacher", "travel", "update_cos", "function_kl", "probe_accuracy")
     n_arms = len(cfg.arms)
 
     def step(carry, batch):
@@ -475,7 +483,7 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
                 g = g_for_trace if g_for_trace is not None else trait_grads(students, t)
                 return trace(students, grads, updates, g)
 
-            skipped = lambda _: {k: jnp.full((n_arms,), jnp.nan) for k in trace_keys}
+            skipped = lambda _: {k: jnp.full((n_arms,), jnp.nan) for k in TRACE_KEYS}
             out["trace"] = jax.lax.cond(logged, measured, skipped, None)
         students = jax.vmap(optax.apply_updates)(students, updates)
         return (students, new_opt, t + 1), out

@@ -40,8 +40,6 @@ def draw(module, summary: dict, out_dir: Path) -> list[Path]:
     """Save every figure of ``module.figures(summary)`` ({stem: Figure}) as PNG and PDF in ``out_dir``."""
     from minisub.report import plots
 
-    if not hasattr(module, "figures"):  # transitional: an experiment that still saves its own figure
-        return module.figure(summary, Path(out_dir))
     return [p for stem, fig in module.figures(summary).items() for p in plots.save(fig, Path(out_dir) / stem)]
 
 
