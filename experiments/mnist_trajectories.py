@@ -113,11 +113,8 @@ def run(cfg: TrajectoryConfig, *, command: str, execution: runner.Execution | No
 
 
 def _pm(s: dict | None, fmt: str = ".3f", i: int | None = None) -> str:
-    """mean ± ci of a brief (or of a curve at logged step ``i``); "n/a" when undefined."""
-    s = s if i is None else {"mean": s["mean"][i], "ci95": s["ci95"][i]}
-    if not s or s.get("mean") is None:
-        return "n/a"
-    return f"{s['mean']:{fmt}}" + (f" ± {s['ci95']:{fmt}}" if s.get("ci95") is not None else "")
+    """mean ± ci of a brief (or of a curve at logged step ``i``), both in ``fmt``."""
+    return report.pm(s, fmt, fmt, i)
 
 
 def table(summary: dict) -> str:

@@ -109,9 +109,8 @@ def run(cfg: TheoremConfig, *, command: str, execution: runner.Execution | None 
 
 
 def _pm(s: dict, fmt: str = ".2g") -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:{fmt}}" + (f" ± {s['ci95']:{fmt}}" if s.get("ci95") is not None else "")
+    """mean ± ci, both in ``fmt``."""
+    return report.pm(s, fmt, fmt)
 
 
 def _eps(value) -> str:

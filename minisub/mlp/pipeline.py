@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from minisub import keys, lineage, train
+from minisub import keys, lineage, train, tree
 from minisub.mlp import data
 from minisub.mlp import distill
 from minisub.mlp import measure
@@ -224,23 +224,19 @@ def donors(cfg: AuxConfig) -> np.ndarray:
     return lineage.donors(cfg.seed, cfg.seeds, "donor")
 
 
-def _stream(cfg: AuxConfig, name: str, i):
-    return keys.member(keys.branch(keys.root(cfg.seed), name), i)
-
-
 def _committee_key(cfg: AuxConfig, name: str, i, k):
     """Committee member ``k`` (>= 1) of world ``i``: its own init and shuffle streams."""
-    return keys.member(_stream(cfg, name, i), k)
+    return keys.member(keys.stream(cfg.seed, name, i), k)
 
 
 def _init_world(cfg: AuxConfig, i, donor):
     spec, student_spec = cfg.spec, cfg.student_spec
-    teacher_init = spec.init(_stream(cfg, "init", i))
-    fresh = student_spec.init(_stream(cfg, "init", donor))  # the donor world's init: independent of i's
+    teacher_init = spec.init(keys.stream(cfg.seed, "init", i))
+    fresh = student_spec.init(keys.stream(cfg.seed, "init", donor))  # the donor world's init: independent of i's
     inits = []
     for a in cfg.arms:
         # keyed by world and lineage name: one perturbation direction along a whole parameter grid
-        key = keys.branch(_stream(cfg, "lineage", i), a.lineage.name)
+        key = keys.branch(keys.stream(cfg.seed, "lineage", i), a.lineage.name)
         inits.append(a.lineage.init(student_spec, teacher_init, fresh, key))
     students = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
     t_opt = train.optimizer(cfg.teacher_optimizer, cfg.teacher_lr)
@@ -289,7 +285,7 @@ def _classifier_epoch(cfg: AuxConfig, params, opt_state, key, images_u8, labels)
 
 
 def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
-    key = jax.random.fold_in(_stream(cfg, "teacher_shuffle", i), epoch)
+    key = jax.random.fold_in(keys.stream(cfg.seed, "teacher_shuffle", i), epoch)
     (params, opt_state), loss_S = _classifier_epoch(cfg, world["teacher"], world["teacher_opt"], key, images_u8, labels)
     world = {**world, "teacher": params, "teacher_opt": opt_state}
     if cfg.n_teachers > 1:
@@ -331,7 +327,7 @@ def _match_epoch(cfg: AuxConfig, world, i, epoch, images_u8):
         return (jax.vmap(optax.apply_updates)(students, updates), opt_states), loss_M
 
     matched = jax.tree.map(lambda x: x[rows], world["students"])
-    key = jax.random.fold_in(_stream(cfg, "match_shuffle", i), epoch)
+    key = jax.random.fold_in(keys.stream(cfg.seed, "match_shuffle", i), epoch)
     (matched, match_opt), loss_SxM = train.run_epoch(step, (matched, world["match_opt"]), key, cfg.n_train,
                                                      cfg.teacher_batch)
     put = lambda full: jax.tree.map(lambda f, m: f.at[rows].set(m), full, matched)
@@ -352,23 +348,15 @@ def arm_masks(cfg: AuxConfig):
     return jnp.stack([models.output_mask(cfg.spec, a.outputs) for a in cfg.arms])
 
 
-def _dot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def project_out_trait(update, trait_grad):
     """Remove from ``update`` its component along −∇L_T when it has one (``update``·∇L_T < 0).
 
     After this the update no longer lowers the trait loss to first order; an update that
     already raises it is left alone.
     """
-    along = _dot(update, trait_grad)
-    scale = jnp.where(along < 0, along / jnp.maximum(_dot(trait_grad, trait_grad), 1e-30), 0.0)
+    along = tree.dot(update, trait_grad)
+    scale = jnp.where(along < 0, along / jnp.maximum(tree.dot(trait_grad, trait_grad), 1e-30), 0.0)
     return jax.tree.map(lambda u, g: u - scale * g, update, trait_grad)
-
-
-def _cos(a, b):
-    return _dot(a, b) / jnp.maximum(jnp.sqrt(_dot(a, a) * _dot(b, b)), 1e-30)
 
 
 def student_inputs(cfg: AuxConfig, key, idx_B, images_u8):
@@ -416,8 +404,8 @@ def _trace(cfg: AuxConfig, world, probe, students, grads, updates, g_trait):
         students, world["student_init"], world["teacher"], world["teacher_init"])
     log_q = jax.vmap(lambda p: jax.nn.log_softmax(models.class_logits(spec, spec.apply(p, probe_x))))(students)
     return {
-        "grad_cos": jax.vmap(_cos)(grads, g_trait),  # cos(∇L_distill, ∇L_T) > 0: distilling also lowers L_T
-        "update_trait_cos": jax.vmap(_cos)(updates, jax.tree.map(jnp.negative, g_trait)),
+        "grad_cos": jax.vmap(tree.cos)(grads, g_trait),  # cos(∇L_distill, ∇L_T) > 0: distilling also lowers L_T
+        "update_trait_cos": jax.vmap(tree.cos)(updates, jax.tree.map(jnp.negative, g_trait)),
         "dist_teacher": geo["dist_teacher"]["total"],
         "travel": geo["travel"]["total"],
         "update_cos": geo["update_cos"]["total"],
@@ -434,7 +422,7 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
     every = models.output_mask(spec, "all")
     imitation = distill.IMITATION_LOSSES[cfg.loss]
     masks_AxO = arm_masks(cfg)
-    noise_key, trait_key = _stream(cfg, "noise", i), _stream(cfg, "trait_batch", i)
+    noise_key, trait_key = keys.stream(cfg.seed, "noise", i), keys.stream(cfg.seed, "trait_batch", i)
     teacher = world["teacher"]
     steps = train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
     probe_x = mnist.to_unit_range(probe_u8[: cfg.n_probe])
@@ -488,7 +476,7 @@ def _student_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, probe_u8,
         students = jax.vmap(optax.apply_updates)(students, updates)
         return (students, new_opt, t + 1), out
 
-    key = jax.random.fold_in(_stream(cfg, "student_shuffle", i), epoch)
+    key = jax.random.fold_in(keys.stream(cfg.seed, "student_shuffle", i), epoch)
     (students, opt_states, _), out = train.run_epoch(
         step, (world["students"], world["student_opt"], epoch * steps), key, cfg.n_noise, cfg.student_batch
     )

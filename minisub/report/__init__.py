@@ -73,8 +73,13 @@ def regenerate_lines(name: str, summary: dict, paper_command: str) -> list[str]:
             f"Recompute the JSON and the figure from scratch: `{command}`"]
 
 
-def pm(s: dict | None, fmt: str = "+.3f") -> str:
-    """``mean ± half-width`` of a stats.mean_ci/brief dict ("n/a" when absent or empty)."""
+def pm(s: dict | None, fmt: str = "+.3f", ci_fmt: str = ".3f", at: int | None = None) -> str:
+    """``mean ± half-width`` of a stats.mean_ci/brief dict (of a curve's step ``at``); "n/a" when undefined.
+
+    The one formatter of an interval in the project's text; a dict without ``ci95`` gives the mean alone.
+    """
+    if s is not None and at is not None:
+        s = {"mean": s["mean"][at], "ci95": s["ci95"][at]}
     if not s or s.get("mean") is None:
         return "n/a"
-    return f"{s['mean']:{fmt}} ± {s['ci95']:.3f}"
+    return f"{s['mean']:{fmt}}" + (f" ± {s['ci95']:{ci_fmt}}" if s.get("ci95") is not None else "")

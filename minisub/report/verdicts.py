@@ -10,15 +10,12 @@ from typing import Callable
 
 from minisub import claims as claims_lib
 from minisub import stats
+from minisub.report import pm
 
 LEGEND = (f"Verdicts (`minisub.claims`, {stats.TEST}): supported / refuted when the interval lies on one side of "
           "the threshold, inconclusive when it contains it, confounded when it is decisive but the two arms' task "
           "losses differ by more than the claim's factor (×2 unless stated), not measured when a number is missing.")
 _WHERE = {">": "> {t:g}", "<": "< {t:g}", "within": "within ±{t:g}"}
-
-
-def _pm(node) -> str:
-    return f"{node['mean']:.3f} ± {node['ci95']:.3f}"
 
 
 def ours(claim: claims_lib.Claim, summary: dict, label: Callable[[str], str], status: str) -> str:
@@ -28,9 +25,9 @@ def ours(claim: claims_lib.Claim, summary: dict, label: Callable[[str], str], st
     get = lambda p: claims_lib.lookup(summary, p)  # noqa: E731
     if isinstance(claim.metric, tuple):
         return ", ".join(f"{label(p)}: {get(p)['mean']:.3f}" for p in claim.metric)
-    cell = f"{label(claim.metric)} {_pm(get(claim.metric))}"
+    cell = f"{label(claim.metric)} {pm(get(claim.metric), '.3f')}"
     if claim.baseline:
-        cell += f" vs {label(claim.baseline)} {_pm(get(claim.baseline))}"
+        cell += f" vs {label(claim.baseline)} {pm(get(claim.baseline), '.3f')}"
     if claim.task_loss:
         a, b = (get(p)["mean"] for p in claim.task_loss)
         cell += f"; task loss {a:.2e} vs {b:.2e}"
