@@ -242,10 +242,11 @@ def report(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True, memory: bo
              *rows(phases, ceiling),
              ("pretraining tokens/s", f"{pre.per * lmc.seeds * lmc.pretrain_batch * lmc.world.context / pre.run_s:.3e}"),
              ("run on stored references", f"{total:.1f} s measured ({lmc.seeds} worlds, compile included)"),
-             ("paper preset, extrapolated", f"{extrapolate(phases, cfg, paper.lm.seeds, steps):.0f} s on stored "
-                                            f"references at {paper.lm.seeds} worlds (EXTRAPOLATION: run times "
-                                            f"x {paper.lm.seeds}/{lmc.seeds}); pretraining "
-                                            f"{pre.run_s / steps * paper.lm.pretrain_steps * paper.lm.seeds / lmc.seeds:.0f} s more"),
+             (f"at {paper.lm.seeds} worlds, extrapolated",
+              f"{extrapolate(phases, cfg, paper.lm.seeds, steps):.0f} s on stored references (EXTRAPOLATION: run "
+              f"times x {paper.lm.seeds}/{lmc.seeds}, compile as measured); pretraining "
+              f"{pre.run_s / steps * lmc.pretrain_steps * paper.lm.seeds / lmc.seeds:.0f} s more "
+              f"({lmc.pretrain_steps} steps)"),
              ("peak memory (RSS)", f"{bench.peak_rss_gb():.2f} GB")]
     if memory:
         lines.append(("sampling memory, 16384 x 24", f"{sampling_memory_gb(lmc, 16384, 24):.2f} GB "
