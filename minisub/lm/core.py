@@ -82,8 +82,9 @@ def finetune_trait(spec: TransformerSpec, cfg: world.WorldConfig, params, animal
 def sample(spec: TransformerSpec, params, prompts_BxL, start: int, key, temperature):
     """Complete positions ``start .. L-1`` of ``prompts_BxL`` token by token (temperature 0: greedy).
 
-    ``temperature`` may be traced (one compiled sampler for a sweep). No KV cache: at these
-    context lengths a full forward per token is cheap.
+    ``temperature`` may be traced (one compiled sampler for a sweep). A full forward of the whole
+    sequence per token (every stored run's sampler); ``sample_cached`` does the same with a
+    key/value cache.
     """
     L = prompts_BxL.shape[1]
 

@@ -30,8 +30,7 @@ class Attention(nnx.Module):
         self.heads = heads
 
     def __call__(self, x_BxLxD):
-        L = x_BxLxD.shape[1]
-        return self.attend(*self.project(x_BxLxD), jnp.tril(jnp.ones((L, L), bool)))
+        return self.attend(*self.project(x_BxLxD))
 
     def project(self, x_BxLxD):
         """Queries, keys and values ``[B, L, H, K]`` of every position."""
@@ -39,10 +38,12 @@ class Attention(nnx.Module):
         qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(B, L, 3, self.heads, D // self.heads)
         return tuple(qkv_BxLx3xHxK[:, :, i] for i in range(3))
 
-    def attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, visible_QxL):
-        """The output of queries ``[B, Q]`` attending to the keys ``visible_QxL`` lets them see."""
+    def attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, visible_QxL=None):
+        """The output of queries ``[B, Q]`` attending to the keys ``visible_QxL`` lets them see (None: causal)."""
         B, Q, H, K = q_BxQxHxK.shape
         s_BxHxQxL = jnp.einsum("blhk,bmhk->bhlm", q_BxQxHxK, k_BxLxHxK) / math.sqrt(K)
+        if visible_QxL is None:
+            visible_QxL = jnp.tril(jnp.ones((Q, Q), bool))
         # where (not add): a masked score gets exactly zero gradient, so later tokens cannot leak back
         p_BxHxQxL = jax.nn.softmax(jnp.where(visible_QxL, s_BxHxQxL, _MASKED), axis=-1)
         y_BxQxHxK = jnp.einsum("bhlm,bmhk->blhk", p_BxHxQxL, v_BxLxHxK)
