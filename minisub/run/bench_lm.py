@@ -240,7 +240,8 @@ def report(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True, memory: bo
                        f"{lmc.n_samples} prompts, {len(lmc.arms)} arms"),
              ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)"),
              *rows(phases, ceiling),
-             ("pretraining tokens/s", f"{pre.per * lmc.seeds * lmc.pretrain_batch * lmc.world.context / pre.run_s:.3e}"),
+             ("pretraining tokens/s",
+              f"{pre.per * lmc.seeds * lmc.pretrain_batch * lmc.world.context / pre.run_s:.3e}"),
              ("run on stored references", f"{total:.1f} s measured ({lmc.seeds} worlds, compile included)"),
              (f"at {paper.lm.seeds} worlds, extrapolated",
               f"{extrapolate(phases, cfg, paper.lm.seeds, steps):.0f} s on stored references (EXTRAPOLATION: run "
