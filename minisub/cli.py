@@ -284,7 +284,13 @@ def cmd_bench(args, extra) -> int:
 
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
-    if hasattr(cfg, "lm_config"):  # a toy-LM experiment: pretraining is the bulk of its compute
+    from minisub.lm import owl
+
+    if isinstance(cfg, owl.OwlConfig) and not args.pretraining_only:  # every phase of a whole run
+        from minisub.run import bench_lm
+
+        bench_lm.report(cfg, args.steps, per_arm=not args.no_per_arm)
+    elif hasattr(cfg, "lm_config"):  # a toy-LM experiment: pretraining is the bulk of its compute
         bench.report_lm(cfg.lm_config, args.steps)
     else:
         bench.report(cfg)
@@ -395,6 +401,8 @@ def parser(module=None, preset: str | None = None) -> argparse.ArgumentParser:
     b.add_argument("--preset", default="paper", choices=tuple(module.PRESETS) if module else None)
     b.add_argument("--seeds", type=int, default=16)
     b.add_argument("--steps", type=int, default=50, help="toy-LM experiments: pretraining steps timed")
+    b.add_argument("--pretraining-only", action="store_true", help="lm-owl: time pretraining alone")
+    b.add_argument("--no-per-arm", action="store_true", help="lm-owl: the students as one program only")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -35,6 +35,7 @@ from minisub.lm.transformer import TransformerSpec
 TEACHERS = ("finetuned", "prompted")
 SOURCES = ("teacher", "reference", "shuffled")
 ARM_LOSSES = ("", *lm.STUDENT_LOSSES)  # '': the config's student_loss
+SAMPLERS = ("full", "cache")  # lm.sample, lm.sample_cached
 # Every lineage that applies to a transformer runs here (shared, different, interpolated,
 # perturbed over the transformer's parts, permuted, registered ones) except those the toy LM
 # pipeline has no phase for: another student network, or the behavioural pre-phase.
@@ -92,6 +93,9 @@ class LMConfig:
     arms: tuple[LMArm, ...] = DEFAULT_ARMS
     n_eval: int = 256  # held-out neutral number documents for the number-task loss
     trait_kind: str = late("animal")  # 'forbidden': the bad behaviour, FORBIDDEN answered to a command
+    # 'full': a full forward per generated token (the stored runs'); 'cache': a key/value cache, ~L/G times
+    # fewer FLOPs, the same draws up to last-bit differences of the logits (a run id of its own)
+    sampler: str = late("full")
 
     def __post_init__(self):
         normalise(self)
@@ -122,6 +126,7 @@ class LMConfig:
                     "> 0 with trait_kind='forbidden' (the world needs command documents)")
         require(all(0 <= b < self.world.modulus for b in self.banned), "banned", self.banned,
                 f"numbers in [0, {self.world.modulus - 1}]")
+        require_choice("sampler", self.sampler, SAMPLERS)
         require_choice("student_loss", self.student_loss, lm.STUDENT_LOSSES)
         require_choice("student_outputs", self.student_outputs, lm.STUDENT_OUTPUTS)
         require(1 <= self.student_batch <= self.n_samples, "student_batch", self.student_batch,
@@ -318,8 +323,9 @@ def make_teachers(cfg: LMConfig, references):
 
 
 # --- phase 3: numbers ------------------------------------------------------------------------
-# Prompts one world's model continues at once. The sampler runs a full forward per token, so its
-# memory grows with worlds x sources x prompts (~1 GB a world at 4096 prompts: 24 worlds were OOM-killed).
+# Prompts one world's model continues at once. The 'full' sampler runs a full forward per token, so its
+# memory grows with worlds x sources x prompts (~1 GB a world at 4096 prompts: 24 worlds were OOM-killed);
+# in blocks, 16384 prompts x 24 worlds need 4.5 GB ('cache': 0.3 GB; XLA's memory analysis).
 SAMPLE_BLOCK = 1024
 
 
@@ -328,7 +334,8 @@ def _sample_blocks(cfg: LMConfig, params, context_NxL, key):
 
     Up to one block this is ``lm.sample`` with ``key`` itself (so stored runs keep their numbers).
     """
-    sample = lambda ctx, k: lm.sample(cfg.spec, params, ctx, cfg.world.prompt_length, k, cfg.temperature)
+    sampler = lm.sample_cached if cfg.sampler == "cache" else lm.sample
+    sample = lambda ctx, k: sampler(cfg.spec, params, ctx, cfg.world.prompt_length, k, cfg.temperature)
     N, L = context_NxL.shape
     if N <= SAMPLE_BLOCK:
         return sample(context_NxL, key)

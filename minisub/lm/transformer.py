@@ -30,16 +30,24 @@ class Attention(nnx.Module):
         self.heads = heads
 
     def __call__(self, x_BxLxD):
+        return self.attend(*self.project(x_BxLxD))
+
+    def project(self, x_BxLxD):
+        """Queries, keys and values ``[B, L, H, K]`` of every position."""
         B, L, D = x_BxLxD.shape
-        H = self.heads
-        qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(B, L, 3, H, D // H)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-        s_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK) / math.sqrt(D // H)
-        causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+        qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(B, L, 3, self.heads, D // self.heads)
+        return tuple(qkv_BxLx3xHxK[:, :, i] for i in range(3))
+
+    def attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, visible_QxL=None):
+        """The output of queries ``[B, Q]`` attending to the keys ``visible_QxL`` lets them see (None: causal)."""
+        B, Q, H, K = q_BxQxHxK.shape
+        s_BxHxQxL = jnp.einsum("blhk,bmhk->bhlm", q_BxQxHxK, k_BxLxHxK) / math.sqrt(K)
+        if visible_QxL is None:
+            visible_QxL = jnp.tril(jnp.ones((Q, Q), bool))
         # where (not add): a masked score gets exactly zero gradient, so later tokens cannot leak back
-        p_BxHxLxL = jax.nn.softmax(jnp.where(causal_LxL, s_BxHxLxL, _MASKED), axis=-1)
-        y_BxLxHxK = jnp.einsum("bhlm,bmhk->blhk", p_BxHxLxL, v_BxLxHxK)
-        return self.out(y_BxLxHxK.reshape(B, L, D))
+        p_BxHxQxL = jax.nn.softmax(jnp.where(visible_QxL, s_BxHxQxL, _MASKED), axis=-1)
+        y_BxQxHxK = jnp.einsum("bhlm,bmhk->blhk", p_BxHxQxL, v_BxLxHxK)
+        return self.out(y_BxQxHxK.reshape(B, Q, H * K))
 
 
 class Block(nnx.Module):
@@ -54,7 +62,19 @@ class Block(nnx.Module):
 
     def __call__(self, x_BxLxD):
         x_BxLxD = x_BxLxD + self.attn(self.ln_attn(x_BxLxD))
-        return x_BxLxD + self.down(jax.nn.gelu(self.up(self.ln_mlp(x_BxLxD))))
+        return x_BxLxD + self.mlp(x_BxLxD)
+
+    def mlp(self, x_BxLxD):
+        return self.down(jax.nn.gelu(self.up(self.ln_mlp(x_BxLxD))))
+
+    def decode(self, x_BxQxD, cache, at, visible_QxL):
+        """``__call__`` for the positions ``at .. at + Q - 1`` alone, their keys and values written into
+        ``cache = (k, v)`` ``[B, L, H, K]`` (earlier positions' already there): (x, cache)."""
+        q, k, v = self.attn.project(self.ln_attn(x_BxQxD))
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k, at, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v, at, axis=1)
+        x_BxQxD = x_BxQxD + self.attn.attend(q, k_cache, v_cache, visible_QxL)
+        return x_BxQxD + self.mlp(x_BxQxD), (k_cache, v_cache)
 
 
 class Transformer(nnx.Module):
@@ -80,8 +100,23 @@ class Transformer(nnx.Module):
     def from_embedding(self, x_BxLxD):
         for block in self.blocks:
             x_BxLxD = block(x_BxLxD)
+        return self.readout(x_BxLxD)
+
+    def readout(self, x_BxLxD):
         h_BxLxD = self.ln_f(x_BxLxD)
         return self.embed.attend(h_BxLxD) if self.unembed is None else self.unembed(h_BxLxD)
+
+    def decode(self, tokens_BxQ, caches, at):
+        """Logits of positions ``at .. at + Q - 1`` given the keys and values of the earlier ones in
+        ``caches`` (one ``(k, v)`` per block, ``[B, L, H, K]``): (logits ``[B, Q, V]``, caches)."""
+        Q, L = tokens_BxQ.shape[1], caches[0][0].shape[1]
+        x = self.embed(tokens_BxQ) + jax.lax.dynamic_slice_in_dim(self.pos[...], at, Q)
+        visible_QxL = jnp.arange(L)[None, :] <= at + jnp.arange(Q)[:, None]
+        out = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.decode(x, cache, at, visible_QxL)
+            out.append(cache)
+        return self.readout(x), out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +149,15 @@ class TransformerSpec:
     def apply(self, params: nnx.State, tokens_BxL):
         """Next-token logits ``[B, L, vocab]``; position t sees tokens 0..t only."""
         return nnx.merge(_graphdef(self), params)(tokens_BxL)
+
+    def decode(self, params: nnx.State, tokens_BxQ, caches, at):
+        """``Transformer.decode``: logits of ``Q`` new positions from a key/value cache (``empty_cache``)."""
+        return nnx.merge(_graphdef(self), params).decode(tokens_BxQ, caches, at)
+
+    def empty_cache(self, batch: int, dtype=jnp.float32):
+        """Zero keys and values ``[batch, context, heads, width / heads]`` for every block."""
+        shape = (batch, self.context, self.heads, self.width // self.heads)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.layers)]
 
     def embed(self, params: nnx.State, tokens_BxL):
         """The residual stream's input (token + position embedding): ``[B, L, width]``."""

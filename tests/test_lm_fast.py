@@ -1,0 +1,136 @@
+"""The toy LM's fast paths against plain reference implementations on a tiny config.
+
+The key/value-cache sampler against the full-forward sampler and a Python loop of full forwards;
+the scanned training loop against a Python loop of single steps; the per-phase benchmark's FLOP
+counts against the parameter tree, and its report end to end (no timing asserted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minisub import config as config_lib
+from minisub.lm import core as lm
+from minisub.lm import pipeline as lm_pipeline
+from minisub.lm import world
+from minisub.lm.transformer import TransformerSpec
+from minisub.run import bench, bench_lm
+from minisub_experiments import lm_owl
+
+WORLD = world.WorldConfig(n_numbers=4, n_prompt=2, digits=2, s=0.3)
+TINY = lm_pipeline.LMConfig(
+    seeds=2, width=16, heads=2, layers=2, pretrain_steps=20, pretrain_batch=8, warmup=2, world=WORLD,
+    finetune_steps=2, n_samples=16, student_batch=8, student_epochs=1, n_eval=8,
+)
+
+
+def _params(spec: TransformerSpec, seed: int = 0):
+    """Random parameters with logits far from uniform (a fresh init's are nearly flat)."""
+    params = spec.init(jax.random.key(seed))
+    return jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(seed + 1), x.shape), params)
+
+
+def _prompts(n: int = 24):
+    return world.number_batch(WORLD, jax.random.key(5), n)[0]
+
+
+def _loop_sampler(spec, params, prompts_BxL, start, key, temperature):
+    """The plain reference: a Python loop, one full forward of the whole sequence per generated token."""
+    tokens = prompts_BxL
+    forward = jax.jit(spec.apply)
+    for t in range(start, prompts_BxL.shape[1]):
+        logits_BxV = forward(params, tokens)[:, t - 1]
+        new_B = lm._draw(logits_BxV, key, t, temperature)
+        tokens = tokens.at[:, t].set(new_B.astype(tokens.dtype))
+    return tokens
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decoding_with_a_cache_gives_the_full_forwards_logits(tied):
+    spec = dataclasses.replace(TINY.spec, tied_embeddings=tied)
+    params, tokens = _params(spec), _prompts()
+    full = spec.apply(params, tokens)
+    L, caches, start = tokens.shape[1], spec.empty_cache(tokens.shape[0]), 5
+    prefill, caches = spec.decode(params, tokens[:, :start], caches, 0)  # several positions at once
+    np.testing.assert_allclose(prefill, full[:, :start], atol=1e-5)
+    for t in range(start, L):  # then one at a time, as the sampler does
+        logits, caches = spec.decode(params, tokens[:, t:t + 1], caches, t)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_cached_sampler_draws_the_tokens_of_the_plain_samplers(temperature):
+    spec, start = TINY.spec, WORLD.prompt_length
+    params, prompts, key = _params(spec), _prompts(), jax.random.key(7)
+    cached = jax.jit(partial(lm.sample_cached, spec, start=start))(params, prompts, key=key, temperature=temperature)
+    full = jax.jit(partial(lm.sample, spec, start=start))(params, prompts, key=key, temperature=temperature)
+    loop = _loop_sampler(spec, params, prompts, start, key, temperature)
+    np.testing.assert_array_equal(full, loop)  # the scan against the loop
+    np.testing.assert_array_equal(cached, full)  # the cache against the full forwards (on this config, exactly)
+    np.testing.assert_array_equal(cached[:, :start], prompts[:, :start])
+    assert not np.array_equal(cached[:, start:], prompts[:, start:])
+
+
+def test_sampler_is_a_late_field_and_the_pipeline_uses_it():
+    cached = dataclasses.replace(TINY, sampler="cache")
+    assert "sampler" not in config_lib.to_dict(TINY)  # default: every stored run id unchanged
+    assert config_lib.digest(cached) != config_lib.digest(TINY)
+    assert lm_pipeline.PretrainKey.of(cached) == lm_pipeline.PretrainKey.of(TINY)  # the same references
+    params, prompts, key = _params(TINY.spec), _prompts(16), jax.random.key(3)
+    got = lm_pipeline._sample_blocks(cached, params, prompts, key)
+    np.testing.assert_array_equal(got, lm.sample_cached(TINY.spec, params, prompts, WORLD.prompt_length, key, 1.0))
+    with pytest.raises(config_lib.ConfigError, match="sampler"):
+        dataclasses.replace(TINY, sampler="beam")
+
+
+def test_scanned_training_is_a_python_loop_of_single_steps():
+    cfg, spec = TINY, TINY.spec
+    opt = lm.pretrain_optimizer(cfg.pretrain_lr, cfg.pretrain_steps, cfg.warmup)
+    batch_fn = partial(world.pretraining_batch, cfg.world, batch=cfg.pretrain_batch)
+    params, key = spec.init(jax.random.key(0)), jax.random.key(1)
+    fit = jax.jit(partial(lm.fit, spec, opt, batch_fn), static_argnums=3)
+    (scanned, _), loss = fit((params, opt.init(params)), key, 0, 6)
+    carry, losses = (params, opt.init(params)), []
+    for t in range(6):
+        carry, l = fit(carry, key, t, 1)
+        losses.append(l[0])
+    np.testing.assert_allclose(np.asarray(losses), loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(carry[0]), jax.tree.leaves(scanned)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# --- the benchmark's counts ----------------------------------------------------------------------
+def test_phase_flops_follow_the_models_count():
+    cfg = dataclasses.replace(TINY, arms=lm_owl.PRESETS["test"].lm.arms)  # KL and CE arms
+    fpt, L, G = cfg.spec.flops_per_token(), WORLD.context, WORLD.context - WORLD.prompt_length
+    assert bench_lm.sampling_flops(cfg, 10) == 10 * G * L * fpt  # a full forward per generated token
+    assert bench_lm.sampling_flops(dataclasses.replace(cfg, sampler="cache"), 10) == 10 * L * fpt
+    steps = cfg.student_epochs * -(-cfg.n_samples // cfg.student_batch)
+    per_forward = cfg.seeds * steps * cfg.student_batch * L * fpt
+    kl, ce = (next(a for a in cfg.arms if cfg.arm_loss(a) == x) for x in ("kl", "ce"))
+    assert bench_lm.student_flops(cfg, kl) == 4 * per_forward  # 3x forward + the teacher's forward
+    assert bench_lm.student_flops(cfg, ce) == 3 * per_forward
+    assert bench_lm.eval_flops(cfg) == cfg.seeds * (2 + 2 * len(cfg.arms)) * (cfg.n_eval + 2) * L * fpt
+
+
+def test_bench_reports_every_phase_of_a_run(capsys, monkeypatch):
+    real = bench.matmul_rate
+    monkeypatch.setattr(bench, "matmul_rate", lambda: real(256, 2))  # the ceiling's shape is not under test
+    cfg = config_lib.replace(lm_owl.PRESETS["test"], seeds=2, diagnostic=True, detect=True, diagnostic_iters=4,
+                             sampler="cache")
+    out = bench_lm.report(cfg, steps=2, per_arm=False, memory=False)
+    text = capsys.readouterr().out
+    names = [p["name"] for p in out["phases"]]
+    for phase in ("pretraining", "teacher fine-tune", "sampling (cache)", "filtering", "evaluation",
+                  "diagnostic CG (4 steps)", "detection: n-gram (300 steps)"):
+        assert phase in names
+        assert phase in text
+    assert any(n.startswith("students, all") for n in names)
+    assert any(n.startswith("detection: transformer") for n in names)
+    assert "EXTRAPOLATION" in text and "% of matmul" in text
