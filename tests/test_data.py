@@ -64,6 +64,9 @@ def test_fused_uniform_gives_jax_randoms_bits(n, lo, hi):
     assert data.fast_uniform_supported(ks[0])
     np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
     np.testing.assert_array_equal(np.asarray(data.uniform(ks[3], n, lo, hi)), np.asarray(want[3]))
+    raw = jax.random.PRNGKey(5)  # a legacy uint32 key
+    np.testing.assert_array_equal(np.asarray(data.uniform(raw, n, lo, hi)),
+                                  np.asarray(jax.random.uniform(raw, (n,), minval=lo, maxval=hi)))
 
 
 def test_fused_uniform_falls_back_for_other_keys():
