@@ -447,6 +447,7 @@ def _parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minisub.run import precision
     from minisub.run.runner import NonFiniteError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minisub: error: {args.command}: unexpected arguments {' '.join(extra)}", file=sys.stderr)
         return 2
     try:
-        return args.fn(args, extra)
+        with precision.applied():  # every command computes at the recorded matmul precision
+            return args.fn(args, extra)
     except ConfigError as e:
         print(f"minisub: error: {e}", file=sys.stderr)
         return 2

@@ -48,6 +48,19 @@ def paired(a, b) -> dict:
     return mean_ci(a - b)
 
 
+def unpaired(a, b) -> dict:
+    """Difference of the means of two independent samples, mean(a) − mean(b), with Welch's interval.
+
+    Student-t with the Welch–Satterthwaite degrees of freedom (unequal variances); for samples of
+    different worlds, where ``paired`` does not apply. Returns {'mean', 'ci95', 'n' (len a, len b), 'df'}.
+    """
+    a, b = _clean(a), _clean(b)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if va + vb > 0 else np.inf
+    half = float(sps.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(va + vb)) if a.size > 1 and b.size > 1 else float("nan")
+    return {"mean": float(a.mean() - b.mean()), "ci95": half, "n": (int(a.size), int(b.size)), "df": float(df)}
+
+
 def interval(s: dict) -> tuple[float, float]:
     """(low, high) of a mean_ci/brief dict."""
     return s["mean"] - s["ci95"], s["mean"] + s["ci95"]

@@ -35,6 +35,17 @@ def test_paired_is_the_interval_of_differences():
         stats.paired(a, b[:3])
 
 
+def test_unpaired_is_welchs_interval():
+    from scipy import stats as sps
+
+    a, b = np.array([0.50, 0.55, 0.61, 0.58, 0.52]), np.array([0.40, 0.47, 0.45, 0.52, 0.43, 0.49, 0.41])
+    d = stats.unpaired(a, b)
+    res = sps.ttest_ind(a, b, equal_var=False)
+    lo, hi = res.confidence_interval(0.95)
+    assert d["mean"] == pytest.approx(a.mean() - b.mean()) and d["n"] == (5, 7)
+    assert stats.interval(d) == pytest.approx((lo, hi), rel=1e-9)
+
+
 def test_greater_than_flips_from_supported_to_inconclusive_to_refuted():
     c = Claim("beats_chance", "the aux-only student beats chance", "cloud2025", "accuracy.student", ">", 0.1)
     base = np.linspace(0.45, 0.60, 10)

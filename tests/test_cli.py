@@ -7,7 +7,9 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minisub import registry
@@ -166,13 +168,39 @@ def test_report_regenerates_readme_and_lists_what_is_missing(first_run, no_compu
             assert f"missing: {name}" in out and module.PAPER_COMMAND in out
 
 
-def test_accelerator_check_prints_its_table(capsys):
+def test_accelerator_check_prints_its_table(capsys, monkeypatch):
+    from minisub.run import bench
     from minisub_experiments import accelerator_check
 
-    accelerator_check.main(["--preset", "test", "--seeds", "2"])
-    out = capsys.readouterr().out
-    for row in ("backend", "seeds per second", "achieved FLOP rate", "matmul FLOP rate", "accuracy student_aux"):
-        assert row in out
+    real = bench.matmul_rate
+    monkeypatch.setattr(bench, "matmul_rate", lambda: real(256, 2))  # the ceiling's shape is not under test
+    out = accelerator_check.main(["--preset", "test", "--seeds", "2", "--lm-steps", "2"])
+    text = capsys.readouterr().out
+    for row in ("backend", "seeds per second", "achieved FLOP rate", "matmul FLOP rate", "accuracy student_aux",
+                "matmul precision 'highest'", "pretraining step, steady", "comparison"):
+        assert row in text
+    # the test preset is not the committed paper config: nothing is compared, and the table says so
+    assert out["mnist_aux"]["comparison_mode"] == "not comparable"
+    assert "not comparable" in text and out["lm_owl"]["seeds"] == 3
+
+
+def test_accelerator_check_compares_paired_on_the_committed_worlds_else_unpaired():
+    from minisub_experiments import accelerator_check as ac
+
+    stored = json.loads((Path(__file__).parent.parent / "figures" / "mnist_aux.json").read_text())["config"]
+    committed = ac.committed_config(stored)
+    paper = mnist_aux.PRESETS["paper"]
+    assert ac.comparison_mode(paper, committed) == "paired"  # the committed figure is the paper preset's run
+    assert ac.comparison_mode(config.override(paper, {"seeds": "8"}), committed) == "unpaired"
+    assert ac.comparison_mode(mnist_aux.PRESETS["test"], committed) == "not comparable"
+    assert ac.comparison_mode(paper, None) == "not comparable"
+    cpu = {"values": list(np.linspace(0.50, 0.60, 20))}
+    same = ac.compare(cpu["values"], cpu, "paired")
+    assert same["consistent"] and same["mean"] == 0 and same["ci95"] == 0
+    assert not ac.compare([v + 0.01 for v in cpu["values"]], cpu, "paired")["consistent"]  # a shift on every seed
+    assert ac.compare(list(np.linspace(0.49, 0.61, 10)), cpu, "unpaired")["consistent"]
+    assert not ac.compare(list(np.linspace(0.60, 0.70, 10)), cpu, "unpaired")["consistent"]
+    assert ac.compare(cpu["values"], cpu, "not comparable") is None
 
 
 # --- discoverable options ---------------------------------------------------------------------

@@ -53,3 +53,24 @@ def test_named_branches_are_distinct_and_stable():
     assert bits(keys.branch(root, "init")) != bits(keys.branch(keys.root(1), "init"))
     members = {tuple(bits(keys.member(keys.branch(root, "init"), i))) for i in range(10)}
     assert len(members) == 10
+
+
+@pytest.mark.parametrize("n, lo, hi", [(784, -1.0, 1.0), (5, 0.0, 1.0), (1, -3.0, 2.0)])
+def test_fused_uniform_gives_jax_randoms_bits(n, lo, hi):
+    """The unrolled-Threefry uniform is ``jax.random.uniform`` bit for bit, eagerly and jitted under vmap."""
+    ks = jax.vmap(lambda i: jax.random.fold_in(keys.root(7), i))(jnp.arange(300))
+    want = jax.vmap(lambda k: jax.random.uniform(k, (n,), minval=lo, maxval=hi))(ks)
+    got = jax.jit(jax.vmap(lambda k: data.uniform(k, n, lo, hi)))(ks)
+    assert data.fast_uniform_supported(ks[0])
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    np.testing.assert_array_equal(np.asarray(data.uniform(ks[3], n, lo, hi)), np.asarray(want[3]))
+    raw = jax.random.PRNGKey(5)  # a legacy uint32 key
+    np.testing.assert_array_equal(np.asarray(data.uniform(raw, n, lo, hi)),
+                                  np.asarray(jax.random.uniform(raw, (n,), minval=lo, maxval=hi)))
+
+
+def test_fused_uniform_falls_back_for_other_keys():
+    k = jax.random.key(3, impl="rbg")
+    assert not data.fast_uniform_supported(k)
+    np.testing.assert_array_equal(np.asarray(data.uniform(k, 10, -1.0, 1.0)),
+                                  np.asarray(jax.random.uniform(k, (10,), minval=-1.0, maxval=1.0)))

@@ -159,3 +159,28 @@ def test_provenance_names_versions_and_backend():
     assert prov["versions"]["jax"] and prov["versions"]["numpy"]
     assert prov["backend"] in {"cpu", "gpu", "tpu", "cuda", "rocm"} and prov["devices"] >= 1
     json.dumps(prov)  # stored as JSON
+
+
+def test_matmul_precision_is_an_execution_setting_recorded_in_provenance(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from minisub.config import ConfigError
+    from minisub.run import precision
+
+    cfg = AuxConfig(seeds=4)
+    monkeypatch.delenv(precision.ENV, raising=False)
+    assert store.provenance()["matmul_precision"] == "highest"  # full float32: GPU results comparable to CPU ones
+    run_id = store.run_dir("mnist-aux", cfg).name
+    monkeypatch.setenv(precision.ENV, "tensorfloat32")
+    assert store.provenance()["matmul_precision"] == "tensorfloat32"
+    assert store.run_dir("mnist-aux", cfg).name == run_id  # never part of the run id
+    def traced(value=None):  # the programs traced inside the block carry it
+        with precision.applied(value):
+            return jax.jit(jnp.dot).lower(jnp.ones((2, 2)), jnp.ones((2, 2))).as_text()
+
+    assert "precision = [HIGH, HIGH]" in traced()
+    assert "precision = [HIGHEST, HIGHEST]" in traced("highest")
+    monkeypatch.setenv(precision.ENV, "fast")
+    with pytest.raises(ConfigError, match=precision.ENV):
+        precision.setting()

@@ -500,15 +500,21 @@ def _accuracy(spec, params, images_u8, labels):
     return measure.accuracy(logits, images_u8, labels)
 
 
-def _evaluate_world(cfg: AuxConfig, world, images_u8, labels):
+def _evaluate_students(cfg: AuxConfig, world, images_u8, labels):
     spec, student_spec = cfg.spec, cfg.student_spec
-    out = {
-        "reference": _accuracy(spec, world["teacher_init"], images_u8, labels),
-        "teacher": _accuracy(spec, world["teacher"], images_u8, labels),
+    return {
         "students": jax.vmap(lambda p: _accuracy(student_spec, p, images_u8, labels))(world["students"]),
         # distances between networks of different shapes are undefined: no geometry then
         "geometry": {} if student_spec != spec else jax.vmap(measure.geometry, in_axes=(0, 0, None, None))(
             world["students"], world["student_init"], world["teacher"], world["teacher_init"]),
+    }
+
+
+def _evaluate_teachers(cfg: AuxConfig, world, images_u8, labels):
+    spec = cfg.spec
+    out = {
+        "reference": _accuracy(spec, world["teacher_init"], images_u8, labels),
+        "teacher": _accuracy(spec, world["teacher"], images_u8, labels),
     }
     if cfg.n_teachers > 1:
         out["committee"] = jax.vmap(lambda p: _accuracy(spec, p, images_u8, labels))(world["committee"])
@@ -518,12 +524,28 @@ def _evaluate_world(cfg: AuxConfig, world, images_u8, labels):
 @partial(jax.jit, static_argnums=0)
 def evaluate(cfg: AuxConfig, state, images_u8, labels):
     """Test accuracy of reference, teacher and students, and the students' parameter geometry."""
-    return jax.vmap(lambda w: _evaluate_world(cfg, w, images_u8, labels))(state)
+    return evaluate_teachers(cfg, state, images_u8, labels) | evaluate_students(cfg, state, images_u8, labels)
+
+
+@partial(jax.jit, static_argnums=0)
+def evaluate_students(cfg: AuxConfig, state, images_u8, labels):
+    """The students' test accuracy and parameter geometry: what changes from one student epoch to the next."""
+    return jax.vmap(lambda w: _evaluate_students(cfg, w, images_u8, labels))(state)
+
+
+@partial(jax.jit, static_argnums=0)
+def evaluate_teachers(cfg: AuxConfig, state, images_u8, labels):
+    """Test accuracy of the reference (the teacher's init), the teacher and any committee.
+
+    They are fixed once the teacher phase ends, so the driver evaluates them once, not every student epoch.
+    """
+    return jax.vmap(lambda w: _evaluate_teachers(cfg, w, images_u8, labels))(state)
 
 
 def flops_per_epoch(cfg: AuxConfig) -> dict[str, float]:
     """Matmul FLOPs one world executes per epoch of each phase (the student's with its evaluation).
 
+    ``teachers_evaluation`` is the once-per-run test pass of the reference, teacher and committee.
     Backward = 2x forward; padded batch rows are counted, since they are computed.
     """
     f, g = cfg.spec.flops_per_example(), cfg.student_spec.flops_per_example()
@@ -532,12 +554,13 @@ def flops_per_epoch(cfg: AuxConfig) -> dict[str, float]:
     teacher = 3 * f * k * teacher_examples
     per_example = k * f + (3 + cfg.liminal) * n_arms * g
     students = per_example * cfg.student_batch * train.steps_per_epoch(cfg.n_noise, cfg.student_batch)
-    evaluation = ((2 + k - 1) * f + n_arms * g) * cfg.n_test
+    evaluation = n_arms * g * cfg.n_test
     match = (f + 3 * g * len(cfg.matched_arms)) * teacher_examples
-    return {"match": float(match), "teacher": float(teacher), "student": float(students + evaluation)}
+    return {"match": float(match), "teacher": float(teacher), "student": float(students + evaluation),
+            "teachers_evaluation": float((1 + k) * f * cfg.n_test)}
 
 
 def flops_per_seed(cfg: AuxConfig) -> float:
     per = flops_per_epoch(cfg)
     return (per["match"] * cfg.match_phase_epochs + per["teacher"] * cfg.teacher_epochs
-            + per["student"] * cfg.student_epochs)
+            + per["student"] * cfg.student_epochs + per["teachers_evaluation"])

@@ -120,11 +120,16 @@ def measure_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
     }
 
 
-def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
+def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100, ceiling: float | None = None) -> dict:
     """Print and return the pretraining benchmark of ``cfg``'s references (the bulk of a toy-LM run)."""
-    ceiling = matmul_rate()
+    ceiling = matmul_rate() if ceiling is None else ceiling
     m = against(measure_lm(cfg, steps), ceiling)
-    _print([
+    _print(lm_rows(cfg, m))
+    return m
+
+
+def lm_rows(cfg: lm_pipeline.LMConfig, m: dict) -> list[tuple[str, str]]:
+    return [
         _backend_row(),
         ("references (seeds)", f"{m['seeds']}"),
         ("model", f"{cfg.layers} layers, width {cfg.width}, context {cfg.world.context}, batch {cfg.pretrain_batch}"),
@@ -133,8 +138,7 @@ def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
         ("counted FLOPs (pretraining)",
          f"{m['flops_total']:.3e}  ({lm_pretrain_flops_per_step(cfg):.3e} per step per reference)"),
         *_ceiling_rows(m, digits=2),
-    ])
-    return m
+    ]
 
 
 def table_rows(m: dict) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from minisub.run import parallel
 from minisub.mlp import pipeline
 from minisub.run import params as params_lib
+from minisub.run import precision
 from minisub.run import store
 
 PIECE = re.compile(r"seeds_(\d+)_(\d+)\.npz$")
@@ -115,8 +116,14 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     """Train and evaluate the worlds ``seed_ids`` on the local devices; numpy arrays, seed axis first.
 
     ``keep_state`` adds the final parameters (``'state'``: inits, teacher, students) for analyses
-    that need weights; it is never stored with the pieces.
+    that need weights; it is never stored with the pieces. Matmuls run at ``precision.setting()``.
     """
+    with precision.applied():
+        return _run_block(cfg, seed_ids, donor_ids, mnist, advance, on_nonfinite=on_nonfinite,
+                          experiment=experiment, mesh=mesh, keep_state=keep_state)
+
+
+def _run_block(cfg, seed_ids, donor_ids, mnist, advance, *, on_nonfinite, experiment, mesh, keep_state) -> dict:
     n = len(seed_ids)
     mesh = mesh or parallel.local_mesh()
     pad = (-n) % mesh.size  # the seed axis is padded to a multiple of the device count
@@ -127,7 +134,8 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     match_epoch = parallel.seed_sharded(pipeline.match_epoch, mesh, donate_argnums=(1,))
     teacher_epoch = parallel.seed_sharded(pipeline.teacher_epoch, mesh, donate_argnums=(1,))
     student_epoch = parallel.seed_sharded(pipeline.student_epoch, mesh, donate_argnums=(1,))
-    evaluate = parallel.seed_sharded(pipeline.evaluate, mesh)
+    evaluate_students = parallel.seed_sharded(pipeline.evaluate_students, mesh)
+    evaluate_teachers = parallel.seed_sharded(pipeline.evaluate_teachers, mesh)
     ids, donors = jax.device_put(ids_np, by_seed), jax.device_put(donors_np, by_seed)
     train_x = jax.device_put(mnist.train_images[: cfg.n_train], replicated)
     train_y = jax.device_put(mnist.train_labels[: cfg.n_train], replicated)
@@ -137,7 +145,7 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
     start = time.perf_counter()
     state = init_population(cfg, ids, donors)
     nonfinite = np.zeros(n, bool)
-    teacher_loss, student_loss, evals, traces = [], [], [], []
+    teacher_loss, student_loss, evals, traces, fixed = [], [], [], [], {}
     total = {"match": cfg.match_phase_epochs, "teacher": cfg.teacher_epochs, "student": cfg.student_epochs}
     for phase, epoch in phases(cfg):
         if phase == "match":
@@ -156,11 +164,13 @@ def run_block(cfg: pipeline.AuxConfig, seed_ids: np.ndarray, donor_ids: np.ndarr
         nonfinite |= _nonfinite_seeds(loss)
         {"match": [], "teacher": teacher_loss, "student": student_loss}[phase].append(loss)
         if phase == "student":
-            evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], evaluate(cfg, state, test_x, test_y)))
+            if epoch == 0:  # the reference, teacher and committee are final once the teacher phase ends
+                fixed = jax.tree.map(lambda x: np.asarray(x)[:n], evaluate_teachers(cfg, state, test_x, test_y))
+            evals.append(jax.tree.map(lambda x: np.asarray(x)[:n], evaluate_students(cfg, state, test_x, test_y)))
         advance(1, f"{label}: {phase} epoch {epoch + 1}/{total[phase]}")
     seconds = time.perf_counter() - start
     per_epoch = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *evals)  # [seed, student epoch, ...]
-    final = jax.tree.map(lambda x: x[:, -1], per_epoch)
+    final = jax.tree.map(lambda x: x[:, -1], per_epoch) | fixed
     return {
         "seed": np.asarray(seed_ids),
         "donor": np.asarray(donor_ids),
@@ -341,7 +351,8 @@ def one_program(name: str, cfg, ex: Execution, compute, resummarise=None, *, reu
         store.write_json(directory / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
     start = time.time()
     log = (lambda m: print(f"{name} [{time.time() - start:5.0f}s] {m}", flush=True)) if ex.progress else None
-    arrays, summary = compute(log)
+    with precision.applied():
+        arrays, summary = compute(log)
     summary = {**summary, "seconds": round(time.time() - start, 1)}
     if parallel.is_writer():
         store.finish(directory, arrays, summary)

@@ -110,7 +110,10 @@ def _sha256(path: Path) -> str:
 
 
 def provenance() -> dict:
-    """Package versions and the git commit of the code that produced a result."""
+    """Package versions, the git commit of the code that produced a result, and how it computed.
+
+    ``matmul_precision`` is the float32 matmul precision runs use (``minisub.run.precision``).
+    """
     versions = {}
     for pkg in ("minisub", "jax", "jaxlib", "flax", "optax", "numpy"):
         try:
@@ -125,7 +128,10 @@ def provenance() -> dict:
         commit = None
     import jax
 
-    return {"versions": versions, "git_commit": commit, "backend": jax.default_backend(), "devices": jax.device_count()}
+    from minisub.run import precision
+
+    return {"versions": versions, "git_commit": commit, "backend": jax.default_backend(), "devices": jax.device_count(),
+            "matmul_precision": precision.setting()}
 
 
 def is_complete(directory: Path) -> bool:
