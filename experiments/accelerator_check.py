@@ -34,7 +34,8 @@ from minisub.mlp import pipeline
 from minisub.run import bench, precision
 from minisub_experiments import mnist_aux
 
-COMMITTED = Path(__file__).resolve().parent.parent / "figures" / "mnist_aux.json"
+# Relative to the working directory, like `minisub figures`: an installed package has no figures/ of its own.
+COMMITTED = Path("figures") / "mnist_aux.json"
 COMPARISON = ("paired Student-t interval of per-seed differences (same worlds) or Welch's two-sample "
               "Student-t interval (other seeds); 95%; consistent when it contains 0")
 
@@ -102,7 +103,8 @@ def check_mnist(preset: str, seeds: int, ceiling: float, committed_path: Path) -
     committed = json.loads(committed_path.read_text()) if committed_path.exists() else {}
     mode = comparison_mode(cfg, committed_config(committed["config"]) if "config" in committed else None)
     acc_rows, acc = accuracy_rows(m["results"], committed, mode)
-    rows = [*bench.table_rows(m), *_device_rows(), ("comparison", COMPARISON), *acc_rows]
+    found = "" if committed_path.exists() else f" (no committed CPU figures at {committed_path}: not comparable)"
+    rows = [*bench.table_rows(m), *_device_rows(), ("comparison", COMPARISON + found), *acc_rows]
     _print(f"mnist-aux --preset {preset} --seeds {seeds}", rows)
     keep = ("seeds", "wall_s", "steady_wall_s", "flops_total", "flop_rate", "matmul_rate", "ratio", "peak_rss_gb")
     return {**{k: m[k] for k in keep}, "preset": preset, "comparison_mode": mode, "accuracy": acc}
