@@ -84,13 +84,25 @@ def correlation(x, y) -> dict:
     """Pearson r with its Student-t test (n − 2 degrees of freedom) and its 95% interval.
 
     With few points (a curve of 5 settings) the interval is wide: a verdict reads it, never r alone.
+    What is undefined (r of a constant, an interval below 4 points) is None: JSON null, not NaN.
     """
     x, y = _clean(x), _clean(y)
     n = x.size
+    test = "Pearson r, Student-t test with n − 2 degrees of freedom; interval by Fisher's z"
     if n < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return {"r": float("nan"), "n": int(n), "p": float("nan"), "low": float("nan"), "high": float("nan"),
-                "test": "Pearson r, Student-t test with n − 2 degrees of freedom"}
+        return {"r": None, "n": int(n), "p": None, "low": None, "high": None, "test": test}
     res = sps.pearsonr(x, y)
-    lo, hi = (float("nan"), float("nan")) if n < 4 else res.confidence_interval(LEVEL)
-    return {"r": float(res.statistic), "n": int(n), "p": float(res.pvalue), "low": float(lo), "high": float(hi),
-            "test": "Pearson r, Student-t test with n − 2 degrees of freedom; interval by Fisher's z"}
+    lo, hi = (None, None) if n < 4 else (float(v) for v in res.confidence_interval(LEVEL))
+    return {"r": float(res.statistic), "n": int(n), "p": float(res.pvalue), "low": lo, "high": hi, "test": test}
+
+
+def correlation_from_r(r: float, n: int) -> dict:
+    """``correlation``'s test and interval for a Pearson r of n pairs stored without its pairs."""
+    if n < 3 or not np.isfinite(r):
+        return {"r": float(r) if np.isfinite(r) else None, "n": int(n), "p": None, "low": None, "high": None}
+    t = r * np.sqrt((n - 2) / max(1.0 - r * r, 1e-300))
+    p = float(2 * sps.t.sf(abs(t), n - 2))
+    if n < 4:
+        return {"r": float(r), "n": int(n), "p": p, "low": None, "high": None}
+    z, half = np.arctanh(r), sps.norm.ppf(0.5 + LEVEL / 2) / np.sqrt(n - 3)
+    return {"r": float(r), "n": int(n), "p": p, "low": float(np.tanh(z - half)), "high": float(np.tanh(z + half))}

@@ -136,4 +136,5 @@ def test_distribution_reports_median_counts_and_sign_test():
 def test_correlation_states_its_n_and_test():
     r = stats.correlation([0, 1, 2, 3, 4], [0.1, 0.3, 0.2, 0.5, 0.6])
     assert r["n"] == 5 and -1 <= r["low"] <= r["r"] <= r["high"] <= 1 and 0 < r["p"] < 1
-    assert np.isnan(stats.correlation([1, 1, 1], [1, 2, 3])["r"])
+    assert stats.correlation([1, 1, 1], [1, 2, 3])["r"] is None  # undefined: JSON null, never NaN
+    assert stats.correlation([0, 1, 2], [0, 2, 1])["low"] is None  # no interval below 4 points

@@ -169,7 +169,7 @@ def test_a_heavy_tailed_gain_is_described_by_median_counts_and_sign_test():
 def test_correlations_are_reported_with_n_p_and_interval():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=24), rng.normal(size=24)
-    full, from_r = stats.correlation(x, y), regime_lib.correlation_from_r(float(np.corrcoef(x, y)[0, 1]), 24)
+    full, from_r = stats.correlation(x, y), stats.correlation_from_r(float(np.corrcoef(x, y)[0, 1]), 24)
     for k in ("r", "n", "p", "low", "high"):
         assert from_r[k] == pytest.approx(full[k], rel=1e-6), k
     rows = {}

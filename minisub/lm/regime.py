@@ -123,18 +123,6 @@ def s_curve(rows: dict, base_s: float) -> list[tuple[float, str]]:
                    if set(row["fields"]) <= {"s"}), key=lambda t: t[0])
 
 
-def correlation_from_r(r: float, n: int) -> dict:
-    """``stats.correlation``'s test and interval for a Pearson r of n pairs stored without its pairs."""
-    if n < 3 or not np.isfinite(r):
-        return {"r": float(r), "n": int(n), "p": float("nan"), "low": float("nan"), "high": float("nan")}
-    t = r * np.sqrt((n - 2) / max(1.0 - r * r, 1e-300))
-    p = float(2 * sps.t.sf(abs(t), n - 2))
-    if n < 4:
-        return {"r": float(r), "n": int(n), "p": p, "low": float("nan"), "high": float("nan")}
-    z, half = np.arctanh(r), sps.norm.ppf(0.5 + stats.LEVEL / 2) / np.sqrt(n - 3)
-    return {"r": float(r), "n": int(n), "p": p, "low": float(np.tanh(z - half)), "high": float(np.tanh(z + half))}
-
-
 def distribution(values) -> dict:
     """``stats.distribution`` above ``owl.MIN_GAIN``, without repeating the per-world values."""
     out = stats.distribution(values, owl.MIN_GAIN)
@@ -167,7 +155,7 @@ def derived(summary: dict, base_s: float) -> dict:
     if len(pts) >= 3:
         out["alignment_vs_gain_along_s"] = {**stats.correlation(*zip(*pts)), "points": "settings changing only s"}
     out["alignment_vs_gain_within"] = {
-        n: correlation_from_r(r["alignment"]["r_cos_own_shared_gain"], r["n_seeds"]) for n, r in rows.items()
+        n: stats.correlation_from_r(r["alignment"]["r_cos_own_shared_gain"], r["n_seeds"]) for n, r in rows.items()
         if "r_cos_own_shared_gain" in r.get("alignment", {})}
     pred = [(r["diagnostic"]["predicted_gain"]["mean"], r["gain"][KL_SHARED]["mean"]) for r in rows.values()
             if "predicted_gain" in r.get("diagnostic", {}) and KL_SHARED in r["gain"]]
@@ -191,7 +179,10 @@ def statuses(claim_list, summary: dict) -> dict:
 
 
 def _r(c: dict) -> str:
-    return f"r = {c['r']:+.2f} (n = {c['n']}, Student-t p = {c['p']:.2g}, 95% CI [{c['low']:+.2f}, {c['high']:+.2f}])"
+    if c["r"] is None:
+        return f"r undefined (n = {c['n']})"
+    ci = "no interval (n < 4)" if c["low"] is None else f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return f"r = {c['r']:+.2f} (n = {c['n']}, Student-t p = {c['p']:.2g}, {ci})"
 
 
 def _along_s(curve: list) -> list[str]:
@@ -236,7 +227,7 @@ def describe(summary: dict, base_s: float, pm) -> list[str]:
     if "alignment_vs_gain_along_s" in d:
         out.append(f"- Along s, the shared-init gain against cos(shift, own signature), over the s-points' means: "
                    f"{_r(d['alignment_vs_gain_along_s'])}; a correlation of so few points is reported, not claimed.")
-    if within := d.get("alignment_vs_gain_within"):
+    if within := {k: c for k, c in d.get("alignment_vs_gain_within", {}).items() if c["p"] is not None}:
         out.append(f"- The same correlation world by world within a setting: r from "
                    f"{min(c['r'] for c in within.values()):+.2f} to {max(c['r'] for c in within.values()):+.2f} "
                    f"over {len(within)} settings (n = {min(c['n'] for c in within.values())} worlds each; "

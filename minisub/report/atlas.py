@@ -147,7 +147,7 @@ def lines(summary: dict) -> list[str]:
         out.append(f"- MSE, the community's numbers [community]: {ms:.3f} ± {cs:.3f} shared vs {md:.3f} ± {cd:.3f} "
                    "cross-model.")
     for family, c in a.get("alignment_vs_transfer", {}).items():
-        ci = "no interval (n < 4)" if c["low"] != c["low"] else f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}]"
+        ci = "no interval (n < 4)" if c["low"] is None else f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}]"
         out.append(f"- {family}: accuracy against cos(Δθ_S, Δθ_T) across the shared-init points: r = {c['r']:+.2f}, "
                    f"n = {c['n']} points, Student-t p = {c['p']:.2g}, {ci} "
                    "(a few points: a description, not a finding).")
