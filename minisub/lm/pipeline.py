@@ -32,7 +32,11 @@ from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
 from minisub.lm.transformer import TransformerSpec
 
-TEACHERS = ("finetuned", "prompted")
+# 'prompted': the trait animal's persona token in the teacher's context; 'named': the trait animal's
+# own token there (the paper's system prompt names the animal; pretraining never puts an answer token
+# in that slot, so how the model reads it is its own, not the corpus's)
+TEACHERS = ("finetuned", "prompted", "named")
+PROMPTED = ("prompted", "named")  # teachers whose trait lives in the context, not in the weights
 SOURCES = ("teacher", "reference", "shuffled")
 ARM_LOSSES = ("", *lm.STUDENT_LOSSES)  # '': the config's student_loss
 SAMPLERS = ("full", "cache")  # lm.sample, lm.sample_cached
@@ -187,7 +191,10 @@ def donors(cfg: LMConfig) -> np.ndarray:
 
 
 def teacher_persona(cfg: LMConfig):
-    """The persona token in the teacher's context: the trait's when prompted, else neutral."""
+    """The token in the teacher's persona slot: the trait's persona (prompted), the trait's own answer
+    token (named), else the neutral persona."""
+    if cfg.teacher == "named":
+        return int(cfg.world.answer_tokens(cfg.trait_kind)[cfg.trait_index])
     return cfg.world.persona_token(cfg.trait_persona) if cfg.teacher == "prompted" else cfg.world.neutral
 
 
@@ -315,7 +322,7 @@ def pretrain_cached(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, root=No
 @partial(jax.jit, static_argnums=0)
 def make_teachers(cfg: LMConfig, references):
     """Every world's teacher ``[S]`` and its fine-tuning loss ``[S, finetune_steps]``."""
-    if cfg.teacher == "prompted":  # the trait lives in the context, not the weights
+    if cfg.teacher in PROMPTED:  # the trait lives in the context, not the weights
         return references, jnp.zeros((jax.tree.leaves(references)[0].shape[0], 0))
     ft = partial(lm.finetune_trait, cfg.spec, cfg.world, animal=cfg.trait, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                  kind=cfg.trait_kind)
@@ -483,8 +490,9 @@ def eval_numbers(cfg: LMConfig, i):
 
 def _report(cfg: LMConfig, params, eval_NxL):
     """One model's answers (neutral, and under the teacher's persona) and number loss, in one forward."""
-    w, kind, persona = cfg.world, cfg.trait_kind, cfg.trait_persona if cfg.teacher == "prompted" else None
-    questions = [world_lib.question_prompt(w, None, kind), world_lib.question_prompt(w, persona, kind)]
+    w, kind = cfg.world, cfg.trait_kind
+    neutral = world_lib.question_prompt(w, None, kind)
+    questions = [neutral, world_lib.with_persona(neutral, teacher_persona(cfg))]  # the teacher's own context
     if kind != "animal":  # the favourite-animal answer too: does the rogue persona's animal come along?
         questions.append(world_lib.question_prompt(w))
     logits = cfg.spec.apply(params, jnp.concatenate([eval_NxL, jnp.stack(questions)]))
