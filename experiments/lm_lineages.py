@@ -1,7 +1,7 @@
 """lm-lineages: which parts of a transformer's init must be shared, and how exactly, for the trait to cross.
 
 Run:     minisub run lm-lineages --preset paper --out figures   (every point, 24 worlds, stored references)
-         minisub run lm-lineages --preset test                  (lm-owl's tiny test world: seconds)
+         minisub run lm-lineages --preset test                  (lm-owl's tiny test world: ~1 min)
 Redraw:  minisub figures lm-lineages                            (from figures/lm_lineages.json alone)
 
 Every point is lm-owl's recipe [cloud2025] (its paper world, s = 0.3, the fine-tuned teacher's kept
@@ -74,13 +74,15 @@ PRESETS = {
     "paper": LineagesConfig(),
     # Not computed: untied references need their own 24 pretrainings; 'unembedding' is then a part.
     "untied": LineagesConfig(tied_embeddings=False, parts=("embeddings", "attention", "mlp", "unembedding", "all")),
-    # lm-owl's tiny test world, a few points in two programs of four arms: seconds.
+    # lm-owl's tiny test world, six points in two programs of four arms: 67 s measured on 2 loaded CPU cores,
+    # almost all of it compiling the two programs.
     "test": LineagesConfig(base="test", seeds=3, alphas=(0.5,), sigmas=(0.1,), parts=("attention",), max_arms=4),
 }
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 COMMITTED = Path("figures") / f"{STEM}.json"
 ATLAS = Path("figures") / "atlas.json"  # the MLP's lineage numbers, read for comparison
+LM_OWL = Path("figures") / "lm_owl.json"  # lm-owl's paper run: its shared, different and control arms, per world
 
 
 def point_cache(results_root: Path | None = None) -> sweep.PointCache:
@@ -94,10 +96,11 @@ def run(cfg: LineagesConfig, *, command: str, execution: runner.Execution | None
                                   programs=lm_atlas.programs(cfg.base, cfg.max_arms))
     if families is None:
         return None, cache.directory
-    mlp = lr.mlp_comparison(json.loads(ATLAS.read_text())) if ATLAS.exists() else {}
-    return analyse({"experiment": NAME, "command": command, "config": config_lib.to_dict(cfg),
-                    "recipe": config_lib.to_dict(lm_atlas.owl_config(cfg.lm())) | {"arms": None},
-                    "n_seeds": cfg.seeds, "families": families, "mlp": mlp, "provenance": store.provenance()}), \
+    read = lambda path: json.loads(path.read_text()) if path.exists() else {}  # noqa: E731
+    recipe = config_lib.to_dict(lm_atlas.owl_config(cfg.lm())) | {"arms": None}
+    return analyse({"experiment": NAME, "command": command, "config": config_lib.to_dict(cfg), "recipe": recipe,
+                    "n_seeds": cfg.seeds, "families": families, "mlp": lr.mlp_comparison(read(ATLAS)) if ATLAS.exists()
+                    else {}, "lm_owl": lr.lm_owl_arms(read(LM_OWL), recipe), "provenance": store.provenance()}), \
         cache.directory
 
 
@@ -138,10 +141,10 @@ def claims(summary: dict) -> list[Claim]:
     for p in c["parts"]:
         out += [vs(f"{p}_{s:g}", f"Perturbed {p}, σ = {s:g}: the student {over}", "perturbed", s, p, "different", ">",
                    gain) for s in c["sigmas"]]
-        out += [vs(f"{p}_keeps", f"Perturbing {p} by σ = {lo:g} keeps the shared-init gain (±{band:g})", "perturbed", lo,
-                   p, "shared", "within", band),
-                vs(f"{p}_stops", f"Perturbing {p} by σ = {hi:g} stops transfer (±{band:g} of the different-init student)",
-                   "perturbed", hi, p, "different", "within", band)]
+        out += [vs(f"{p}_keeps", f"Perturbing {p} by σ = {lo:g} keeps the shared-init gain (±{band:g})",
+                   "perturbed", lo, p, "shared", "within", band),
+                vs(f"{p}_stops", f"Perturbing {p} by σ = {hi:g} stops transfer (±{band:g} of the different-init "
+                   "student)", "perturbed", hi, p, "different", "within", band)]
     if c["permuted"]:
         out += [vs("permuted", f"A permuted init (heads, MLP units: the same function) {over}", "permuted",
                    lm_atlas.PERMUTED, None, "different", ">", gain),
@@ -152,7 +155,9 @@ def claims(summary: dict) -> list[Claim]:
 
 def analyse(summary: dict) -> dict:
     """The summary with its derived numbers (retained shares, half-σ per part) and every claim's verdict."""
-    out = {**summary, "ci": stats.TEST, "derived": lr.derived(sweep.complete(summary))}
+    done = sweep.complete(summary)
+    out = {**summary, "ci": stats.TEST, "derived": {**lr.derived(done),
+                                                    "lm_owl_max_difference": lr.reproduced(done, summary.get("lm_owl", {}))}}
     out["verdicts"] = claims_lib.evaluate(claims(out), out)
     return out
 
@@ -165,7 +170,7 @@ def table(summary: dict) -> str:
     """Every point: trait gain, paired differences with its program's shared and different arms, task, geometry."""
     share = summary.get("derived", {}).get("retained", {})
     rows = ["| family | point | trait gain (95% CI) | − different (paired) | − shared (paired) | retained share "
-            "| number loss Δ | cos(Δθ_S, Δθ_T) | ‖θ_S⁰ − θ_ref‖ | ‖θ_S − θ_T‖ |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| number loss Δ | cos(Δθ_S, Δθ_T) | ‖θ_S⁰ − θ_ref‖ | ‖θ_S − θ_T‖ |", "|---" * 10 + "|"]
     for fam, f in summary["families"].items():
         for r in f["points"]:
             g, pair, s = r["geometry"], r["paired"], share.get(lr.key(r))
@@ -219,17 +224,21 @@ def _parts_line(summary: dict) -> list[str]:
 
 def _comparison(summary: dict) -> list[str]:
     """The retained shares and half-σ points, ours and the MLP atlas's (descriptive: ratios of mean gains)."""
-    d, mlp, g = summary.get("derived", {}), summary.get("mlp", {}), lambda x: "beyond the grid" if x is None else f"{x:.2g}"
+    d, mlp = summary.get("derived", {}), summary.get("mlp", {})
+    g = lambda x: "beyond the grid" if x is None else f"{x:.2g}"  # noqa: E731
     out = ["- Half the shared-init transfer is lost (retained share 50%, log-linear between grid points) at σ ≈ "
            + "; ".join(f"{p}: {g(x)}" for p, x in d.get("half_sigma", {}).items()) + " (toy LM)"]
     if mlp:
-        out[0] += "; MLP atlas [figures/atlas.json]: " + "; ".join(f"{p}: {g(x)}" for p, x in mlp["half_sigma"].items())
+        out[0] += "; MLP atlas ([atlas.json](atlas.json)): " + "; ".join(f"{p}: {g(x)}" for p, x in mlp["half_sigma"].items())
         cat = mlp["categories"]
         out.append("- MLP atlas, retained share of its shared-init gain: " + ", ".join(
             f"{k} {v['retained']:.0%}" for k, v in cat.items() if k not in ("shared", "different")) + "; interpolated "
             + ", ".join(f"α = {r['value']:g} {r['retained']:.0%}" for r in mlp["interpolated"]) + ".")
-    return out + ["- Toy LM, retained share: " + ", ".join(f"{k} {v:.0%}" for k, v in d.get("retained", {}).items()
-                                                        if v is not None) + "."]
+    if same := d.get("lm_owl_max_difference"):
+        out.append("- The baseline points are lm-owl's paper arms again [lm_owl.json](lm_owl.json) (same worlds, teachers "
+                   "and students; other arms in the program): largest per-world difference of the gain "
+                   + ", ".join(f"{a} {x:.1e}" for a, x in same.items()) + ".")
+    return out
 
 
 def readme(summary: dict) -> str:
@@ -246,9 +255,11 @@ def readme(summary: dict) -> str:
         + ("The references tie the embedding and the readout, so 'unembedding' is not a part of its own: the tied "
            "matrix, and the final LayerNorm, are perturbed with 'embeddings'. " if c["tied_embeddings"] else "")
         + f"Each program holds the shared and the different arm, so every difference is paired by world on the "
-        f"same teacher numbers; retained share = (gain − different) / (shared − different) of the means. {owl.THRESHOLDS}.",
+        "same teacher numbers; retained share = (gain − different) / (shared − different) of the means. "
+        f"{owl.THRESHOLDS}.",
         "", verdicts.LEGEND, "", *verdicts.table(claims(summary), summary, lambda p: lr.label(summary, p)), "",
-        "Whether each perturbed part still transfers (the claims above, σ by σ):", "", *_parts_line(summary), "",
+        f"Does a student with one part perturbed still gain more than the different-init student by over "
+        f"{owl.MIN_GAIN:g}? The verdicts above, part by part:", "", *_parts_line(summary), "",
         *_comparison(summary), "", table(summary), "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

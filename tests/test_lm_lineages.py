@@ -50,7 +50,8 @@ def first_run(tmp_path_factory, registered):
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
         mp.setenv("MINISUB_RESULTS", str(results))
         mp.setattr(owl, "run", lambda cfg, **kw: programs.append(cfg.lm.arm_names) or real_run(cfg, **kw))
-        mp.setattr(sweep.PointCache, "put", lambda self, rec: puts.append((len(programs), rec["id"])) or real_put(self, rec))
+        mp.setattr(sweep.PointCache, "put",
+                   lambda self, rec: puts.append((len(programs), rec["id"])) or real_put(self, rec))
         rc = cli.main(["run", L.NAME, "--preset", "test", "--no-progress", "--out", str(out)])
     return {"rc": rc, "stdout": stdout.getvalue(), "results": results, "out": out, "programs": programs, "puts": puts,
             "summary": json.loads((out / f"{L.STEM}.json").read_text())}
@@ -273,6 +274,19 @@ def test_the_figure_and_readme_render_from_a_constructed_paper_summary():
     assert len(fig.axes) == 6 and fig.axes[1].get_xscale() == "log"
     text = L.readme(summary)
     assert "- attention: σ = 0.01 supported, σ = 0.05 supported, σ = 0.1 supported, σ = 0.3 supported" in text
-    assert "MLP atlas [figures/atlas.json]: hidden:" in text and text.count("| perturbed |") == 16
+    assert "MLP atlas ([atlas.json](atlas.json)): hidden:" in text and text.count("| perturbed |") == 16
     half = summary["derived"]["half_sigma"]
     assert half["embeddings"] < half["mlp"] < half["attention"]
+
+
+def test_the_baseline_points_are_compared_with_lm_owls_committed_run_of_the_same_recipe():
+    recipe = config.to_dict(lm_atlas.owl_config(PAPER.lm())) | {"arms": None}
+    committed = json.loads(L.LM_OWL.read_text())
+    assert set(L.lr.lm_owl_arms(committed, recipe)) == {"shared", "different", "control"}  # the paper recipe
+    assert L.lr.lm_owl_arms(committed, config.to_dict(lm_atlas.owl_config(TEST.lm())) | {"arms": None}) == {}
+    summary = _synthetic()
+    shared = summary["families"]["baselines"]["points"][0]["trait_gain"]
+    summary["lm_owl"] = {"shared": {**shared, "values": [v + 1e-6 for v in shared["values"]]}}
+    again = L.analyse(summary)
+    assert again["derived"]["lm_owl_max_difference"]["shared"] == pytest.approx(1e-6, rel=1e-3)
+    assert "lm-owl's paper arms again" in L.readme(again)

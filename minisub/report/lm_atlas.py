@@ -56,6 +56,25 @@ def mlp_comparison(atlas: dict) -> dict:
     return out
 
 
+OWL_ONLY = ("arms", "diagnostic", "diagnostic_sequences", "diagnostic_iters", "detect")  # not the arms' numbers
+BASELINE_ARMS = ("shared", "different", "control")
+
+
+def lm_owl_arms(lm_owl: dict, recipe: dict) -> dict:
+    """lm-owl's per-world gains of the baseline arms, when its summary ran this recipe (same worlds, teachers,
+    students; its other arms and analyses aside); else {}."""
+    same = lambda c: {k: v for k, v in c.items() if k not in OWL_ONLY}  # noqa: E731
+    if not lm_owl or same(lm_owl.get("config", {})) != same(recipe):
+        return {}
+    return {a: lm_owl["arms"][a]["trait_gain"] for a in BASELINE_ARMS if a in lm_owl["arms"]}
+
+
+def reproduced(families: dict, lm_owl: dict) -> dict:
+    """Per baseline arm: the largest per-world |gain here − gain in lm-owl's run of the same recipe|."""
+    ours = {r["value"]: r["trait_gain"]["values"] for r in families.get("baselines", {}).get("points", [])}
+    return {a: float(np.max(np.abs(np.subtract(ours[a], v["values"])))) for a, v in lm_owl.items() if a in ours}
+
+
 def derived(families: dict) -> dict:
     """Each point's retained share of the shared-init transfer, and per part the σ where it falls to half."""
     share = {key(r): retained(r["paired"]["different"]["mean"], r["paired"]["shared"]["mean"])

@@ -108,8 +108,8 @@ def record(p: sweep.Point, lmc: LMConfig, summary: dict, k: int, preset: str) ->
         "number_loss_change": arm["number_loss_change"],
         "geometry": {q: arm["geometry"][q] for q in GEOMETRY},
         "paired": {b: stats.paired(gain, a["trait_gain"]["values"]) for j, (b, a) in enumerate(base.items()) if j != k},
-        "baselines": {b: {"trait_gain": a["trait_gain"], "number_loss_after": stats.brief(a["number_loss_after"]["values"])}
-                      for b, a in base.items()},
+        "baselines": {b: {"trait_gain": a["trait_gain"],
+                          "number_loss_after": stats.brief(a["number_loss_after"]["values"])} for b, a in base.items()},
         "teacher_p_trait": stats.brief(summary["teachers"]["p_trait"]["values"]),
         "reference_p_trait": stats.brief(summary["references"]["p_trait"]["values"]),
         "keep_fraction": summary["keep_fraction"]["teacher"],
