@@ -389,11 +389,11 @@ def run(points: list[Point], cache: PointCache, loader: Callable | None, executi
     mlp = [p for p in missing if is_mlp(p.cfg)]
     if mlp:
         _run_mlp(mlp, cache, loader, execution, results_root, on_group)
-    if armed := [p for p in missing if p.baselines is not None and not is_mlp(p.cfg)]:
+    if armed := [p for p in missing if p.baselines is not None]:  # never MLP points (Point checks)
         if programs is None:
             raise config_lib.ConfigError(f"sweep point {armed[0].family}/{armed[0].series}/{armed[0].value}: a "
                                          f"{type(armed[0].cfg).__name__} point with baselines needs programs=")
-        grouped = [p for p in points if p.baselines is not None and not is_mlp(p.cfg)]
+        grouped = [p for p in points if p.baselines is not None]
         _run_arms(grouped, {point_id(p) for p in armed}, cache, programs, execution, on_group)
     for p in (p for p in missing if not is_mlp(p.cfg) and p.baselines is None):
         if measure is None:
