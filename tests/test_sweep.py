@@ -209,3 +209,73 @@ def test_the_generic_figure_draws_any_metric_against_the_swept_field(tmp_path):
     labels = [t.get_text() for t in ax.xaxis.get_majorticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
     assert len(labels) >= 2 and "1e-2" in labels
     assert sweep.changed_fields(Toy(), records[1] and Toy(scale=2.0)) == {"scale": 2.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyArm:
+    name: str
+    offset: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Armed:
+    """A multi-arm program that is not the MLP (like the toy LM's): arm k's 'gain' per seed is scale·seed + offset."""
+
+    seeds: int = 3
+    scale: float = 1.0
+    arms: tuple = ()
+
+
+BASE_ARMS = (ToyArm("s", 0.0), ToyArm("d", 1.0))
+
+
+def _armed(offset, baselines=BASE_ARMS, **fields):
+    return sweep.Point("f", "x", offset, Armed(arms=(ToyArm(f"o{offset:g}", offset),), **fields), baselines=baselines)
+
+
+def _programs(calls, max_arms=4):
+    def run(cfg, execution):
+        calls.append(tuple(a.name for a in cfg.arms))
+        return {a.name: cfg.scale * np.arange(cfg.seeds) + a.offset for a in cfg.arms}
+
+    def record(p, cfg, results, k):
+        own = results[cfg.arms[k].name]
+        return {"gain": stats.mean_ci(own), "minus_first": stats.paired(own, results[cfg.arms[0].name])}
+
+    return sweep.ArmPrograms(run, record, max_arms)
+
+
+def test_one_arm_points_of_any_multi_arm_program_share_programs_with_their_baselines(tmp_path):
+    pts = [_armed(o) for o in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)] + [_armed(2.0, scale=2.0)]
+    plan = sweep.arm_groups(pts, max_arms=4)
+    assert [tuple(a.name for a in cfg.arms) for cfg, _ in plan] == [("s", "d", "o2", "o3"), ("s", "d", "o4", "o5"),
+                                                                      ("s", "d", "o2")]
+    assert [[len(r) for r in readers] for _, readers in plan] == [[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1]]
+    calls, cache = [], sweep.PointCache(tmp_path / "points")
+    records = sweep.run(pts, cache, None, EX, programs=_programs(calls))
+    assert calls == [tuple(a.name for a in cfg.arms) for cfg, _ in plan]
+    assert [r["gain"]["mean"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 4.0]
+    assert [r["minus_first"]["mean"] for r in records] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 2.0]  # paired in its program
+    assert [r["arm_index"] for r in records] == [0, 1, 2, 3, 2, 3, 2]
+    assert sweep.run(pts, cache, None, EX, programs=_programs([], 4)) == records  # all cached: nothing runs
+    # a killed sweep: the second program's points are missing; it reruns with exactly the arms it had
+    for r in records[4:6]:
+        cache.path(r["id"]).unlink()
+    again = []
+    assert sweep.run(pts, cache, None, EX, programs=_programs(again)) == records
+    assert again == [("s", "d", "o4", "o5")]
+
+
+def test_a_point_with_baselines_is_identified_by_its_arm_and_its_baselines():
+    a = _armed(2.0)
+    assert sweep.point_id(a) == sweep.point_id(sweep.Point("g", "y", "label", a.cfg, baselines=BASE_ARMS))
+    renamed = sweep.Point("f", "x", 2.0, Armed(arms=(ToyArm("other", 2.0),)), baselines=BASE_ARMS)
+    assert sweep.point_id(renamed) == sweep.point_id(a)
+    for other in (_armed(3.0), _armed(2.0, scale=2.0), _armed(2.0, baselines=BASE_ARMS[:1])):
+        assert sweep.point_id(other) != sweep.point_id(a)
+    with pytest.raises(ConfigError, match="arms"):
+        sweep.Point("f", "x", 1, Armed(arms=BASE_ARMS), baselines=BASE_ARMS)
+    with pytest.raises(ConfigError, match="needs programs="):
+        sweep.run([a], sweep.PointCache("/nonexistent"), None, EX)
+    with pytest.raises(ConfigError, match="max_arms"):
+        sweep.arm_groups([a], max_arms=2)

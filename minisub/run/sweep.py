@@ -7,6 +7,11 @@ builds the points of a base config crossed with lists of field values; ``run`` m
 * MLP points (``pipeline.AuxConfig`` with exactly one student arm) take the fast path: points whose
   programs agree in everything but their arms run as one vmapped program (seeds × arms), and a
   long run is read out after each requested student epoch;
+* points of any other multi-arm program (a config with an ``arms`` field, e.g. the toy LM's
+  ``LMConfig``) that read one arm each (``Point.baselines`` set) run the same way through
+  ``ArmPrograms``: one program for the points whose configs differ only in their arms, at most
+  ``max_arms`` arms a program, the ``baselines`` arms in every program so that each point's
+  record can pair its per-seed values with theirs (same worlds, same program);
 * any other program runs point by point through ``measure(point, execution) -> record fields``.
 
 Each finished point is written to the point cache at once (seeded from committed records), so a
@@ -44,8 +49,15 @@ class Point:
     value: object  # its position along the sweep (a number, or a label for categorical sweeps)
     cfg: object  # a typed config; an MLP point's AuxConfig holds exactly one arm
     readout: int | None = None
+    # Arms run beside this point's arm in its program (``ArmPrograms``); None: not such a point.
+    baselines: tuple | None = None
 
     def __post_init__(self):
+        if self.baselines is not None:
+            config_lib.require(not is_mlp(self.cfg), "baselines", self.baselines,
+                               "None for an MLP point (its programs are grouped by arm already)")
+            config_lib.require(len(self.cfg.arms) == 1, "arms", tuple(a.name for a in self.cfg.arms),
+                               "exactly one arm per sweep point")
         if is_mlp(self.cfg):
             config_lib.require(len(self.cfg.arms) == 1, "arms", self.cfg.arm_names, "exactly one arm per sweep point")
             if self.readout is not None:
@@ -103,10 +115,11 @@ def apply(base, changes: Sequence[tuple[str, object]]):
     return cfg, readout
 
 
-def point(family: str, series: str, value, base, *changes: tuple[str, object]) -> Point:
-    """The point of ``base`` with ``changes`` applied."""
+def point(family: str, series: str, value, base, *changes: tuple[str, object],
+          baselines: tuple | None = None) -> Point:
+    """The point of ``base`` with ``changes`` applied (``baselines``: see ``Point``)."""
     cfg, readout = apply(base, changes)
-    return Point(family, series, value, cfg, readout)
+    return Point(family, series, value, cfg, readout, baselines)
 
 
 def _label(value) -> str:
@@ -151,10 +164,18 @@ def program_key(cfg) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
+def _arm_science(arm) -> dict:
+    """Any arm's fields without its name: what it computes."""
+    return {k: v for k, v in dataclasses.asdict(arm).items() if k != "name"}
+
+
 def point_id(p: Point) -> str:
     """A stable hash of everything that determines the point's numbers (labels and arm names aside)."""
     if is_mlp(p.cfg):
         blob = {"program": program_key(p.cfg), "arm": _science(p.arm, p.cfg), "epoch": p.epoch}
+    elif p.baselines is not None:  # its record also pairs it with the baselines' arms
+        blob = {"type": type(p.cfg).__name__, "program": program_key(p.cfg), "arm": _arm_science(p.arm),
+                "baselines": [_arm_science(b) for b in p.baselines], "epoch": p.readout}
     else:
         blob = {"type": type(p.cfg).__name__, "program": program_key(p.cfg), "epoch": p.readout}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -175,6 +196,69 @@ def groups(points: list[Point], max_arms: int = MAX_ARMS) -> list[tuple[pipeline
             chunk = readers[lo:lo + max_arms]
             named = tuple(dataclasses.replace(ps[0].arm, name=f"arm{k}") for k, ps in enumerate(chunk))
             out.append((dataclasses.replace(members[0].cfg, arms=named), chunk))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmPrograms:
+    """How points that read one arm each of a multi-arm program (``Point.baselines`` set) are computed.
+
+    ``run(cfg, execution) -> results`` runs (or reads from its store) the program of ``cfg``, a
+    config holding the program's arms; None when they are not available (merging only, or other
+    processes still computing). ``record(point, cfg, results, k) -> dict`` is the point's numbers,
+    read from arm ``k`` of those results; the baselines are arms ``0 .. len(baselines) - 1`` of
+    every program.
+    """
+
+    run: Callable
+    record: Callable
+    max_arms: int = MAX_ARMS
+
+
+def _chunks(items: list, room: int) -> list[list]:
+    """``items`` cut into the fewest runs of at most ``room`` items, their lengths differing by at most one."""
+    n = max(1, -(-len(items) // room))
+    sizes = [len(items) // n + (k < len(items) % n) for k in range(n)]
+    return [items[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(n)]
+
+
+def _named(arms: list) -> tuple:
+    """The arms with their names, or ``arm0, arm1, ...`` where their names repeat (a program's arms are unique)."""
+    if len({a.name for a in arms}) == len(arms):
+        return tuple(arms)
+    return tuple(dataclasses.replace(a, name=f"arm{k}") for k, a in enumerate(arms))
+
+
+def arm_groups(points: list[Point], max_arms: int = MAX_ARMS) -> list[tuple[object, list[list[Point]]]]:
+    """Programs for points with ``baselines``, in order of first appearance: (config with its arms, readers).
+
+    Points whose configs differ only in their arm (and share their baselines) share programs: the
+    baselines first, then at most ``max_arms - len(baselines)`` other distinct arms each, in
+    programs of balanced sizes; ``readers[k]`` are the points read from arm ``k``. A point whose arm
+    is a baseline is read from the first of its programs. The plan is a function of ``points``
+    alone, so a resumed sweep reruns a program with exactly the arms it had.
+    """
+    by_program: dict[str, list[Point]] = {}
+    for p in points:
+        key = json.dumps([program_key(p.cfg), [_arm_science(b) for b in p.baselines]], sort_keys=True)
+        by_program.setdefault(key, []).append(p)
+    out = []
+    for members in by_program.values():
+        baselines = list(members[0].baselines)
+        config_lib.require(max_arms > len(baselines), "max_arms", max_arms,
+                           f"more than the {len(baselines)} baseline arms every program holds")
+        ident = lambda arm: json.dumps(_arm_science(arm), sort_keys=True)  # noqa: E731
+        readers: dict[str, list[Point]] = {ident(b): [] for b in baselines}
+        arms = {ident(b): b for b in baselines}
+        for p in members:
+            readers.setdefault(ident(p.arm), []).append(p)
+            arms.setdefault(ident(p.arm), p.arm)
+        base_ids = list(readers)[:len(baselines)]
+        others = list(readers)[len(baselines):]
+        for c, chunk in enumerate(_chunks(others, max_arms - len(baselines))):
+            ids = base_ids + chunk
+            cfg = dataclasses.replace(members[0].cfg, arms=_named([arms[i] for i in ids]))
+            out.append((cfg, [readers[i] if c == 0 or i in chunk else [] for i in ids]))
     return out
 
 
@@ -268,20 +352,50 @@ def _run_mlp(missing: list[Point], cache: PointCache, loader: Callable | None, e
                 cache.put(record(p, cfg, results, k))
 
 
+def _run_arms(points: list[Point], missing: set[str], cache: PointCache, programs: ArmPrograms,
+              execution: runner.Execution, on_group: Callable | None) -> None:
+    """Every program of ``arm_groups(points)`` that holds a missing point, each point cached as it finishes."""
+    plan = [(cfg, readers) for cfg, readers in arm_groups(points, programs.max_arms)
+            if any(point_id(p) in missing for ps in readers for p in ps)]
+    for n, (cfg, readers) in enumerate(plan):
+        if on_group is not None:
+            on_group(cfg, readers)
+        if execution.compute and execution.progress:
+            values = ", ".join(str(p.value) for ps in readers for p in ps)
+            print(f"[sweep {time.strftime('%H:%M:%S')}] program {n + 1}/{len(plan)}: {len(cfg.arms)} arms x "
+                  f"{cfg.seeds} seeds ({values})", flush=True)
+        results = programs.run(cfg, execution)
+        if results is None:
+            continue
+        for k, ps in enumerate(readers):
+            for p in ps:
+                if point_id(p) in missing:
+                    cache.put({**_label_of(p), "epoch": p.readout, **programs.record(p, cfg, results, k),
+                               "arm_index": k, "program": config_lib.to_dict(cfg)})
+
+
 def run(points: list[Point], cache: PointCache, loader: Callable | None, execution: runner.Execution,
         *, measure: Callable | None = None, results_root: Path | None = None,
-        on_group: Callable | None = None) -> list[dict]:
+        on_group: Callable | None = None, programs: ArmPrograms | None = None) -> list[dict]:
     """Every point's record (cached ones read, missing ones computed), in input order; missing ones left out.
 
     MLP points run grouped into vmapped programs on ``loader()``'s data (``on_group(cfg, points)``
-    is called before each program: progress, tests). Any other point runs alone through
-    ``measure(point, execution) -> dict`` (its numbers, e.g. ``{'accuracy': stats.mean_ci(...)}``).
+    is called before each program: progress, tests). Points with ``baselines`` run grouped through
+    ``programs`` (``ArmPrograms``; the plan is made from all of them, cached or not, so a program is
+    rerun with the arms it had). Any other point runs alone through ``measure(point, execution) ->
+    dict`` (its numbers, e.g. ``{'accuracy': stats.mean_ci(...)}``).
     """
     missing = [p for p in points if cache.get(p) is None]
     mlp = [p for p in missing if is_mlp(p.cfg)]
     if mlp:
         _run_mlp(mlp, cache, loader, execution, results_root, on_group)
-    for p in (p for p in missing if not is_mlp(p.cfg)):
+    if armed := [p for p in missing if p.baselines is not None]:  # never MLP points (Point checks)
+        if programs is None:
+            raise config_lib.ConfigError(f"sweep point {armed[0].family}/{armed[0].series}/{armed[0].value}: a "
+                                         f"{type(armed[0].cfg).__name__} point with baselines needs programs=")
+        grouped = [p for p in points if p.baselines is not None]
+        _run_arms(grouped, {point_id(p) for p in armed}, cache, programs, execution, on_group)
+    for p in (p for p in missing if not is_mlp(p.cfg) and p.baselines is None):
         if measure is None:
             raise config_lib.ConfigError(f"sweep point {p.family}/{p.series}/{p.value}: a "
                                          f"{type(p.cfg).__name__} needs measure=")
@@ -307,13 +421,18 @@ def complete(summary: dict) -> dict:
 
 
 def run_families(families: dict[str, list[Point]], cache: PointCache, loader: Callable | None,
-                 execution: runner.Execution, command: Callable[[str], str], **kw) -> dict | None:
+                 execution: runner.Execution, command: Callable[[str], str], *, together: bool = False,
+                 **kw) -> dict | None:
     """{family: {'command', 'n_seeds', 'points', 'missing_points'}} of every family measured, or None.
 
     Computing, a family with points still missing (other shards) stops the sweep: None. Merging
     (``execution.compute`` False), a family with some stored points is kept, its missing points
-    counted. ``command(family)`` is what recomputes the family.
+    counted. ``command(family)`` is what recomputes the family. ``together``: the points of every
+    family are planned and computed at once (a program may hold arms of several families), then
+    read family by family; otherwise each family is computed in turn.
     """
+    if together:
+        run([p for points in families.values() for p in points], cache, loader, execution, **kw)
     out = {}
     for family, points in families.items():
         records = run(points, cache, loader, execution, **kw)
