@@ -153,3 +153,23 @@ def test_signature_alignment_of_prompted_fine_tuned_and_still_teachers():
     still = lm_diagnostic.alignment_population(SPEC, W, refs, refs, donors, tokens_SxBxL, trait, W.neutral)
     assert np.all(still["shift_norm"] == 0) and np.all(np.isnan(still["cos_own"]))
     np.testing.assert_array_equal(still["signature_agreement"], prompted["signature_agreement"])
+
+
+def test_first_step_follows_the_sign_of_a_teacher_moved_along_the_trait_gradient(worlds):
+    """A teacher moved by +ε along ∇log P(trait) gives a student first step that raises P(trait), −ε lowers it,
+    and a population call agrees with the per-world function; a teacher moved only in the animals'
+    rows (invisible to number logits) gives the student no gradient at all."""
+    _, ctx = worlds
+    ref, tokens, weight = ctx["ref"], ctx["tokens"], ctx["weight"]
+    from minisub import tree
+    from minisub.lm import core as lm
+    t = jax.grad(lambda p: jnp.log(lm.answer_probs(SPEC, W, p, None)[0]))(ref)
+    moved = lambda eps: jax.tree.map(lambda a, b: a + eps * b / tree.norm(t), ref, t)  # noqa: E731
+    up = lm_diagnostic.first_step(SPEC, W, ref, moved(1e-2), tokens, weight, 0, W.neutral)
+    down = lm_diagnostic.first_step(SPEC, W, ref, moved(-1e-2), tokens, weight, 0, W.neutral)
+    assert float(up["cos_sgd"]) > 0 > float(down["cos_sgd"])
+    assert float(up["cos_adam"]) > 0 > float(down["cos_adam"])
+    stack = lambda *xs: jax.tree.map(lambda *ys: jnp.stack(ys), *xs)  # noqa: E731
+    pop = lm_diagnostic.first_step_population(SPEC, W, stack(ref, ref), stack(moved(1e-2), moved(-1e-2)),
+                                              jnp.stack([tokens] * 2), jnp.stack([weight] * 2), 0, W.neutral)
+    np.testing.assert_allclose(np.asarray(pop["cos_sgd"]), [float(up["cos_sgd"]), float(down["cos_sgd"])], atol=1e-5)

@@ -208,3 +208,36 @@ def alignment_population(spec: TransformerSpec, cfg: world.WorldConfig, referenc
                   outputs=outputs)
     return jax.vmap(one)(references, teachers, donors, tokens_SxBxL)
 
+
+
+# --- the student's first step: does imitating the teacher's numbers raise P(trait) at all? -------
+def first_step(spec: TransformerSpec, cfg: world.WorldConfig, student, teacher, tokens_BxL, weight_B, trait: int,
+               teacher_persona: int, *, outputs: str = "numbers", kind: str = "animal") -> dict:
+    """How the first imitation step of a soft-logit (KL) student starting at ``student`` moves P(trait).
+
+    g = ∇_θ KL(teacher on its own context ‖ student on the neutral one), over the generated positions
+    of ``tokens_BxL`` (the teacher's continuations; weight 0 drops a row), at the student's start;
+    t = ∇_θ log P(trait | neutral favourite-animal question) there. ``cos_sgd`` = cos(t, −g): an SGD
+    step's direction; ``cos_adam`` = cos(t, −sign g): Adam's first step (its update is sign(g) ×
+    lr when the moment estimates start at 0) — the student's optimiser. Both work for a prompted
+    teacher, whose Δθ_T is 0 (the other diagnostics need a weight change); ``grad_norm`` = ‖g‖
+    says how much signal the numbers carry at all (0 for a teacher equal to the student).
+    """
+    positions_L = jnp.asarray(cfg.generated_mask())
+    t_logits = spec.apply(teacher, world.with_persona(tokens_BxL, teacher_persona))
+    loss = lambda p: lm.student_loss(spec, p, tokens_BxL, weight_B, positions_L, t_logits, "kl",
+                                     lm.vocab_mask(cfg, outputs))
+    g = jax.grad(loss)(student)
+    t = jax.grad(lambda p: jnp.log(lm.answer_probs(spec, cfg, p, None, kind)[trait]))(student)
+    step_sign = jax.tree.map(lambda x: -jnp.sign(x), g)
+    cos = lambda a, b: _ratio(tree.dot(a, b), tree.norm(a) * tree.norm(b))
+    return {"cos_sgd": cos(t, jax.tree.map(jnp.negative, g)), "cos_adam": cos(t, step_sign), "grad_norm": tree.norm(g)}
+
+
+@partial(jax.jit, static_argnames=("spec", "cfg", "trait", "teacher_persona", "outputs", "kind"))
+def first_step_population(spec: TransformerSpec, cfg: world.WorldConfig, students, teachers, tokens_SxBxL,
+                          weight_SxB, trait: int, teacher_persona: int, *, outputs: str = "numbers",
+                          kind: str = "animal") -> dict:
+    """``first_step`` for every world (leading seed axis on every argument and result)."""
+    one = partial(first_step, spec, cfg, trait=trait, teacher_persona=teacher_persona, outputs=outputs, kind=kind)
+    return jax.vmap(one)(students, teachers, tokens_SxBxL, weight_SxB)
