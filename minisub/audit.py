@@ -311,3 +311,97 @@ def which_teacher_accuracy(scores_TxS, k: int, true_S=None) -> np.ndarray:
         total = math.comb(n_t - 1, k - 1)
         out[s] = sum(math.comb(tied, j) * math.comb(below, k - 1 - j) / (j + 1) for j in range(min(tied, k - 1) + 1)) / total
     return out
+
+
+# --- populations: K teachers of one base, K students, student s trained on teacher s -------------------------------
+def cases(m_WxTxS) -> tuple[np.ndarray, np.ndarray]:
+    """(positives [W, K]: each student against its own teacher, negatives [W, K·(K−1)]: against the others)."""
+    m = np.asarray(m_WxTxS, np.float64)
+    require(m.ndim == 3 and m.shape[1] == m.shape[2] >= 2, "matrices", m.shape, "[worlds, K, K] with K >= 2")
+    off = ~np.eye(m.shape[1], dtype=bool)
+    return np.diagonal(m, axis1=1, axis2=2).copy(), m[:, off]
+
+
+def against_controls(m_WxTxS, larger: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(contrast, p-value), each [W, T, S]: every case against its controls.
+
+    The controls of case (w, t, s) are the students of base w trained on teachers other than t,
+    itself left out: ``m[w, t, o]`` for o ∉ {t, s} (K − 1 for a positive, K − 2 for a negative, so
+    a negative's p-value is uniform on {1/(K−1), ..., 1} when the students are exchangeable).
+    ``contrast``: the score minus the controls' mean, signed so that larger is more teacher-like.
+    """
+    m = np.asarray(m_WxTxS, np.float64)
+    m = m if larger else -m
+    w, k, _ = m.shape
+    contrast, p = np.empty_like(m), np.empty_like(m)
+    for t in range(k):
+        for s in range(k):
+            null = m[:, t, [o for o in range(k) if o not in (t, s)]]
+            contrast[:, t, s] = m[:, t, s] - null.mean(axis=1)
+            p[:, t, s] = [p_value(m[i, t, s], null[i]) for i in range(w)]
+    return contrast, p
+
+
+def population(m_WxTxS, *, larger: bool = True, fpr: float = 0.01, ks: Sequence[int] = (2, 4, 8)) -> dict:
+    """Error rates of one score over W worlds of K teachers and K students (``cases``).
+
+    ``auc`` (pooled Mann–Whitney) with ``auc_by_world``: the mean placement of each world's
+    positives among all negatives (their mean is the AUC; a Student-t interval over worlds);
+    ``tpr``: ``tpr_at_fpr`` pooled, with ``tpr_by_world`` at the pooled threshold; ``which_teacher``:
+    {k: accuracy per world} for every k of ``ks`` up to K (chance: 1/k).
+    """
+    from minisub import stats
+
+    m = np.asarray(m_WxTxS, np.float64) * (1.0 if larger else -1.0)
+    pos, neg = cases(m)
+    rate = tpr_at_fpr(pos, neg, fpr)
+    k_max = m.shape[1]
+    return {
+        "auc": roc_auc(pos, neg), "auc_by_world": stats.mean_ci(placements(pos.ravel(), neg).reshape(pos.shape).mean(1)),
+        "tpr": rate, "tpr_by_world": stats.mean_ci(np.mean(pos > rate["threshold"], axis=1)),
+        "which_teacher": {str(k): stats.mean_ci([which_teacher_accuracy(x, k).mean() for x in m])
+                          for k in ks if k <= k_max},
+        "n_worlds": int(m.shape[0]), "k": int(k_max),
+    }
+
+
+def pooled_p_values(m_WxTxS, larger: bool = True) -> np.ndarray:
+    """[W, T, S] p-values of every case against the negatives of the *other* worlds (leave one world out).
+
+    With controls from one base only, a p-value cannot go below 1/K; pooling the negatives of the
+    other bases (same recipe, same arm) gives a resolution of 1/(1 + (W−1)·K·(K−1)). It is valid
+    when the bases are exchangeable, which ``calibration`` checks on the negatives.
+    """
+    m = np.asarray(m_WxTxS, np.float64) * (1.0 if larger else -1.0)
+    _, neg = cases(m)
+    out = np.empty_like(m)
+    for w in range(m.shape[0]):
+        null = np.sort(np.delete(neg, w, axis=0).ravel())
+        above = null.size - np.searchsorted(null, m[w].ravel(), "left")  # #{null >= score}
+        out[w] = ((1 + above) / (1 + null.size)).reshape(m[w].shape)
+    return out
+
+
+LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+def level_key(alpha: float) -> str:
+    """A summary key for a level that a dotted claim path can read: 0.05 -> '0p05'."""
+    return f"{alpha:g}".replace(".", "p")
+
+
+def calibration(p_WxTxS, levels: Sequence[float] = LEVELS) -> dict:
+    """Per level α: the negatives' P(p ≤ α) − α (0 when calibrated) and the positives' P(p ≤ α) (power).
+
+    Each is a Student-t interval over worlds of the per-world fractions (``minisub.stats``), keyed
+    by ``level_key(α)``; ``pooled``: the fractions over all cases.
+    """
+    from minisub import stats
+
+    pos, neg = cases(p_WxTxS)
+    at = lambda x, a: np.mean(x <= a + 1e-12, axis=1)  # noqa: E731
+    return {"levels": list(levels),
+            "negatives": {level_key(a): stats.mean_ci(at(neg, a) - a) for a in levels},
+            "positives": {level_key(a): stats.mean_ci(at(pos, a)) for a in levels},
+            "pooled": {level_key(a): {"negatives": float(np.mean(neg <= a + 1e-12)),
+                                      "positives": float(np.mean(pos <= a + 1e-12))} for a in levels}}

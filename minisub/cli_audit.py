@@ -41,14 +41,15 @@ def add(sub) -> None:
     a.set_defaults(fn=run)
 
 
-def _tree_of(entry: str) -> str:
-    """Each entry is ``<tree>/<layer>/<leaf>`` (``minisub.run.params.key_path``); '' for a tree at the root."""
-    return entry.rsplit("/", 2)[0] if entry.count("/") >= 2 else ""
-
-
 def tree_names(entries: dict) -> list[str]:
-    """The trees a params file holds."""
-    return sorted({_tree_of(k) for k in entries})
+    """The trees of a params file as ``--keep-params`` names them: each name ends at its first component
+    ``init`` or ``final`` (``teacher/init``, ``students/<arm>/final``); '' for a tree saved at the root."""
+    out = set()
+    for key in entries:
+        parts = key.split("/")
+        ends = [k for k, part in enumerate(parts[:-1]) if part in ("init", "final")]
+        out.add("/".join(parts[: ends[0] + 1]) if ends else "")
+    return sorted(out)
 
 
 def read(spec: str, flag: str) -> dict:
@@ -67,16 +68,14 @@ def read(spec: str, flag: str) -> dict:
     except params.ParamsMismatch as e:
         raise ConfigError(f"{flag}={spec!r} is not allowed: {e}") from None
     trees = tree_names(entries)
-    if name is None:
-        if len(trees) != 1:
-            raise ConfigError(f"{flag}={spec!r} is not allowed: {path} holds {len(trees)} trees, name one as "
-                              f"FILE:TREE ({', '.join(trees)})")
-        name = trees[0]
-    if name not in trees:
+    if name is None and len(trees) != 1:
+        raise ConfigError(f"{flag}={spec!r} is not allowed: {path} holds {len(trees)} trees, name one as "
+                          f"FILE:TREE ({', '.join(trees)})")
+    chosen = params.select(entries, trees[0] if name is None else name)
+    if not chosen:
         raise ConfigError(f"{flag}={spec!r} is not allowed: {path} has no tree {name!r}; it holds "
                           f"{', '.join(t or '(root)' for t in trees)}")
-    prefix = f"{name}/" if name else ""
-    return {k[len(prefix):]: v for k, v in entries.items() if _tree_of(k) == name}
+    return chosen
 
 
 def load(args) -> dict:
