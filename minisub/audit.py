@@ -93,6 +93,11 @@ def _mlp_nested(params: dict, name: str) -> dict:
     return nested
 
 
+def require_matching(params, name: str) -> None:
+    """ConfigError naming ``name`` unless weight matching applies to ``params`` (an MLP's layers)."""
+    _mlp_nested(flat(params), name)
+
+
 def align(reference, other, *more, seed: int = 0) -> tuple[dict, ...]:
     """``other`` (and each of ``more``) with the MLP's hidden units permuted to match ``reference``.
 

@@ -88,6 +88,8 @@ def load(args) -> dict:
         trees["--teacher-base"] = read(args.teacher_base, "--teacher-base")
     trees["--null"] = [read(spec, "--null") for spec in args.null]
     teacher = audit.flat(trees["--teacher"])
+    if args.permutation_aware:
+        audit.require_matching(teacher, "--permutation-aware")
     for flag, tree in trees.items():
         for k, t in enumerate(tree if flag == "--null" else [tree]):
             audit.check_like(teacher, audit.flat(t), flag if flag != "--null" else f"--null[{k}]", "--teacher")
