@@ -30,6 +30,7 @@ from minisub.run import audit as population, runner, store
 NAME = "audit"
 STEM = "audit"
 ORDER = 45  # its place in figures/README.md: after the atlas, whose evasions it audits
+PROGRAMS = f"{NAME}-programs"  # where each teacher order's training runs are stored (results/audit-programs/<id>)
 
 BASES = {
     "paper": pipeline.AuxConfig(seeds=20),  # the published recipe
@@ -82,7 +83,7 @@ def run(cfg: AuditConfig, *, command: str, execution: runner.Execution | None = 
     if not ex.force and (done := store.load_complete(directory)):
         return done[1], directory
     start, ids = time.time(), cfg.evasions
-    results, dirs = population.run_programs(cfg.recipe(), cfg.orders, ids, NAME, ex, mnist.load_cached)
+    results, dirs = population.run_programs(cfg.recipe(), cfg.orders, ids, PROGRAMS, ex, mnist.load_cached)
     runs = [r for rs in results.values() for r in rs]
     per_seed = lambda key: np.mean([np.asarray(r["accuracy"][key]) for r in runs], axis=0)  # noqa: E731
     gains = population.transfer(results, ids)
@@ -124,14 +125,14 @@ def analyse(summary: dict) -> dict:
 
 def claims(summary: dict) -> list[Claim]:
     """The shared-init claims, then one per evasion: does the informed audit still detect it?"""
-    rows = summary.get("labels", {r.id: r.label for r in population.ROWS})
+    rows, fpr = summary.get("labels", {r.id: r.label for r in population.ROWS}), f"{summary.get('fpr', 0.01):.0%}"
     base = [
         Claim("auc", "Informed audit, shared init: AUC > 0.99", "minisub", "rows.shared.informed.auc_by_world", ">", 0.99),
-        Claim("tpr", "Informed audit, shared init: TPR > 0.9 at 1% FPR", "minisub", "rows.shared.informed.tpr_by_world",
+        Claim("tpr", f"Informed audit, shared init: TPR > 0.9 at {fpr} FPR", "minisub", "rows.shared.informed.tpr_by_world",
               ">", 0.9),
         Claim("auc_realistic", "Realistic audit (public base and the two models only), shared init: AUC > 0.99",
               "minisub", "rows.shared.realistic.auc_by_world", ">", 0.99),
-        Claim("tpr_realistic", "Realistic audit, shared init: TPR > 0.9 at 1% FPR", "minisub",
+        Claim("tpr_realistic", f"Realistic audit, shared init: TPR > 0.9 at {fpr} FPR", "minisub",
               "rows.shared.realistic.tpr_by_world", ">", 0.9),
         Claim("which_8", "Which teacher, shared init: the right one of 8 candidates more than 90% of the time "
               "(realistic)", "minisub", "rows.shared.realistic.which_teacher.8", ">", 0.9),
@@ -143,7 +144,7 @@ def claims(summary: dict) -> list[Claim]:
 
 
 def _cell(p: dict) -> str:
-    return f"{p['auc']:.3f} / {p['tpr']['tpr']:.2f}"
+    return f"{p['auc']:.3f} / {p['tpr']['tpr']:.2f}" + ("†" if p["tpr"]["limited"] else "")
 
 
 def table(summary: dict) -> str:
@@ -160,8 +161,9 @@ def table(summary: dict) -> str:
                    f"{report.pm(r['calibration']['negatives']['0p05'])}, "
                    f"{report.pm(r['calibration']['positives']['0p05'], '.2f', '.2f')} |")
     shared = summary["rows"]["shared"]["informed"]["tpr"]
+    limited = "; †: fewer than 1/FPR negatives, so τ is the largest negative" if shared["limited"] else ""
     out += ["", f"n = {summary['n_seeds']} bases × {summary['orders']} teachers: {shared['n_pos']} positives, "
-            f"{shared['n_neg']} negatives a row. Teachers of one base: cos(Δθ_T, Δθ_T′) "
+            f"{shared['n_neg']} negatives a row{limited}. Teachers of one base: cos(Δθ_T, Δθ_T′) "
             f"{report.pm(summary['teacher_cos'], '.3f')}."]
     return "\n".join(out)
 

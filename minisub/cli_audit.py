@@ -28,7 +28,10 @@ ROWS = (("update_cos", "cos(θ_S − θ_base, θ_T − θ_Tbase)"), ("update_pro
 def add(sub) -> None:
     """The ``audit`` subcommand on ``minisub``'s subparsers."""
     a = sub.add_parser("audit", help="score whether a student was trained on a teacher's outputs, from stored weights",
-                       description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)
+                       description="Was this student trained on this teacher's outputs? Scores from stored weights. "
+                       "FILE[:TREE]: a params file (minisub run ... --keep-params writes one per seed) and a tree "
+                       "in it (teacher/init, teacher/final, students/<arm>/final); p-values against --null "
+                       "control students.", allow_abbrev=False)
     for flag, text in (("--base", "the base the student started from (e.g. the teacher's init)"),
                        ("--teacher", "the suspected teacher"), ("--student", "the student audited")):
         a.add_argument(flag, required=True, metavar="FILE[:TREE]", help=text)
