@@ -22,7 +22,7 @@ import numpy as np
 
 from minisub import audit, claims as claims_lib, config as config_lib, report, stats
 from minisub.claims import Claim
-from minisub.config import normalise, require, require_choice
+from minisub.config import ConfigError, normalise, require, require_choice
 from minisub.mlp import mnist, pipeline
 from minisub.report import plots, verdicts
 from minisub.run import audit as population, runner, store
@@ -82,6 +82,8 @@ def run(cfg: AuditConfig, *, command: str, execution: runner.Execution | None = 
     directory = store.run_dir(NAME, cfg)
     if not ex.force and (done := store.load_complete(directory)):
         return done[1], directory
+    if not ex.compute:
+        raise ConfigError(f"{NAME} has no shards to merge: run it with `minisub run {NAME}`")
     start, ids = time.time(), cfg.evasions
     results, dirs = population.run_programs(cfg.recipe(), cfg.orders, ids, PROGRAMS, ex, mnist.load_cached)
     runs = [r for rs in results.values() for r in rs]

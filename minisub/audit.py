@@ -157,6 +157,8 @@ def _prepared(base, teachers, students, teacher_base, permutation_aware: bool, s
              *((f"students[{k}]" if len(ss) > 1 else "student", s) for k, s in enumerate(ss))]
     for name, params in named:
         check_like(ts[0], params, name, "the teacher")
+    if permutation_aware:
+        require_matching(ts[0], "permutation_aware")
     if permutation_aware and teacher_base is None:
         ss = [align(b, s, seed=seed)[0] for s in ss]
     elif permutation_aware:

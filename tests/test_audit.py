@@ -92,10 +92,22 @@ def test_the_permutation_aware_variant_recovers_a_student_of_a_relabelled_base(w
     assert known["update_cos"]["total"] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_permutation_aware_scoring_refuses_a_network_without_weight_matching():
+def test_the_toy_transformers_parameters_are_scored_and_refused_for_alignment():
+    from minisub.lm import transformer
+
+    spec = transformer.TransformerSpec(vocab=20, context=8, layers=1, width=8)
+    base = spec.init(jax.random.key(0))
+    d_t = _noise(base, 1, 0.01)
+    teacher, student = _add(base, d_t), _add(base, d_t, 0.5)
+    got = audit.scores(base, teacher, student)
+    assert {"total", "blocks.0.attn.qkv", "embed"} <= set(got["update_cos"])  # layers of any pytree
+    assert got["update_cos"]["total"] == pytest.approx(1.0, abs=1e-9) and got["distance_ratio"]["total"] == \
+        pytest.approx(0.5, rel=1e-5)
+    x = jnp.zeros((2, 8), jnp.int32)
+    assert audit.function_scores(spec.apply, base, teacher, teacher, x)["function_cos"] == pytest.approx(1, abs=1e-5)
+    with pytest.raises(ConfigError, match="permutation_aware.*MLP only.*toy transformer"):
+        audit.scores(base, teacher, student, permutation_aware=True)
     lm = {"blocks": {"0": {"up": {"kernel": np.ones((4, 8))}, "down": {"kernel": np.ones((8, 4))}}}}
-    with pytest.raises(ConfigError, match="MLP only.*toy transformer"):
-        audit.scores(lm, lm, lm, permutation_aware=True)
     with pytest.raises(ConfigError, match="student"):
         audit.scores(SPEC.init(jax.random.key(0)), SPEC.init(jax.random.key(1)), lm)
 
