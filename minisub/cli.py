@@ -1,4 +1,4 @@
-"""Command line: ``minisub run|merge|figures|report|list|runs|export|bench``.
+"""Command line: ``minisub run|merge|figures|report|list|runs|export|bench|audit``.
 
 ``minisub run EXPERIMENT --help`` lists every config field of that experiment (type, the preset's
 value, allowed values), generated from its config dataclass. Options may come before or after
@@ -404,6 +404,9 @@ def parser(module=None, preset: str | None = None) -> argparse.ArgumentParser:
     b.add_argument("--pretraining-only", action="store_true", help="lm-owl: time pretraining alone")
     b.add_argument("--no-per-arm", action="store_true", help="lm-owl: the students as one program only")
     b.set_defaults(fn=cmd_bench)
+    from minisub import cli_audit
+
+    cli_audit.add(sub)
     return p
 
 

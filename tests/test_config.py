@@ -135,7 +135,7 @@ ALTERNATIVES = dict(
     n_noise=59_999, noise="gaussian", student_epochs=6, student_lr=1e-3, student_batch=512,
     student_optimizer="sgd", loss="mse", temperature=2.0, arms=PAPER_ARMS[:2],
     trace_every=5, trait_batch=512, n_probe=500, projection="trait",
-    student_hidden=(128, 128), student_activation="tanh", match_epochs=3,
+    student_hidden=(128, 128), student_activation="tanh", match_epochs=3, teacher_order=1,
 )
 # Fields whose alternative is only valid together with others.
 OTHER_NETWORK = (Arm("other", "other_architecture", "aux"),)

@@ -8,9 +8,10 @@ by layer, the permutation of one network's units that best aligns its weights wi
 coordinate descent over layers, each step a linear assignment (``scipy.optimize
 .linear_sum_assignment``) on the similarity of incoming weights, biases and outgoing weights.
 
-Parameters are the ``nnx.State`` of ``models.MLP`` (``hidden.0 … hidden.{L-1}``, ``head``), each
-layer a kernel ``[in, out]`` and a bias ``[out]``. A permutation ``perm`` of layer ``l`` means:
-unit ``i`` of the permuted network is unit ``perm[i]`` of the original.
+Parameters are the ``nnx.State`` of ``models.MLP`` (``hidden.0 … hidden.{L-1}``, ``head``) or the
+same as plain nested dicts (``{'hidden': {0: {...}, ...}, 'head': {...}}``, hidden keys ints or digit
+strings), each layer a kernel ``[in, out]`` and a bias ``[out]``. A permutation ``perm`` of layer
+``l`` means: unit ``i`` of the permuted network is unit ``perm[i]`` of the original.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
 
+def _pure(params) -> dict:
+    return params if isinstance(params, dict) else nnx.to_pure_dict(params)
+
+
 def _layers(params) -> list[dict]:
     """[{'kernel', 'bias'}, ...] for hidden.0 … hidden.{L-1}, head, in order."""
-    pure = nnx.to_pure_dict(params)
+    pure = _pure(params)
     hidden = pure["hidden"]
     return [hidden[k] for k in sorted(hidden, key=int)] + [pure["head"]]
 
 
 def _with_layers(params, layers: list[dict]):
     """A copy of ``params`` whose layers hold ``layers``."""
-    pure = nnx.to_pure_dict(params)
-    keys = sorted(pure["hidden"], key=int)
+    keys = sorted(_pure(params)["hidden"], key=int)
     pure = {"hidden": {k: layers[i] for i, k in enumerate(keys)}, "head": layers[-1]}
+    if isinstance(params, dict):
+        return pure
     out = jax.tree.map(lambda x: x, params)
     nnx.replace_by_pure_dict(out, pure)
     return out

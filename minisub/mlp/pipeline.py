@@ -24,7 +24,7 @@ from minisub.mlp import distill
 from minisub.mlp import measure
 from minisub.mlp import mnist
 from minisub.mlp import models
-from minisub.config import ConfigError, normalise, require, require_choice, split_top
+from minisub.config import ConfigError, late, normalise, require, require_choice, split_top
 
 MNIST_TRAIN, MNIST_TEST, MNIST_PIXELS = 60_000, 10_000, 784
 
@@ -120,6 +120,10 @@ class AuxConfig:
     student_activation: str = ""
     # Epochs of the 'behaviourally_matched' lineage's pre-phase (all logits of the reference, real images).
     match_epochs: int = 5
+    # Another data order for the world's own teacher, from the same init (0: the recipe's order, that of
+    # every stored run). Two orders give two teachers of one base: the audit's positives and negatives.
+    # Committee members keep their own orders.
+    teacher_order: int = late(0)
 
     def __post_init__(self):
         normalise(self)
@@ -178,6 +182,7 @@ class AuxConfig:
             problem = a.lineage.student_problem(self.spec, self.student_spec)
             require(problem is None, "student_hidden", self.student_hidden, problem)
         require(self.match_epochs >= 1, "match_epochs", self.match_epochs, "an integer >= 1")
+        require(self.teacher_order >= 0, "teacher_order", self.teacher_order, "an integer >= 0 (0: the recipe's order)")
         if any(a.lineage.needs_fresh for a in self.arms):
             require(self.seeds >= 2, "seeds", self.seeds, ">= 2 when an arm starts from another seed's init")
 
@@ -284,8 +289,20 @@ def _classifier_epoch(cfg: AuxConfig, params, opt_state, key, images_u8, labels)
     return train.run_epoch(step, (params, opt_state), key, cfg.n_train, cfg.teacher_batch)
 
 
-def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
-    key = jax.random.fold_in(keys.stream(cfg.seed, "teacher_shuffle", i), epoch)
+def teacher_shuffle(cfg: AuxConfig, i, order=None):
+    """World ``i``'s teacher's shuffle stream; a non-zero teacher order is folded in (order 0: unchanged).
+
+    ``order`` (traced) overrides ``cfg.teacher_order``: the runner passes it so that one compiled
+    program serves every order of a recipe.
+    """
+    stream = keys.stream(cfg.seed, "teacher_shuffle", i)
+    if order is None:
+        return keys.member(stream, cfg.teacher_order) if cfg.teacher_order else stream
+    return jax.lax.cond(order > 0, lambda s: keys.member(s, order), lambda s: s, stream)
+
+
+def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels, order=None):
+    key = jax.random.fold_in(teacher_shuffle(cfg, i, order), epoch)
     (params, opt_state), loss_S = _classifier_epoch(cfg, world["teacher"], world["teacher_opt"], key, images_u8, labels)
     world = {**world, "teacher": params, "teacher_opt": opt_state}
     if cfg.n_teachers > 1:
@@ -300,9 +317,12 @@ def _teacher_epoch(cfg: AuxConfig, world, i, epoch, images_u8, labels):
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=1)
-def teacher_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels):
-    """One epoch of teacher training (and of every committee member) on MNIST class logits."""
-    fn = partial(_teacher_epoch, cfg, epoch=epoch, images_u8=images_u8, labels=labels)
+def teacher_epoch(cfg: AuxConfig, state, seed_ids, epoch, images_u8, labels, order=None):
+    """One epoch of teacher training (and of every committee member) on MNIST class logits.
+
+    ``order``: the teacher's data order, traced (None: ``cfg.teacher_order``); see ``teacher_shuffle``.
+    """
+    fn = partial(_teacher_epoch, cfg, epoch=epoch, images_u8=images_u8, labels=labels, order=order)
     return jax.vmap(lambda w, i: fn(w, i))(state, seed_ids)
 
 

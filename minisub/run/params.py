@@ -137,6 +137,12 @@ def _roots(entries: dict, template) -> list[str]:
                    if k == t or k.endswith("/" + t)})
 
 
+def select(entries: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """The entries of the tree ``name`` (``'teacher/final'``; ``''``: every entry), keyed by their path in it."""
+    prefix = name.rstrip("/") + "/" if name else ""
+    return {k[len(prefix):]: v for k, v in entries.items() if k.startswith(prefix)}
+
+
 def load(path: Path, spec, name: str | None = None):
     """The tree ``name`` of the params file ``path``, rebuilt for ``spec`` (``MLPSpec``/``TransformerSpec``).
 
@@ -149,8 +155,7 @@ def load(path: Path, spec, name: str | None = None):
         if len(roots) != 1:
             raise ParamsMismatch(f"{path} holds {len(roots)} trees for this network: name one of {', '.join(roots)}")
         name = roots[0]
-    prefix = name.rstrip("/") + "/" if name else ""
-    chosen = {k[len(prefix):]: v for k, v in entries.items() if k.startswith(prefix)}
+    chosen = select(entries, name)
     if not chosen:
         raise ParamsMismatch(f"{path} has no tree {name!r}: it holds {', '.join(roots) or 'none for this network'}")
     return unflat(template, chosen, f"{path}:{name}")

@@ -142,6 +142,9 @@ def _run_block(cfg, seed_ids, donor_ids, mnist, advance, *, on_nonfinite, experi
     test_x = jax.device_put(mnist.test_images[: cfg.n_test], replicated)
     test_y = jax.device_put(mnist.test_labels[: cfg.n_test], replicated)
     label = f"{experiment} seeds {seed_ids[0]}-{seed_ids[-1]}"
+    # The teacher's data order is a traced argument, not part of the compiled programs' static
+    # config: every order of one recipe (the audit's teachers of one base) runs on one compilation.
+    order, cfg = cfg.teacher_order, dataclasses.replace(cfg, teacher_order=0)
     start = time.perf_counter()
     state = init_population(cfg, ids, donors)
     nonfinite = np.zeros(n, bool)
@@ -151,7 +154,7 @@ def _run_block(cfg, seed_ids, donor_ids, mnist, advance, *, on_nonfinite, experi
         if phase == "match":
             state, loss = match_epoch(cfg, state, ids, epoch, train_x)
         elif phase == "teacher":
-            state, loss = teacher_epoch(cfg, state, ids, epoch, train_x, train_y)
+            state, loss = teacher_epoch(cfg, state, ids, epoch, train_x, train_y, order)
         else:
             state, out = student_epoch(cfg, state, ids, epoch, train_x, train_y, test_x, test_y)
             loss = out["loss"]

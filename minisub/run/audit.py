@@ -1,0 +1,161 @@
+"""The audit's MNIST populations: K teachers of every base, their students under each evasion, scored.
+
+World ``w`` has one base, the teacher's init θ⁰_w. Its K teachers are the published recipe run
+from θ⁰_w with K data orders (``AuxConfig.teacher_order`` 0..K−1; order 0 is the recipe's own).
+Every student arm of a run is distilled from that run's teacher, so student ``s`` of an arm
+learned from teacher ``s``: the pair (teacher t, student s) is a positive when t = s and a
+negative otherwise, a same-base student distilled from another teacher. Each evasion is one
+student arm with the atlas's spelling (``minisub.run.atlas``): liminal KL-to-init, committees
+(the world's teacher pooled with k − 1 teachers of other inits, the same in every order), the
+perturbed, interpolated and permuted lineages, and the trait-gradient projection (a second
+program per order: ``projection`` holds for every arm of a config). Both programs keep their
+parameters (``--keep-params``'s files), from which ``world_matrices`` scores every pair.
+
+Two auditors score a pair: the *informed* one knows the student's own init and can train
+control students (the other teachers' students of the same base); the *realistic* one knows
+only the public base θ⁰_w and the two trained models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from minisub import audit
+from minisub.mlp import pipeline
+from minisub.run import atlas as fams
+from minisub.run import params as params_lib
+from minisub.run import runner, store
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One evasion: the student arm it reads, from which program, and whether students are aligned first."""
+
+    id: str  # a key in the summary (no dots: claims read dotted paths)
+    label: str
+    arm: str
+    program: str = "main"  # 'main' or 'projection'
+    align: bool = False  # permutation-aware scoring (weight matching to the base)
+
+
+def _aux(name: str, lineage: str = "shared", **kw) -> pipeline.Arm:
+    return pipeline.Arm(name, lineage, "aux", **kw)
+
+
+def _key(x: float) -> str:
+    return f"{x:g}".replace(".", "p")
+
+
+SIGMAS, ALPHA = (0.02, 0.1), 0.5
+ARMS = (
+    fams.SHARED, *(_aux(f"l{lam}", liminal=lam) for lam in fams.LIMINAL),
+    *(_aux(f"c{k}", committee=k) for k in fams.COMMITTEES if k > 1),
+    *(_aux(f"sigma{s}", f"perturbed(sigma={s}, part=all)") for s in SIGMAS),
+    _aux(f"alpha{ALPHA}", f"interpolated(alpha={ALPHA})"), _aux("permuted", "permuted"),
+)
+ROWS = (
+    Row("shared", "shared init", "shared"),
+    *(Row(f"liminal_{_key(lam)}", f"liminal λ = {lam:g}", f"l{lam}") for lam in fams.LIMINAL),
+    Row("projection", "trait-gradient projection", "shared", "projection"),
+    *(Row(f"committee_{k}", f"committee of {k}", f"c{k}") for k in fams.COMMITTEES if k > 1),
+    *(Row(f"perturbed_{_key(s)}", f"perturbed init σ = {s:g}", f"sigma{s}") for s in SIGMAS),
+    Row(f"interpolated_{_key(ALPHA)}", f"interpolated init α = {ALPHA:g}", f"alpha{ALPHA}"),
+    Row("permuted_aligned", "permuted init, aligned", "permuted", align=True),
+    Row("permuted_raw", "permuted init, not aligned", "permuted"),
+)
+ROW_IDS = tuple(r.id for r in ROWS)
+
+
+def rows(ids: tuple[str, ...] = ()) -> tuple[Row, ...]:
+    """The rows named (all when ``ids`` is empty), in ``ROWS``' order."""
+    return tuple(r for r in ROWS if not ids or r.id in ids)
+
+
+def programs(recipe: pipeline.AuxConfig, orders: int, ids: tuple[str, ...] = ()) -> dict[str, list[pipeline.AuxConfig]]:
+    """{program: [its config for each teacher order]}: the rows' arms in 'main', the projection apart."""
+    chosen = rows(ids)
+    arms = tuple(a for a in ARMS if any(r.arm == a.name and r.program == "main" for r in chosen))
+    kinds = {"main": dataclasses.replace(recipe, arms=arms, projection="none") if arms else None,
+             "projection": dataclasses.replace(recipe, arms=(fams.SHARED,), projection="trait")
+             if any(r.program == "projection" for r in chosen) else None}
+    return {kind: [dataclasses.replace(cfg, teacher_order=o) for o in range(orders)]
+            for kind, cfg in kinds.items() if cfg is not None}
+
+
+def run_programs(recipe: pipeline.AuxConfig, orders: int, ids: tuple[str, ...], experiment: str, ex: runner.Execution,
+                 mnist_loader):
+    """Train (or read) every program with its parameters kept: ({program: [results]}, {program: [run dirs]}).
+
+    Each (program, order) is a run of its own under ``experiment`` (its run id: the config's
+    digest), finished with a small summary, so a killed audit resumes and ``minisub runs`` lists it.
+    """
+    from minisub import config as config_lib, stats
+
+    keep = dataclasses.replace(ex, keep_params=True, experiment=experiment)
+    results, dirs = {}, {}
+    for kind, cfgs in programs(recipe, orders, ids).items():
+        dirs[kind], results[kind] = [], []
+        for cfg in cfgs:
+            d = store.run_dir(experiment, cfg)
+            done = None if ex.force else store.load_complete(d)
+            if done is None or not params_lib.complete(d, cfg.seeds):
+                store.write_json(d / "config.json", {"config": config_lib.to_dict(cfg), **store.provenance()})
+                arrays = runner.run(cfg, mnist_loader(), d, execution=keep)
+                store.finish(d, arrays, {"experiment": experiment, "program": kind, "config": config_lib.to_dict(cfg),
+                                         "accuracy": {a: stats.mean_ci(v) for a, v in arrays["accuracy"].items()},
+                                         "seconds_per_seed": float(np.mean(arrays["seconds"]))})
+                done = (arrays, None)
+            dirs[kind].append(d)
+            results[kind].append(done[0])
+    return results, dirs
+
+
+def _trees(path: Path, names: list[str]) -> dict[str, dict]:
+    entries = params_lib.read(path)
+    return {name: params_lib.select(entries, name) for name in names}
+
+
+def world_matrices(dirs: dict[str, list[Path]], world: int, ids: tuple[str, ...] = ()) -> dict[str, dict[str, np.ndarray]]:
+    """{row id: {auditor: [K teachers, K students] update cosines (distance ratios for realistic_distance)}}.
+
+    Plus ``'teachers'``: the K × K cosines between the teachers' own updates. Raises when the
+    orders of a world disagree on its base (they share the init by construction).
+    """
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for kind in dirs:
+        mine = [r for r in rows(ids) if r.program == kind]
+        names = ["teacher/init", "teacher/final", *{f"students/{r.arm}/{x}" for r in mine for x in ("init", "final")}]
+        per_order = [_trees(params_lib.seed_path(d, world), names) for d in dirs[kind]]
+        base = per_order[0]["teacher/init"]
+        if any(not all(np.array_equal(base[k], o["teacher/init"][k]) for k in base) for o in per_order):
+            raise ValueError(f"world {world}: the teacher orders of {kind} start from different inits")
+        teachers = [o["teacher/final"] for o in per_order]
+        if "teachers" not in out:
+            out["teachers"] = {"update_cos": audit.score_matrix(base, teachers, teachers)["update_cos"]}
+        for r in mine:
+            students = [o[f"students/{r.arm}/final"] for o in per_order]
+            own = per_order[0][f"students/{r.arm}/init"]  # the same in every order: keyed by world and lineage
+            informed = audit.score_matrix(own, teachers, students, teacher_base=base, permutation_aware=r.align)
+            realistic = audit.score_matrix(base, teachers, students, permutation_aware=r.align)
+            out[r.id] = {"informed": informed["update_cos"], "realistic": realistic["update_cos"],
+                         "realistic_distance": realistic["distance_ratio"]}
+    return out
+
+
+def matrices(dirs: dict[str, list[Path]], seeds: int, ids: tuple[str, ...] = ()) -> dict[str, dict[str, list]]:
+    """``world_matrices`` of every world, stacked: {row id: {auditor: [W][K][K] lists}}."""
+    worlds = [world_matrices(dirs, w, ids) for w in range(seeds)]
+    return {row: {a: np.stack([w[row][a] for w in worlds]).tolist() for a in worlds[0][row]} for row in worlds[0]}
+
+
+def transfer(results: dict[str, list[dict]], ids: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Per row, per seed: the student's test-accuracy gain over its reference, averaged over the orders."""
+    out = {}
+    for r in rows(ids):
+        runs = results[r.program]
+        gains = [np.asarray(x["accuracy"][r.arm], np.float64) - np.asarray(x["accuracy"]["reference"]) for x in runs]
+        out[r.id] = np.mean(gains, axis=0)
+    return out
