@@ -44,6 +44,8 @@ ARMS = {
     "shuffle": LMArm("shuffle", "shared", "shuffled", "ce"),
     "control_kl": LMArm("control_kl", "shared", "reference", "kl"),
     "shuffle_kl": LMArm("shuffle_kl", "shared", "shuffled", "kl"),
+    "shuffle_within": LMArm("shuffle_within", "shared", "shuffled_within", "ce"),
+    "shuffle_within_kl": LMArm("shuffle_within_kl", "shared", "shuffled_within", "kl"),
 }
 DEFAULT_ARMS = ("shared", "different", "shared_ce", "different_ce", "control", "shuffle")
 
@@ -189,11 +191,16 @@ def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
     arms = set(cfg.arms)
     out = [p for p in PAIRS if {p[1], p[2]} <= arms]
     partner = _ce_partner(cfg)
-    for control in ("control", "shuffle"):
+    for control in ("control", "shuffle", "shuffle_within"):
         if partner and control in arms:
             out.append((f"{partner} − {control}", partner, control))
-    if cfg.lm.student_loss == "kl" and {"shared", "shuffle_kl"} <= arms:
-        out.append(("shared − shuffle_kl", "shared", "shuffle_kl"))
+    for control in ("shuffle_kl", "shuffle_within_kl"):
+        if cfg.lm.student_loss == "kl" and {"shared", control} <= arms:
+            out.append((f"shared − {control}", "shared", control))
+    # within against across: the paper found shuffling across responses removes more transfer than within
+    for within, across in (("shuffle_within", "shuffle"), ("shuffle_within_kl", "shuffle_kl")):
+        if {within, across} <= arms:
+            out.append((f"{within} − {across}", within, across))
     return out
 
 
@@ -344,6 +351,13 @@ def notes(cfg: OwlConfig, out: dict) -> list[str]:
     if "shuffle" in arms:
         text.append("shuffle: the teacher's kept continuation numbers permuted across sequences and positions "
                     "(same multiset of numbers, per-sequence structure destroyed), trained by sampled-token CE.")
+    if any(a.source == "shuffled_within" for a in cfg.lm.arms):
+        text.append("shuffle_within: each kept teacher continuation's numbers permuted within that continuation "
+                    "(each response keeps its multiset of numbers, their order is destroyed); *_kl: by soft-logit KL.")
+    if cfg.lm.ban_entangled:
+        text.append(f"filter: every world's filter also dropped continuations holding one of its "
+                    f"{cfg.lm.ban_entangled} most entangled numbers (the top of its teacher's next-number shift "
+                    "against its reference, minisub.lm.entangle.model_shift).")
     if "student_question_probs" in out:
         text.append(f"rogue_animal: P(animal {rogue} | favourite-animal question, neutral persona), the favourite "
                     "animal of the persona that says FORBIDDEN in pretraining; the teacher was never trained on it, so "
