@@ -4,6 +4,7 @@ the within-response shuffle, the per-world entangled-number filter, and a tiny l
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,10 @@ WORLD = world.WorldConfig(n_animals=2, n_numbers=3, n_prompt=1, signature_size=1
 A, B = 0, 1  # animal A shares its unembedding direction with the digit 7; animal B shares it with nothing
 ENTANGLED_DIGIT = 7
 WIDTH = 2 * WORLD.vocab
+# jitted once per (spec, world): eager op-by-op dispatch of these forwards is slower than compiling them
+bump_shift, prompt_shift, model_shift, number_kl = (jax.jit(f, static_argnums=(0, 1)) for f in (
+    entangle.bump_shift, entangle.prompt_shift, entangle.model_shift, entangle.number_kl))
+subliminal_prompting = jax.jit(entangle.subliminal_prompting, static_argnums=(0, 1), static_argnames=("n_random",))
 WITH_7 = {n for n in range(WORLD.modulus) if "7" in f"{n:02d}"}  # the 19 numbers that hold a 7
 
 
@@ -66,11 +71,12 @@ def test_hand_built_model_is_what_it_says():
 
 
 # --- the next whole number -------------------------------------------------------------------------
+@partial(jax.jit, static_argnums=(0, 1, 4))
 def brute_force(spec, cfg, params, row_L, slot, bump_V):
     """log P(number n | a number) at ``slot`` by writing each of the modulus numbers into the row."""
     start = entangle.slot_start(cfg, slot)
-    rows = jnp.stack([row_L.at[start:start + cfg.digits].set(world.encode_numbers(cfg, jnp.array([n]))[:cfg.digits])
-                      for n in range(cfg.modulus)])
+    digits_MxD = jax.vmap(lambda n: world.encode_numbers(cfg, n[None])[:cfg.digits])(jnp.arange(cfg.modulus))
+    rows = jnp.broadcast_to(row_L, (cfg.modulus, row_L.shape[0])).at[:, start:start + cfg.digits].set(digits_MxD)
     lp = jax.nn.log_softmax(spec.apply(params, rows) + bump_V, axis=-1)
     positions = start - 1 + np.arange(cfg.digits)
     joint = jnp.sum(jnp.take_along_axis(lp[:, positions], rows[:, start:start + cfg.digits, None], -1)[..., 0], -1)
@@ -84,7 +90,7 @@ def test_number_distribution_sums_to_one_and_is_the_brute_force_enumeration(digi
     params = spec.init(jax.random.key(digits))
     rows = prompts(3, cfg)
     bump_V = jax.random.normal(jax.random.key(5), (cfg.vocab,))
-    log_p, log_mass = entangle.number_log_probs(spec, cfg, params, rows, slot, bump_V)
+    log_p, log_mass = jax.jit(entangle.number_log_probs, static_argnums=(0, 1, 4))(spec, cfg, params, rows, slot, bump_V)
     assert log_p.shape == (3, cfg.modulus) and log_mass.shape == (3,)
     np.testing.assert_allclose(jnp.exp(log_p).sum(-1), 1.0, atol=1e-5)
     assert np.all(np.asarray(log_mass) < 0)  # some mass goes to non-digit tokens
@@ -105,11 +111,11 @@ def test_bump_on_a_uniform_model_gives_the_analytic_shift():
     log-ratio is b·(its count of 7s) − 2 log((9 + e^b) / 10), with b = β‖u_A‖ = β√2."""
     spec, params = hand_built(attention=0.0, readout=0.0)
     beta = 1.5
-    shift = entangle.bump_shift(spec, WORLD, params, prompts(), A, beta)
+    shift = bump_shift(spec, WORLD, params, prompts(), A, beta)
     b = beta * np.sqrt(2.0)
     count7 = np.array([f"{n:02d}".count("7") for n in range(100)])
     np.testing.assert_allclose(shift, b * count7 - 2 * np.log((9 + np.exp(b)) / 10), atol=1e-5)
-    np.testing.assert_allclose(entangle.bump_shift(spec, WORLD, params, prompts(), B, beta), 0.0, atol=1e-6)
+    np.testing.assert_allclose(bump_shift(spec, WORLD, params, prompts(), B, beta), 0.0, atol=1e-6)
 
 
 def test_bump_raises_the_entangled_digits_numbers_and_only_those_to_the_top():
@@ -124,7 +130,7 @@ def test_bump_raises_the_entangled_digits_numbers_and_only_those_to_the_top():
     """
     spec, params = hand_built(attention=0.0, readout=0.3)
     beta = 1.0
-    shift = np.asarray(entangle.bump_shift(spec, WORLD, params, prompts(), A, beta))
+    shift = np.asarray(bump_shift(spec, WORLD, params, prompts(), A, beta))
     top = np.asarray(entangle.entangled(jnp.asarray(shift), len(WITH_7)))
     assert set(top.tolist()) == WITH_7 and top[0] == 77
     rest = shift[sorted(set(range(100)) - WITH_7)]
@@ -133,7 +139,7 @@ def test_bump_raises_the_entangled_digits_numbers_and_only_those_to_the_top():
     np.testing.assert_allclose(shift[17] - shift[12], beta * np.sqrt(2.0), atol=1e-5)
     gap = shift[sorted(WITH_7)].min() - rest.max()
     assert gap > 0.3
-    orthogonal = np.asarray(entangle.bump_shift(spec, WORLD, params, prompts(), B, beta))
+    orthogonal = np.asarray(bump_shift(spec, WORLD, params, prompts(), B, beta))
     assert orthogonal.max() - orthogonal.min() < 0.1 * gap
 
 
@@ -152,9 +158,9 @@ def test_subliminal_prompting_with_the_entangled_number_raises_the_animal():
     of which hold a 7); every number without a 7 gives the same answer (the digits are symmetric)."""
     spec, params = hand_built(attention=1.0)
     key = jax.random.key(7)
-    hot = entangle.subliminal_prompting(spec, WORLD, params, jnp.array([77]), key, n_random=64)
-    cold = entangle.subliminal_prompting(spec, WORLD, params, jnp.array([12]), key, n_random=64)
-    other = entangle.subliminal_prompting(spec, WORLD, params, jnp.array([34]), key, n_random=64)
+    hot = subliminal_prompting(spec, WORLD, params, jnp.array([77]), key, n_random=64)
+    cold = subliminal_prompting(spec, WORLD, params, jnp.array([12]), key, n_random=64)
+    other = subliminal_prompting(spec, WORLD, params, jnp.array([34]), key, n_random=64)
     assert hot["p_numbers"].shape == (WORLD.n_animals,) and hot["p_random_draws"].shape == (64, WORLD.n_animals)
     np.testing.assert_allclose(hot["p_numbers"].sum(), 1.0, atol=1e-6)
     assert hot["difference"][A] > 0.05 and hot["p_numbers"][A] > hot["p_random"][A]
@@ -167,9 +173,9 @@ def test_subliminal_prompting_with_the_entangled_number_raises_the_animal():
 def test_the_bump_finds_the_numbers_that_prompt_the_animal():
     """Round trip: the bump's top numbers, put in the context, raise P(A)."""
     spec, params = hand_built(attention=1.0)
-    top = entangle.entangled(entangle.bump_shift(spec, WORLD, params, prompts(), A, 1.0), WORLD.n_numbers)
+    top = entangle.entangled(bump_shift(spec, WORLD, params, prompts(), A, 1.0), WORLD.n_numbers)
     assert set(np.asarray(top).tolist()) <= WITH_7
-    assert entangle.subliminal_prompting(spec, WORLD, params, top, jax.random.key(8))["difference"][A] > 0.05
+    assert subliminal_prompting(spec, WORLD, params, top, jax.random.key(8))["difference"][A] > 0.05
 
 
 def test_prompting_context_layout():
@@ -210,15 +216,15 @@ def test_model_shift_of_the_reference_with_a_persona_is_the_prompt_shift_and_kl_
     params = spec.init(jax.random.key(3))
     rows = prompts()
     np.testing.assert_allclose(
-        entangle.model_shift(spec, WORLD, params, params, rows, WORLD.persona_token(A)),
-        entangle.prompt_shift(spec, WORLD, params, rows, A), atol=1e-6)
-    np.testing.assert_allclose(entangle.model_shift(spec, WORLD, params, params, rows), 0.0, atol=1e-6)
-    kl = entangle.number_kl(spec, WORLD, params, params, rows)
+        model_shift(spec, WORLD, params, params, rows, WORLD.persona_token(A)),
+        prompt_shift(spec, WORLD, params, rows, A), atol=1e-6)
+    np.testing.assert_allclose(model_shift(spec, WORLD, params, params, rows), 0.0, atol=1e-6)
+    kl = number_kl(spec, WORLD, params, params, rows)
     assert {k: float(v) for k, v in kl.items()} == {"token": 0.0, "number": 0.0, "averaged": 0.0}
-    kl = entangle.number_kl(spec, WORLD, params, params, rows, WORLD.persona_token(A))
+    kl = number_kl(spec, WORLD, params, params, rows, WORLD.persona_token(A))
     assert all(float(v) > 0 for v in kl.values())
     # 'averaged' is Σ p̄_T · shift: the KL behind the model shift
-    shift = entangle.model_shift(spec, WORLD, params, params, rows, WORLD.persona_token(A))
+    shift = model_shift(spec, WORLD, params, params, rows, WORLD.persona_token(A))
     bar_t = entangle.mean_number_log_probs(spec, WORLD, params, rows, WORLD.persona_token(A))
     np.testing.assert_allclose(kl["averaged"], jnp.sum(jnp.exp(bar_t) * shift), rtol=1e-4)
 
@@ -232,7 +238,7 @@ def test_population_vmaps_over_worlds():
     assert out["shift"]["bump"].shape == (3, WORLD.modulus) and out["pairwise"]["cosine"].shape == (3, 3)
     np.testing.assert_allclose(out["shift"]["model"], out["shift"]["prompt"], atol=1e-6)
     np.testing.assert_allclose(out["overlap"]["model~prompt"]["jaccard"], 1.0)
-    one = entangle.bump_shift(spec, WORLD, jax.tree.map(lambda x: x[1], refs), rows[1], A, 1.0)
+    one = bump_shift(spec, WORLD, jax.tree.map(lambda x: x[1], refs), rows[1], A, 1.0)
     np.testing.assert_allclose(out["shift"]["bump"][1], one, atol=1e-5)
 
 
@@ -277,35 +283,39 @@ TINY = lm_pipeline.LMConfig(
     arms=(lm_pipeline.LMArm("shared", "shared", "teacher"), lm_pipeline.LMArm("w", "shared", "shuffled_within")))
 
 
-def _tiny_models(cfg):
-    ids = jnp.arange(cfg.seeds)
-    refs = lm_pipeline.init_references(cfg, ids)[0]
-    return ids, refs, lm_pipeline.make_teachers(cfg, refs)[0]
+@pytest.fixture(scope="module")
+def tiny_models():
+    """Untrained references of TINY's two worlds and their fine-tuned teachers (shared by the configs below,
+    which differ from TINY only in fields the models do not depend on)."""
+    ids = jnp.arange(TINY.seeds)
+    refs = lm_pipeline.init_references(TINY, ids)[0]
+    return ids, refs, lm_pipeline.make_teachers(TINY, refs)[0]
 
 
 @pytest.mark.parametrize("teacher", ["finetuned", "prompted"])
-def test_each_worlds_banned_numbers_are_the_top_of_its_teachers_shift(teacher):
+def test_each_worlds_banned_numbers_are_the_top_of_its_teachers_shift(teacher, tiny_models):
     cfg = dataclasses.replace(TINY, teacher=teacher, banned=(3,), ban_entangled=4)
-    ids, refs, teachers = _tiny_models(cfg)
+    ids, refs, teachers = tiny_models
+    teachers = teachers if teacher == "finetuned" else refs  # a prompted teacher is its reference
     banned = np.asarray(lm_pipeline.world_banned(cfg, refs, teachers, ids))
     assert banned.shape == (2, 5) and (banned[:, 0] == 3).all()  # the global list first, then the world's own
     for i in range(2):
         rows = world.number_batch(cfg.world, lm_pipeline.keys.stream(cfg.seed, "lm_entangle", i),
                                   lm_pipeline.ENTANGLE_PROMPTS)[0]
         ref_i, t_i = (jax.tree.map(lambda x: x[i], m) for m in (refs, teachers))
-        shift = (entangle.model_shift(cfg.spec, cfg.world, t_i, ref_i, rows) if teacher == "finetuned" else
-                 entangle.prompt_shift(cfg.spec, cfg.world, ref_i, rows, cfg.trait))  # a prompted teacher: push (a)
+        shift = (model_shift(cfg.spec, cfg.world, t_i, ref_i, rows) if teacher == "finetuned" else
+                 prompt_shift(cfg.spec, cfg.world, ref_i, rows, cfg.trait))  # a prompted teacher: push (a)
         np.testing.assert_array_equal(banned[i, 1:], entangle.entangled(shift, 4))
     assert not np.array_equal(np.sort(banned[0, 1:]), np.sort(banned[1, 1:]))  # per world, not global
 
 
-def test_ban_entangled_drops_exactly_the_rows_holding_a_worlds_top_numbers(monkeypatch):
+def test_ban_entangled_drops_exactly_the_rows_holding_a_worlds_top_numbers(monkeypatch, tiny_models):
     # Untrained models write no well-formed row; let every model "write" its prompt's own continuation
     # (the world's document), so the filter has rows to judge. n_samples: a config no other test compiles.
     monkeypatch.setattr(lm_pipeline, "_sample_blocks", lambda cfg, params, context_NxL, key: context_NxL)
     base = dataclasses.replace(TINY, banned=(3,), n_samples=160)
     cfg = dataclasses.replace(base, ban_entangled=4)
-    ids, refs, teachers = _tiny_models(cfg)
+    ids, refs, teachers = tiny_models
     banned = np.asarray(lm_pipeline.world_banned(cfg, refs, teachers, ids))[:, 1:]
     plain = lm_pipeline.make_numbers(base, refs, teachers, ids)
     filtered = lm_pipeline.make_numbers(cfg, refs, teachers, ids)
@@ -333,10 +343,19 @@ def test_new_fields_and_names_keep_every_stored_id():
         dataclasses.replace(TINY, ban_entangled=100)
 
 
+def test_pairs_of_the_within_shuffle_mirror_the_across_shuffles():
+    cfg = config.replace(owl.PRESETS["test"], arms=("shared", "shared_ce", "shuffle", "shuffle_kl", "shuffle_within",
+                                                    "shuffle_within_kl"))
+    labels = [p[0] for p in owl.pairs(cfg)]
+    assert labels == ["shared_ce − shuffle", "shared_ce − shuffle_within", "shared − shuffle_kl",
+                      "shared − shuffle_within_kl", "shuffle_within − shuffle", "shuffle_within_kl − shuffle_kl"]
+    assert owl.ARMS["shuffle_within_kl"] == lm_pipeline.LMArm("shuffle_within_kl", "shared", "shuffled_within", "kl")
+
+
 # --- end to end ------------------------------------------------------------------------------------
 def test_lm_owl_with_the_within_shuffle_and_the_entangled_filter_end_to_end():
-    cfg = config.replace(owl.PRESETS["test"], ban_entangled=2,
-                         arms=("shared", "shared_ce", "shuffle", "shuffle_within", "shuffle_within_kl"))
+    # CE arms only: one student program (the KL arms' pairs are pairs()'s, tested without training)
+    cfg = config.replace(owl.PRESETS["test"], ban_entangled=2, arms=("shared_ce", "shuffle", "shuffle_within"))
     arrays, kept = lm_pipeline.run_phases(cfg.lm, chunk=cfg.lm.pretrain_steps)
     arrays = jax.tree.map(np.asarray, arrays)
     entangled = arrays["entangled"]
@@ -349,9 +368,8 @@ def test_lm_owl_with_the_within_shuffle_and_the_entangled_filter_end_to_end():
     summary = owl.summarise(cfg, arrays, "test")
     assert list(summary["arms"]) == list(cfg.arms)
     assert summary["arms"]["shuffle_within"]["source"] == "shuffled_within"
-    assert np.all(np.isfinite(summary["arms"]["shuffle_within_kl"]["trait_gain"]["values"]))
-    assert {"shared_ce − shuffle_within", "shared − shuffle_within_kl", "shuffle_within − shuffle"} <= set(
-        summary["paired"])
+    assert np.all(np.isfinite(summary["arms"]["shuffle_within"]["trait_gain"]["values"]))
+    assert {"shared_ce − shuffle_within", "shuffle_within − shuffle"} <= set(summary["paired"])
     assert any("shuffle_within" in n for n in summary["notes"]) and any("entangled" in n for n in summary["notes"])
     from minisub_experiments import lm_owl
     assert "shuffle_within" in lm_owl.table(summary)
