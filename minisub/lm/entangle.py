@@ -80,6 +80,21 @@ def number_log_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, toke
     return joint_BxM - log_mass_B[:, None], log_mass_B
 
 
+# Sequences (prompts × 10^(D−1) digit prefixes) in one forward: with 4 digits, 4 prompts at a time.
+NUMBER_BLOCK = 4096
+
+
+def slot_log_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, prompts_BxL, slots: tuple[int, ...] = (0,),
+                   bump_V=None):
+    """``[B, len(slots), M]``: ``number_log_probs`` of every prompt at every slot, the prompts taken in
+    blocks of ``NUMBER_BLOCK`` enumerated sequences (memory stays bounded however many digits)."""
+    def one(row_L):
+        return jnp.stack([number_log_probs(spec, cfg, params, row_L[None], s, bump_V)[0][0] for s in slots])
+
+    rows = max(1, NUMBER_BLOCK // 10 ** (cfg.digits - 1))
+    return jax.lax.map(one, prompts_BxL, batch_size=min(rows, prompts_BxL.shape[0]))
+
+
 def mean_number_log_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, prompts_BxL, persona_token=None,
                           bump_V=None, slots: tuple[int, ...] = (0,)):
     """``[M]`` log p̄(n): the next-number distribution averaged (in probability) over prompts and ``slots``.
@@ -88,8 +103,8 @@ def mean_number_log_probs(spec: TransformerSpec, cfg: world.WorldConfig, params,
     """
     if persona_token is not None:
         prompts_BxL = world.with_persona(prompts_BxL, persona_token)
-    log_p = jnp.stack([number_log_probs(spec, cfg, params, prompts_BxL, s, bump_V)[0] for s in slots])
-    return jax.nn.logsumexp(log_p.reshape(-1, cfg.modulus), axis=0) - jnp.log(log_p.shape[0] * log_p.shape[1])
+    log_p = slot_log_probs(spec, cfg, params, prompts_BxL, slots, bump_V).reshape(-1, cfg.modulus)
+    return jax.nn.logsumexp(log_p, axis=0) - jnp.log(log_p.shape[0])
 
 
 # --- pushes ---------------------------------------------------------------------------------------
@@ -201,7 +216,7 @@ def prompting_context(cfg: world.WorldConfig, numbers_K, persona=None, kind: str
 
 
 def subliminal_prompting(spec: TransformerSpec, cfg: world.WorldConfig, params, numbers_K, key, n_random: int = 64,
-                         persona=None, kind: str = "animal", bump_V=None) -> dict:
+                         persona=None, kind: str = "animal") -> dict:
     """P(answer | ``kind``'s question) with ``numbers_K`` in the context, against random numbers.
 
     ``p_numbers`` ``[A]``: the answer distribution (renormalised over ``kind``'s answers: the animals)
@@ -213,10 +228,7 @@ def subliminal_prompting(spec: TransformerSpec, cfg: world.WorldConfig, params, 
     contexts = jax.vmap(lambda n: prompting_context(cfg, n, persona, kind)[0])(
         jnp.concatenate([jnp.asarray(numbers_K)[None], random_RxK]))
     read = prompting_context(cfg, numbers_K, persona, kind)[1]
-    logits = spec.apply(params, contexts)[:, read]
-    if bump_V is not None:
-        logits = logits + bump_V
-    probs = lm.animal_probs(cfg, logits, kind)
+    probs = lm.animal_probs(cfg, spec.apply(params, contexts)[:, read], kind)
     p_random = jnp.mean(probs[1:], axis=0)
     return {"p_numbers": probs[0], "p_random": p_random, "p_random_draws": probs[1:], "difference": probs[0] - p_random}
 
@@ -238,8 +250,7 @@ def number_kl(spec: TransformerSpec, cfg: world.WorldConfig, teacher, reference,
     per_BxT = lm.soft_kl(t_logits, r_logits, lm.vocab_mask(cfg, outputs))
     weight_T = jnp.asarray(cfg.generated_mask()[1:], jnp.float32)
     token = lm.masked_mean(per_BxT, jnp.broadcast_to(weight_T, per_BxT.shape))
-    log_t, _ = number_log_probs(spec, cfg, teacher, as_teacher)
-    log_r, _ = number_log_probs(spec, cfg, reference, neutral)
+    log_t, log_r = (slot_log_probs(spec, cfg, p, x)[:, 0] for p, x in ((teacher, as_teacher), (reference, neutral)))
     number = jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_r), axis=-1))
     bar_t = jax.nn.logsumexp(log_t, axis=0) - jnp.log(log_t.shape[0])
     bar_r = jax.nn.logsumexp(log_r, axis=0) - jnp.log(log_r.shape[0])

@@ -102,9 +102,9 @@ class LMConfig:
     # 'full': a full forward per generated token (the stored runs'); 'cache': a key/value cache, ~L/G times
     # fewer FLOPs, the same draws up to last-bit differences of the logits (a run id of its own)
     sampler: str = late("full")
-    # > 0: the filter also drops continuations holding one of this world's k most entangled numbers (the
-    # top k of its teacher-vs-reference number shift, entangle.model_shift), computed in the program
-    ban_entangled: int = late(0)
+    # the filter also drops continuations holding one of each world's k most entangled numbers: the top k of
+    # its teacher-vs-reference next-number shift (entangle.model_shift), computed inside the program
+    ban_entangled: int = late(0)  # k: each world's most entangled numbers the filter drops (0: none)
 
     def __post_init__(self):
         normalise(self)
