@@ -360,6 +360,7 @@ def test_lm_owl_with_the_within_shuffle_and_the_entangled_filter_end_to_end():
     arrays = jax.tree.map(np.asarray, arrays)
     entangled = arrays["entangled"]
     assert entangled.shape == (cfg.seeds, 2)
+    np.testing.assert_array_equal(np.asarray(kept["banned"]), entangled)  # no global ban: the world's own only
     numbers = kept["numbers"]
     for i in range(cfg.seeds):
         t = numbers["teacher"]

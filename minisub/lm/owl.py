@@ -204,13 +204,15 @@ def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
     return out
 
 
-def _with_sources(lmc: LMConfig, numbers: dict, sources, references, teachers, seed_ids) -> dict:
-    """``numbers`` plus any of ``sources`` no arm read, sampled as ``make_numbers`` would (same keys)."""
+def _with_sources(lmc: LMConfig, numbers: dict, sources, references, teachers, seed_ids, banned_SxK=None) -> dict:
+    """``numbers`` plus any of ``sources`` no arm read, sampled as ``make_numbers`` would (same keys, and
+    ``banned_SxK``: the run's own per-world filter lists)."""
     missing = tuple(s for s in sources if s not in numbers)
     if not missing:
         return numbers
     arms = tuple(LMArm(f"_{s}", "shared", s) for s in missing)
-    return {**numbers, **lm_pipeline.make_numbers(dataclasses.replace(lmc, arms=arms), references, teachers, seed_ids)}
+    return {**numbers, **lm_pipeline.make_numbers(dataclasses.replace(lmc, arms=arms), references, teachers, seed_ids,
+                                                  banned_SxK)}
 
 
 def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
@@ -222,7 +224,7 @@ def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
     out, kept = lm_pipeline.run_phases(lmc, log, chunk, cache=True)
     references, teachers, numbers, seed_ids = (kept[k] for k in ("references", "teachers", "numbers", "seed_ids"))
     numbers = _with_sources(lmc, numbers, ("teacher", "reference") if cfg.detect else ("teacher",), references,
-                            teachers, seed_ids)
+                            teachers, seed_ids, kept["banned"])
     if cfg.diagnostic:
         if log:
             log(f"diagnostic: {cfg.diagnostic_iters} CG steps on {cfg.diagnostic_sequences} sequences per world")
