@@ -101,7 +101,7 @@ def test_number_distribution_sums_to_one_and_is_the_brute_force_enumeration(digi
 
 
 def test_slots_outside_the_continuation_are_refused():
-    with pytest.raises(ValueError, match="slot=2"):
+    with pytest.raises(config.ConfigError, match="slot=2"):
         entangle.slot_start(WORLD, WORLD.n_numbers - WORLD.n_prompt)
 
 
@@ -182,7 +182,7 @@ def test_prompting_context_layout():
     tokens, read = entangle.prompting_context(WORLD, jnp.array([70, 5]), persona=None)
     head = [world.BOS, WORLD.neutral, world.NUMBERS, 7, 0, world.SEP, 0, 5, world.QUESTION]
     assert tokens.tolist() == head + [world.PAD] * (WORLD.context - len(head)) and read == len(head) - 1
-    with pytest.raises(ValueError, match="numbers=4"):
+    with pytest.raises(config.ConfigError, match="numbers=4"):
         entangle.prompting_context(WORLD, jnp.arange(4))
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minisub import tree
+from minisub.config import require
 from minisub.lm import core as lm
 from minisub.lm import world
 from minisub.lm.transformer import TransformerSpec
@@ -41,8 +42,7 @@ from minisub.lm.transformer import TransformerSpec
 def slot_start(cfg: world.WorldConfig, slot: int) -> int:
     """The position of the first digit of generated number ``slot`` (0: the first one the teacher writes)."""
     generated = cfg.n_numbers - cfg.n_prompt
-    if not 0 <= slot < generated:
-        raise ValueError(f"slot={slot} is not allowed: slot must be in [0, {generated - 1}]")
+    require(0 <= slot < generated, "slot", slot, f"in [0, n_numbers - n_prompt - 1 = {generated - 1}]")
     return world.PREFIX + (cfg.n_prompt + slot) * (cfg.digits + 1)
 
 
@@ -73,7 +73,7 @@ def number_log_probs(spec: TransformerSpec, cfg: world.WorldConfig, params, toke
     logits = spec.apply(params, x_BxJxT.reshape(B * J, start + D - 1))[:, start - 1:]
     if bump_V is not None:
         logits = logits + bump_V
-    lp_BxJxDx10 = jax.nn.log_softmax(logits, axis=-1)[..., :10].reshape(B, J, D, 10)
+    lp_BxJxDx10 = jax.nn.log_softmax(logits, axis=-1)[..., :10].reshape(B, J, D, 10)  # digits are tokens 0..9
     joint_BxMxD = lp_BxJxDx10[:, jnp.asarray(prefix_M)[:, None], jnp.arange(D)[None, :], jnp.asarray(digits_MxD)]
     joint_BxM = jnp.sum(joint_BxMxD, axis=-1)
     log_mass_B = jax.nn.logsumexp(joint_BxM, axis=-1)
@@ -206,8 +206,7 @@ def prompting_context(cfg: world.WorldConfig, numbers_K, persona=None, kind: str
     (None: neutral); ``kind``'s prompt token (the favourite-animal question, or the command).
     """
     K = numbers_K.shape[0]
-    if not 1 <= K <= cfg.n_numbers:
-        raise ValueError(f"numbers={K} is not allowed: numbers must hold 1 to n_numbers={cfg.n_numbers} values")
+    require(1 <= K <= cfg.n_numbers, "numbers", K, f"a count in [1, n_numbers = {cfg.n_numbers}]")
     persona_token = cfg.neutral if persona is None else cfg.persona_token(persona)
     body = world.encode_numbers(cfg, jnp.asarray(numbers_K)).at[-1].set(cfg.prompt_token(kind))
     head = jnp.concatenate([jnp.array([world.BOS]), jnp.asarray(persona_token)[None], jnp.array([world.NUMBERS]),
@@ -270,11 +269,12 @@ def world_measures(spec: TransformerSpec, cfg: world.WorldConfig, reference, tea
             "overlap": {f"{a}~{b}": overlap(shifts[a], shifts[b], k) for a, b in pairs}}
 
 
-@partial(jax.jit, static_argnames=("spec", "cfg", "animal", "teacher_persona", "beta", "k", "slots"))
-def population(spec: TransformerSpec, cfg: world.WorldConfig, references, teachers, prompts_SxBxL, *, animal: int,
-               teacher_persona: int, beta: float, k: int, slots: tuple[int, ...] = (0,)) -> dict:
+@partial(jax.jit, static_argnames=("spec", "cfg", "k", "slots"))
+def population(spec: TransformerSpec, cfg: world.WorldConfig, references, teachers, prompts_SxBxL, *, animal,
+               teacher_persona, beta, k: int, slots: tuple[int, ...] = (0,)) -> dict:
     """``world_measures`` of every world (a leading seed axis on every argument and result), plus
-    ``pairwise``: the overlap of every pair of worlds' model shifts (``[S, S]``: init-specific?)."""
+    ``pairwise``: the overlap of every pair of worlds' model shifts (``[S, S]``: init-specific?).
+    ``animal``, ``teacher_persona`` (a token) and ``beta`` are traced: one compiled program for any of them."""
     one = partial(world_measures, spec, cfg, animal=animal, teacher_persona=teacher_persona, beta=beta, k=k,
                   slots=slots)
     out = jax.vmap(one)(references, teachers, prompts_SxBxL)
