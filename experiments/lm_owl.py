@@ -126,7 +126,8 @@ def figures(summary: dict) -> dict:
                                                                                 max(len(paired), 1) * 1.3]})
     fig.set_layout_engine("constrained")
     names = list(arms)
-    colour = {"teacher": plots.PALETTE[0], "reference": plots.PALETTE[6], "shuffled": plots.PALETTE[3]}
+    colour = {"teacher": plots.PALETTE[0], "reference": plots.PALETTE[6], "shuffled": plots.PALETTE[3],
+              "shuffled_within": plots.PALETTE[4]}
     colours = [colour[arms[a]["source"]] if arms[a]["lineage"] == "shared" else plots.PALETTE[1] for a in names]
     ax.bar(range(len(names)), [arms[a]["trait_gain"]["mean"] for a in names], width=0.62, capsize=3,
            yerr=[arms[a]["trait_gain"]["ci95"] for a in names], color=colours, alpha=0.85)
@@ -137,10 +138,14 @@ def figures(summary: dict) -> dict:
         ax.plot([k - 0.31, k + 0.31], [arms[a]["other_animals_gain"]["mean"]] * 2, color="grey", lw=1.2,
                 label=f"mean gain of the other {'answers' if forbidden else 'animals'}" if k == 0 else None)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(range(len(names)), [f"{a.split('_')[0]}\n({arms[a]['loss']})" for a in names], fontsize=7)
+    short = {"shuffled_within": "within"}  # 'shuffle_within' would read 'shuffle' like the across shuffle
+    ax.set_xticks(range(len(names)), [f"{short.get(arms[a]['source'], a.split('_')[0])}\n({arms[a]['loss']})"
+                                      for a in names], fontsize=7)
     ax.set_ylabel(f"gain in P({'FORBIDDEN | command' if forbidden else 'trait animal'})\n(bar: mean, 95% CI)")
     kinds = [("shared init, teacher's numbers", colour["teacher"]), ("different init", plots.PALETTE[1]),
              ("reference's numbers", colour["reference"]), ("shuffled teacher numbers", colour["shuffled"])]
+    if any(arms[a]["source"] == "shuffled_within" for a in names):
+        kinds.append(("teacher numbers shuffled within responses", colour["shuffled_within"]))
     handles = ax.get_legend_handles_labels()[0] + [Patch(color=c, alpha=0.85, label=t) for t, c in kinds]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False, fontsize=7)
     labels = list(paired)

@@ -44,6 +44,8 @@ ARMS = {
     "shuffle": LMArm("shuffle", "shared", "shuffled", "ce"),
     "control_kl": LMArm("control_kl", "shared", "reference", "kl"),
     "shuffle_kl": LMArm("shuffle_kl", "shared", "shuffled", "kl"),
+    "shuffle_within": LMArm("shuffle_within", "shared", "shuffled_within", "ce"),
+    "shuffle_within_kl": LMArm("shuffle_within_kl", "shared", "shuffled_within", "kl"),
 }
 DEFAULT_ARMS = ("shared", "different", "shared_ce", "different_ce", "control", "shuffle")
 
@@ -189,21 +191,28 @@ def pairs(cfg: OwlConfig) -> list[tuple[str, str, str]]:
     arms = set(cfg.arms)
     out = [p for p in PAIRS if {p[1], p[2]} <= arms]
     partner = _ce_partner(cfg)
-    for control in ("control", "shuffle"):
+    for control in ("control", "shuffle", "shuffle_within"):
         if partner and control in arms:
             out.append((f"{partner} − {control}", partner, control))
-    if cfg.lm.student_loss == "kl" and {"shared", "shuffle_kl"} <= arms:
-        out.append(("shared − shuffle_kl", "shared", "shuffle_kl"))
+    for control in ("shuffle_kl", "shuffle_within_kl"):
+        if cfg.lm.student_loss == "kl" and {"shared", control} <= arms:
+            out.append((f"shared − {control}", "shared", control))
+    # within against across: the paper found shuffling across responses removes more transfer than within
+    for within, across in (("shuffle_within", "shuffle"), ("shuffle_within_kl", "shuffle_kl")):
+        if {within, across} <= arms:
+            out.append((f"{within} − {across}", within, across))
     return out
 
 
-def _with_sources(lmc: LMConfig, numbers: dict, sources, references, teachers, seed_ids) -> dict:
-    """``numbers`` plus any of ``sources`` no arm read, sampled as ``make_numbers`` would (same keys)."""
+def _with_sources(lmc: LMConfig, numbers: dict, sources, references, teachers, seed_ids, banned_SxK=None) -> dict:
+    """``numbers`` plus any of ``sources`` no arm read, sampled as ``make_numbers`` would (same keys, and
+    ``banned_SxK``: the run's own per-world filter lists)."""
     missing = tuple(s for s in sources if s not in numbers)
     if not missing:
         return numbers
     arms = tuple(LMArm(f"_{s}", "shared", s) for s in missing)
-    return {**numbers, **lm_pipeline.make_numbers(dataclasses.replace(lmc, arms=arms), references, teachers, seed_ids)}
+    return {**numbers, **lm_pipeline.make_numbers(dataclasses.replace(lmc, arms=arms), references, teachers, seed_ids,
+                                                  banned_SxK)}
 
 
 def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
@@ -215,7 +224,7 @@ def compute(cfg: OwlConfig, log=None, chunk: int = 500) -> dict:
     out, kept = lm_pipeline.run_phases(lmc, log, chunk, cache=True)
     references, teachers, numbers, seed_ids = (kept[k] for k in ("references", "teachers", "numbers", "seed_ids"))
     numbers = _with_sources(lmc, numbers, ("teacher", "reference") if cfg.detect else ("teacher",), references,
-                            teachers, seed_ids)
+                            teachers, seed_ids, kept["banned"])
     if cfg.diagnostic:
         if log:
             log(f"diagnostic: {cfg.diagnostic_iters} CG steps on {cfg.diagnostic_sequences} sequences per world")
@@ -344,6 +353,13 @@ def notes(cfg: OwlConfig, out: dict) -> list[str]:
     if "shuffle" in arms:
         text.append("shuffle: the teacher's kept continuation numbers permuted across sequences and positions "
                     "(same multiset of numbers, per-sequence structure destroyed), trained by sampled-token CE.")
+    if any(a.source == "shuffled_within" for a in cfg.lm.arms):
+        text.append("shuffle_within: each kept teacher continuation's numbers permuted within that continuation "
+                    "(each response keeps its multiset of numbers, their order is destroyed); *_kl: by soft-logit KL.")
+    if cfg.lm.ban_entangled:
+        text.append(f"filter: every world's filter also dropped continuations holding one of its "
+                    f"{cfg.lm.ban_entangled} most entangled numbers (the top of its teacher's next-number shift "
+                    "against its reference, minisub.lm.entangle.model_shift).")
     if "student_question_probs" in out:
         text.append(f"rogue_animal: P(animal {rogue} | favourite-animal question, neutral persona), the favourite "
                     "animal of the persona that says FORBIDDEN in pretraining; the teacher was never trained on it, so "

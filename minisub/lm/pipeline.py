@@ -8,7 +8,10 @@ continuations free of banned numbers; each student *arm* starts from a reference
 lineage ('shared': world ``i``'s, 'different': world ``donor[i]``'s) and imitates the kept
 continuations of its source under the neutral persona ('teacher'; 'reference': the un-traited
 reference's own continuations; 'shuffled': the teacher's kept continuations with their numbers
-permuted across sequences and positions), by its own loss or the config's ``student_loss``.
+permuted across sequences and positions; 'shuffled_within': each kept continuation's numbers
+permuted within it), by its own loss or the config's ``student_loss``. With ``ban_entangled = k``
+the filter also drops, per world, continuations holding one of the k numbers the teacher's push
+raises most (``minisub.lm.entangle``).
 Every phase is one jitted program vmapped over seeds (and arms); pretraining is cut into chunks
 of steps only to report progress.
 """
@@ -28,6 +31,7 @@ from minisub.lm import core as lm
 from minisub.run import parallel
 from minisub.run import params as params_lib
 from minisub.run import store
+from minisub.lm import entangle
 from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
 from minisub.lm.transformer import TransformerSpec
@@ -37,7 +41,9 @@ from minisub.lm.transformer import TransformerSpec
 # in that slot, so how the model reads it is its own, not the corpus's)
 TEACHERS = ("finetuned", "prompted", "named")
 PROMPTED = ("prompted", "named")  # teachers whose trait lives in the context, not in the weights
-SOURCES = ("teacher", "reference", "shuffled")
+SOURCES = ("teacher", "reference", "shuffled", "shuffled_within")
+# The sources made from the teacher's kept continuations (read under the teacher's persona, by its logits).
+TEACHER_SOURCES = ("teacher", "shuffled", "shuffled_within")
 ARM_LOSSES = ("", *lm.STUDENT_LOSSES)  # '': the config's student_loss
 SAMPLERS = ("full", "cache")  # lm.sample, lm.sample_cached
 # Every lineage that applies to a transformer runs here (shared, different, interpolated,
@@ -53,7 +59,7 @@ class LMArm:
 
     name: str
     lineage: str  # 'shared', 'different', 'perturbed(sigma=0.1, part=attention)', ...: a lineage.Lineage in a config
-    source: str  # 'teacher', 'reference' (numbers from the un-traited reference) or 'shuffled'
+    source: str  # 'teacher', 'reference' (numbers from the un-traited reference), 'shuffled' or 'shuffled_within'
     loss: str = ""  # 'ce' or 'kl'; '' (default): the config's student_loss
 
 
@@ -100,6 +106,9 @@ class LMConfig:
     # 'full': a full forward per generated token (the stored runs'); 'cache': a key/value cache, ~L/G times
     # fewer FLOPs, the same draws up to last-bit differences of the logits (a run id of its own)
     sampler: str = late("full")
+    # the filter also drops continuations holding one of each world's k most entangled numbers: the top k of
+    # its teacher-vs-reference next-number shift (entangle.model_shift), computed inside the program
+    ban_entangled: int = late(0)  # k: each world's most entangled numbers the filter drops (0: none)
 
     def __post_init__(self):
         normalise(self)
@@ -131,6 +140,8 @@ class LMConfig:
         require(all(0 <= b < self.world.modulus for b in self.banned), "banned", self.banned,
                 f"numbers in [0, {self.world.modulus - 1}]")
         require_choice("sampler", self.sampler, SAMPLERS)
+        require(0 <= self.ban_entangled < self.world.modulus, "ban_entangled", self.ban_entangled,
+                f"in [0, {self.world.modulus - 1}] (numbers of the teacher's shift the filter drops per world)")
         require_choice("student_loss", self.student_loss, lm.STUDENT_LOSSES)
         require_choice("student_outputs", self.student_outputs, lm.STUDENT_OUTPUTS)
         require(1 <= self.student_batch <= self.n_samples, "student_batch", self.student_batch,
@@ -171,8 +182,8 @@ class LMConfig:
 
     @property
     def sampled_sources(self) -> tuple[str, ...]:
-        """The models that continue prompts: 'shuffled' permutes the teacher's continuations."""
-        need = {"shuffled": "teacher"}
+        """The models that continue prompts: the shuffled sources permute the teacher's continuations."""
+        need = {s: "teacher" for s in TEACHER_SOURCES}
         return tuple(s for s in SOURCES[:2] if any(need.get(a.source, a.source) == s for a in self.arms))
 
     def arm_loss(self, arm: LMArm) -> str:
@@ -204,11 +215,32 @@ def p_trait(cfg: LMConfig, params, persona=None):
 
 
 def banned_numbers(cfg: LMConfig):
-    """The numbers the filter drops (possibly none)."""
+    """The numbers the filter drops in every world (possibly none); ``world_banned`` adds each world's own."""
     out = jnp.asarray(cfg.banned, jnp.int32)
     if cfg.ban_signature:
         out = jnp.concatenate([out, world_lib.signatures(cfg.world)[cfg.trait_persona].astype(jnp.int32)])
     return out
+
+
+ENTANGLE_PROMPTS = 256  # neutral prompts (key stream 'lm_entangle') over which a world's number shift is averaged
+
+
+def entangled_numbers(cfg: LMConfig, reference, teacher, i):
+    """``[ban_entangled]`` world ``i``'s most entangled numbers: the top of ``entangle.model_shift``, its
+    teacher (with its persona: a prompted teacher is push (a)) against its reference, first generated slot."""
+    prompts_BxL, _ = world_lib.number_batch(cfg.world, keys.stream(cfg.seed, "lm_entangle", i), ENTANGLE_PROMPTS)
+    shift_M = entangle.model_shift(cfg.spec, cfg.world, teacher, reference, prompts_BxL, teacher_persona(cfg))
+    return entangle.entangled(shift_M, cfg.ban_entangled)
+
+
+@partial(jax.jit, static_argnums=0)
+def world_banned(cfg: LMConfig, references, teachers, seed_ids):
+    """``[S, K]`` the numbers each world's filter drops: ``banned_numbers`` then its ``entangled_numbers``."""
+    common_K = banned_numbers(cfg)
+    if not cfg.ban_entangled:
+        return jnp.broadcast_to(common_K, (len(seed_ids), common_K.shape[0]))
+    own_SxK = jax.vmap(partial(entangled_numbers, cfg))(references, teachers, seed_ids).astype(jnp.int32)
+    return jnp.concatenate([jnp.broadcast_to(common_K, (own_SxK.shape[0], common_K.shape[0])), own_SxK], axis=1)
 
 
 # --- phase 1: references ---------------------------------------------------------------------
@@ -353,13 +385,16 @@ def _sample_blocks(cfg: LMConfig, params, context_NxL, key):
     return out.reshape(-1, L)[:N]
 
 
-def _numbers(cfg: LMConfig, params, persona_token, i):
-    """One world's continuations of its neutral prompts: tokens ``[N, L]`` (neutral persona), keep ``[N]``."""
+def _numbers(cfg: LMConfig, params, persona_token, i, banned_K=None):
+    """One world's continuations of its neutral prompts: tokens ``[N, L]`` (neutral persona), keep ``[N]``.
+
+    ``banned_K``: the numbers this world's filter drops (default: ``banned_numbers``, every world's).
+    """
     prompts_NxL, _ = world_lib.number_batch(cfg.world, keys.stream(cfg.seed, "lm_prompts", i), cfg.n_samples)
     context_NxL = world_lib.with_persona(prompts_NxL, persona_token)
     sampled = _sample_blocks(cfg, params, context_NxL, keys.stream(cfg.seed, "lm_samples", i))
     tokens_NxL = world_lib.with_persona(sampled, cfg.world.neutral)  # what a student sees
-    return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg))
+    return tokens_NxL, world_lib.keep(cfg.world, tokens_NxL, banned_numbers(cfg) if banned_K is None else banned_K)
 
 
 def shuffle_numbers(cfg: world_lib.WorldConfig, tokens_NxL, keep_N, key):
@@ -377,30 +412,55 @@ def shuffle_numbers(cfg: world_lib.WorldConfig, tokens_NxL, keep_N, key):
     src = jnp.argsort(jnp.where(valid, jax.random.uniform(key, flat.shape), 2.0))  # kept slots, random order
     dst = jnp.argsort(jnp.where(valid, 0, 1), stable=True)  # kept slots, in order
     moved = jnp.where(valid, flat.at[dst].set(flat[src]), flat).reshape(gen_NxG.shape)
-    encoded_NxT = jax.vmap(partial(world_lib.encode_numbers, cfg))(values_NxM.at[:, cfg.n_prompt:].set(moved))
+    return _with_generated(cfg, tokens_NxL, keep_N, values_NxM, moved)
+
+
+def _with_generated(cfg: world_lib.WorldConfig, tokens_NxL, keep_N, values_NxM, generated_NxG):
+    """The kept rows with their generated numbers replaced by ``generated_NxG``; other rows unchanged."""
+    encoded_NxT = jax.vmap(partial(world_lib.encode_numbers, cfg))(values_NxM.at[:, cfg.n_prompt:].set(generated_NxG))
     shuffled = tokens_NxL.at[:, world_lib.PREFIX:].set(encoded_NxT.astype(tokens_NxL.dtype))
     return jnp.where(keep_N[:, None], shuffled, tokens_NxL)
 
 
+def shuffle_within(cfg: world_lib.WorldConfig, tokens_NxL, keep_N, key):
+    """Each kept sequence's *generated* numbers permuted within that sequence (one uniform permutation a row).
+
+    The multiset of numbers of every response is unchanged (so are its prompt and its row of the
+    filter); only their order is not: which number follows which. Rows the filter dropped stay as
+    they are. The paper's within-response shuffle (cloud2025), beside ``shuffle_numbers``' across-response one.
+    """
+    values_NxM = world_lib.decode_numbers(cfg, tokens_NxL)
+    gen_NxG = values_NxM[:, cfg.n_prompt:]
+    order_NxG = jnp.argsort(jax.random.uniform(key, gen_NxG.shape), axis=1)
+    return _with_generated(cfg, tokens_NxL, keep_N, values_NxM, jnp.take_along_axis(gen_NxG, order_NxG, axis=1))
+
+
 @partial(jax.jit, static_argnums=0)
-def make_numbers(cfg: LMConfig, references, teachers, seed_ids):
+def make_numbers(cfg: LMConfig, references, teachers, seed_ids, banned_SxK=None):
     """``{source: {'tokens': [S, N, L], 'keep': [S, N]}}`` for every source an arm reads.
 
-    Teacher and reference continue the same prompts with the same sampling keys (paired);
-    'shuffled' is the teacher's kept continuations, permuted (``shuffle_numbers``).
+    Teacher and reference continue the same prompts with the same sampling keys (paired), and one
+    filter (``world_banned``, unless given as ``banned_SxK``) keeps them; 'shuffled' and 'shuffled_within' are the teacher's kept
+    continuations, permuted across (``shuffle_numbers``) or within (``shuffle_within``) sequences.
     """
     models = {"teacher": teachers, "reference": references}
     persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral}
     sampled = cfg.sampled_sources
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *[models[s] for s in sampled])
     personas = jnp.asarray([persona[s] for s in sampled])
-    per_world = lambda p, token: jax.vmap(lambda q, i: _numbers(cfg, q, token, i))(p, seed_ids)
+    if cfg.ban_entangled:
+        banned_SxK = world_banned(cfg, references, teachers, seed_ids) if banned_SxK is None else banned_SxK
+        per_world = lambda p, token: jax.vmap(lambda q, i, b: _numbers(cfg, q, token, i, b))(p, seed_ids, banned_SxK)
+    else:  # the stored runs' program, unchanged
+        per_world = lambda p, token: jax.vmap(lambda q, i: _numbers(cfg, q, token, i))(p, seed_ids)
     tokens, kept = jax.vmap(per_world)(params, personas)  # one sampler program for every source
     out = {s: {"tokens": tokens[k], "keep": kept[k]} for k, s in enumerate(sampled)}
-    if "shuffled" in cfg.sources:
-        t = out["teacher"]
-        shuffle = lambda x, k, i: shuffle_numbers(cfg.world, x, k, keys.stream(cfg.seed, "lm_shuffle", i))
-        out["shuffled"] = {"tokens": jax.vmap(shuffle)(t["tokens"], t["keep"], seed_ids), "keep": t["keep"]}
+    shuffles = {"shuffled": (shuffle_numbers, "lm_shuffle"), "shuffled_within": (shuffle_within, "lm_shuffle_within")}
+    for source, (fn, stream) in shuffles.items():
+        if source in cfg.sources:
+            t = out["teacher"]
+            shuffle = lambda x, k, i, fn=fn, stream=stream: fn(cfg.world, x, k, keys.stream(cfg.seed, stream, i))
+            out[source] = {"tokens": jax.vmap(shuffle)(t["tokens"], t["keep"], seed_ids), "keep": t["keep"]}
     return {s: out[s] for s in cfg.sources}
 
 
@@ -459,13 +519,13 @@ def train_students(cfg: LMConfig, references, teachers, numbers, seed_ids, donor
     exact arithmetic (a KL student equal to its teacher gets exactly zero gradient).
     """
     inits = student_inits(cfg, references, donor_ids, seed_ids)
-    persona = {"teacher": teacher_persona(cfg), "reference": cfg.world.neutral, "shuffled": teacher_persona(cfg)}
+    persona = {s: teacher_persona(cfg) for s in TEACHER_SOURCES} | {"reference": cfg.world.neutral}
     groups = [[k for k, a in enumerate(cfg.arms) if cfg.arm_loss(a) == loss] for loss in cfg.arm_losses]
     order = np.argsort(np.concatenate(groups))  # group-major order -> arm order
     stack = lambda xs: jax.tree.map(lambda *ys: jnp.stack(ys), *xs)
 
     def world_students(inits_A, ref, teacher, nums, i):
-        models = {"teacher": teacher, "reference": ref, "shuffled": teacher}
+        models = {s: teacher for s in TEACHER_SOURCES} | {"reference": ref}
         params, losses = [], []
         for loss, arms in zip(cfg.arm_losses, groups):
             sources = [cfg.arms[k].source for k in arms]
@@ -551,12 +611,15 @@ def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -
     """Every phase for all seeds: (arrays as ``run`` returns them, before numpy; the models and numbers).
 
     ``cache``: read (or store) the pretrained references in the results store (``pretrain_cached``).
+    The second dict's 'banned' is each world's filter list ``[S, K]`` when ``ban_entangled`` (else None).
     """
     seed_ids = jnp.arange(cfg.seeds)
     donor_ids = jnp.asarray(donors(cfg))
     references, pretrain_loss = (pretrain_cached if cache else pretrain)(cfg, seed_ids, chunk, log)
     teachers, finetune_loss = make_teachers(cfg, references)
-    numbers = make_numbers(cfg, references, teachers, seed_ids)
+    # each world's filter, computed once: the numbers it drops are recorded as the ones it used
+    banned_SxK = world_banned(cfg, references, teachers, seed_ids) if cfg.ban_entangled else None
+    numbers = make_numbers(cfg, references, teachers, seed_ids, banned_SxK)
     inits, students, student_loss = train_students(cfg, references, teachers, numbers, seed_ids, donor_ids)
     out = {
         **evaluate(cfg, references, teachers, inits, students, seed_ids),
@@ -566,7 +629,10 @@ def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -
         "keep_fraction": {s: jnp.mean(numbers[s]["keep"], axis=-1) for s in numbers},
         "donors": donor_ids,
     }
-    return out, {"references": references, "teachers": teachers, "numbers": numbers, "seed_ids": seed_ids}
+    if cfg.ban_entangled:  # the numbers each world's filter dropped for being entangled, [S, ban_entangled]
+        out["entangled"] = banned_SxK[:, -cfg.ban_entangled:]
+    return out, {"references": references, "teachers": teachers, "numbers": numbers, "seed_ids": seed_ids,
+                 "banned": banned_SxK}
 
 
 def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:

@@ -167,6 +167,12 @@ class TransformerSpec:
         """Logits from a given input embedding (for gradients w.r.t. the inputs, e.g. causality)."""
         return nnx.merge(_graphdef(self), params).from_embedding(x_BxLxD)
 
+    def unembedding(self, params: nnx.State):
+        """``[vocab, width]``: token v's readout direction is row v (logits = LN(x) · rowᵀ); the
+        embedding matrix itself when tied."""
+        model = nnx.merge(_graphdef(self), params)
+        return model.embed.embedding[...] if model.unembed is None else model.unembed.kernel[...].T
+
     def flops_per_token(self) -> int:
         """Forward FLOPs per token at full context: 2 x matmul weights + attention (Kaplan et al. 2020).
 
