@@ -1,0 +1,110 @@
+"""lm-prompted's measurements: how large and how init-specific a teacher's number shift is, what a
+student's first step does with it, and which numbers are entangled with each animal.
+
+All are read on a world's stored reference (``pipeline.pretrain_cached``) and its teacher (made
+again: deterministic), on ``pipeline.ENTANGLE_PROMPTS`` neutral number documents from key stream
+'lm_entangle' (the ones ``ban_entangled`` reads), never on a student:
+
+* ``kl``: ``entangle.number_kl`` of the teacher (in its own context) against the reference;
+* ``first_step``: ``diagnostic.first_step`` of a KL student starting at the world's reference
+  ('shared') or at the different-init arm's donor reference ('different'), teacher-forced on the
+  documents' own continuations (a proxy for the teacher's samples that needs no sampling);
+* per animal ``a`` (the animal axis ``[A]``): the reference's ``prompt`` shift (a's persona in the
+  context) and ``bump`` shift (β·W_U û_a on the logits); their overlap (are the numbers a persona
+  raises those its unembedding geometry predicts?); the overlap of this reference's prompt shift
+  with the donor's (``cross_init``: are entangled numbers a property of the init?); subliminal
+  prompting with the top ``PROMPT_NUMBERS`` numbers of each shift against random numbers;
+* ``pairwise``: the overlap of every two worlds' teacher-vs-reference shifts (``model``).
+A same-init pair of models (teacher and shared-init student start) is one model here, so its
+overlap is 1 by construction and is not measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minisub import keys
+from minisub.lm import diagnostic, entangle
+from minisub.lm import pipeline as lm_pipeline
+from minisub.lm import world as world_lib
+from minisub.lm.pipeline import LMConfig
+
+TOP_K = 10  # entangled numbers compared between pushes and worlds (of modulus = 100 two-digit numbers)
+PROMPT_NUMBERS = 4  # numbers put in a subliminal prompt (a number document shows up to n_numbers)
+BETA = 4.0  # the logit bump along an animal's unembedding direction (logit units)
+RANDOM_PROMPTS = 64  # random-number contexts that subliminal prompting is compared with
+TEACHERS = lm_pipeline.TEACHERS  # the three ways to give the teacher its trait, compared in the designs
+
+
+def _documents(cfg: LMConfig, i):
+    return world_lib.number_batch(cfg.world, keys.stream(cfg.seed, "lm_entangle", i), lm_pipeline.ENTANGLE_PROMPTS)[0]
+
+
+def _animal(cfg: LMConfig, reference, donor, docs_BxL, a, key) -> dict:
+    """One animal's shifts in one reference, their overlaps, and subliminal prompting by each push's top numbers."""
+    spec, w = cfg.spec, cfg.world
+    prompt = entangle.prompt_shift(spec, w, reference, docs_BxL, a)
+    bump = entangle.bump_shift(spec, w, reference, docs_BxL, a, BETA)
+    donor_prompt = entangle.prompt_shift(spec, w, donor, docs_BxL, a)
+    prompting = {name: entangle.subliminal_prompting(spec, w, reference, entangle.entangled(shift, PROMPT_NUMBERS),
+                                                     keys.member(key, n), RANDOM_PROMPTS)
+                 for n, (name, shift) in enumerate((("prompt", prompt), ("bump", bump)))}
+    return {"prompt~bump": entangle.overlap(prompt, bump, TOP_K),
+            "cross_init": entangle.overlap(prompt, donor_prompt, TOP_K),
+            "subliminal": {k: {"p_numbers": v["p_numbers"][a], "p_random": v["p_random"][a],
+                               "difference": v["difference"][a]} for k, v in prompting.items()}}
+
+
+def world_measures(cfg: LMConfig, reference, teacher, donor, i) -> dict:
+    """Every quantity of the module docstring for world ``i`` (its donor: the different-init start)."""
+    spec, w, persona = cfg.spec, cfg.world, lm_pipeline.teacher_persona(cfg)
+    docs_BxL = _documents(cfg, i)
+    ones_B = jnp.ones(docs_BxL.shape[0])
+    first = {start: diagnostic.first_step(spec, w, model, teacher, docs_BxL, ones_B, cfg.trait_index, persona,
+                                          outputs=cfg.student_outputs, kind=cfg.trait_kind)
+             for start, model in (("shared", reference), ("different", donor))}
+    key = keys.stream(cfg.seed, "lm_prompting", i)
+    animals = jax.vmap(lambda a: _animal(cfg, reference, donor, docs_BxL, a, keys.member(key, a)))(
+        jnp.arange(w.n_animals))
+    return {"kl": entangle.number_kl(spec, w, teacher, reference, docs_BxL, persona, cfg.student_outputs),
+            "model_shift": entangle.model_shift(spec, w, teacher, reference, docs_BxL, persona),
+            "first_step": first, "animals": animals}
+
+
+@partial(jax.jit, static_argnums=0)
+def population(cfg: LMConfig, references, teachers, donor_ids, seed_ids) -> dict:
+    """``world_measures`` of every world, and ``pairwise`` overlaps of the worlds' teacher shifts ``[S, S]``."""
+    donors = jax.tree.map(lambda x: x[donor_ids], references)
+    out = jax.vmap(partial(world_measures, cfg))(references, teachers, donors, seed_ids)
+    return {**out, "pairwise": entangle.pairwise(out["model_shift"], TOP_K)}
+
+
+def measure(cfg: LMConfig, log=None) -> dict:
+    """``population`` on ``cfg``'s stored references (pretrained now if not stored), as numpy arrays."""
+    seed_ids = jnp.arange(cfg.seeds)
+    references, _ = lm_pipeline.pretrain_cached(cfg, seed_ids, log=log)
+    teachers, _ = lm_pipeline.make_teachers(cfg, references)
+    out = population(cfg, references, teachers, jnp.asarray(lm_pipeline.donors(cfg)), seed_ids)
+    return jax.tree.map(np.asarray, out)
+
+
+def design(cfg: LMConfig, log=None) -> dict:
+    """One world design: for each way of giving the teacher its trait (``TEACHERS``), per world the KL of
+    its numbers to the reference's and its student's first step, and the mean cross-world overlap of
+    its number shifts. The references are pretrained once (stored) and shared by the three teachers."""
+    out = {}
+    for teacher in TEACHERS:
+        c = dataclasses.replace(cfg, teacher=teacher)
+        m = measure(c, log)
+        off = ~np.eye(c.seeds, dtype=bool)
+        out[teacher] = {"kl": m["kl"]["token"], "cos_adam": m["first_step"]["shared"]["cos_adam"],
+                        "cos_sgd": m["first_step"]["shared"]["cos_sgd"],
+                        "grad_norm": m["first_step"]["shared"]["grad_norm"],
+                        "cross_world_cosine": float(m["pairwise"]["cosine"][off].mean()),
+                        "cross_world_jaccard": float(m["pairwise"]["jaccard"][off].mean())}
+    return out
