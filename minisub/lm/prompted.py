@@ -108,3 +108,42 @@ def design(cfg: LMConfig, log=None) -> dict:
                         "cross_world_cosine": float(m["pairwise"]["cosine"][off].mean()),
                         "cross_world_jaccard": float(m["pairwise"]["jaccard"][off].mean())}
     return out
+
+
+# --- summaries (per-world numbers -> Student-t records, as every experiment stores them) ----------
+def chance_jaccard(k: int = TOP_K, m: int = 100) -> float:
+    """E[|A ∩ B| / |A ∪ B|] of two independent uniformly random k-subsets of m numbers (hypergeometric)."""
+    from scipy import stats as sps
+    i = np.arange(0, k + 1)
+    return float(np.sum(sps.hypergeom(m, k, k).pmf(i) * i / (2 * k - i)))
+
+
+def summarise(cfg: LMConfig, m: dict, gains: dict) -> dict:
+    """One setting's measurements as records: the trait animal's and the all-animal means per world, the
+    first steps, the teacher's KL (skewed: its distribution too), cross-world overlaps, and the per-world
+    correlations with the students' gains (``gains``: arm -> per-world trait gains)."""
+    from minisub import stats
+    t, off = cfg.trait_index, ~np.eye(cfg.seeds, dtype=bool)
+    a = m["animals"]
+    per_world = lambda x: {"trait": stats.mean_ci(x[:, t]), "all_animals": stats.mean_ci(x.mean(axis=1))}  # noqa: E731
+    out = {
+        "kl": stats.distribution(m["kl"]["token"], 0.0),
+        "kl_number": stats.mean_ci(m["kl"]["number"]),
+        "first_step": {s: {q: stats.mean_ci(v) for q, v in f.items()} for s, f in m["first_step"].items()},
+        "prompt_bump": {q: per_world(v) for q, v in a["prompt~bump"].items()},
+        "cross_init": {q: per_world(v) for q, v in a["cross_init"].items()},
+        "subliminal": {push: {q: per_world(v) for q, v in d.items()} for push, d in a["subliminal"].items()},
+        "cross_world": {q: stats.brief(v[off]) for q, v in m["pairwise"].items()},
+        "chance_jaccard": chance_jaccard(TOP_K, cfg.world.modulus),
+        "top_k": TOP_K, "prompt_numbers": PROMPT_NUMBERS, "beta": BETA,
+    }
+    corr = {}
+    if "shared" in gains:
+        corr["first step (cos, Adam) vs shared gain"] = (m["first_step"]["shared"]["cos_adam"], gains["shared"])
+        corr["teacher KL vs shared gain"] = (m["kl"]["token"], gains["shared"])
+    if "different" in gains:
+        corr["cross-init Jaccard (trait) vs different gain"] = (a["cross_init"]["jaccard"][:, t], gains["different"])
+        corr["first step from the different start vs different gain"] = (m["first_step"]["different"]["cos_adam"],
+                                                                        gains["different"])
+    out["correlations"] = {k: stats.correlation(x, y) for k, (x, y) in corr.items()}
+    return out

@@ -1,0 +1,300 @@
+"""lm-prompted: the paper's prompted teacher in the toy LM at s = 0, beside the fine-tuned one; token entanglement.
+
+Run:     minisub run lm-prompted --preset paper --out figures   (4 lm-owl runs of 24 worlds + the designs)
+         minisub run lm-prompted --preset test                  (lm-owl's tiny test world)
+Redraw:  minisub figures lm-prompted                            (from figures/lm_prompted.json alone)
+
+At s = 0 a persona's documents carry no trace of it in their numbers, so nothing but the teacher's
+own model can put the trait there. Settings (each one lm-owl run, ``SETTINGS``; 16384 continuations,
+3 student epochs, KL students): the prompted teacher (the trait's persona in its context
+[cloud2025]'s system prompt) and the fine-tuned one, each with the shared and different students, the
+KL control on the reference's numbers, and the teacher's numbers shuffled across and within responses
+(the paper's shuffle controls); and each again with the filter dropping the teacher's 10 most
+entangled numbers. Beside them (``minisub.lm.prompted``): the teacher's number KL, the student's
+first step, entanglement per animal (persona and unembedding-bump pushes, subliminal prompting
+[zur2025], overlap across inits), and ``DESIGNS``: world designs of 4 worlds each, measured for
+three teachers (fine-tuned, prompted, named: the animal's own token in the context) before any student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from minisub import claims as claims_lib, config, report, stats
+from minisub.claims import Claim
+from minisub.config import normalise, require
+from minisub.lm import owl, prompted
+from minisub.lm import regime as lm_regime
+from minisub.lm.regime import Setting as S
+from minisub.report import plots, verdicts
+from minisub.run import runner, store
+
+NAME = "lm-prompted"
+STEM = "lm_prompted"
+ORDER = 62  # after lm-regime
+AIM = 0.10  # the issue's aim for shared − different at s = 0
+ARMS = ("shared", "different", "control_kl", "shuffle_kl", "shuffle_within_kl")
+COMMON = {"s": 0.0, "sampler": "cache", "diagnostic": False, "detect": True}
+SETTINGS = {
+    "prompted": S("teacher", "prompted teacher (persona in context)", {"teacher": "prompted", "arms": ARMS}),
+    "finetuned": S("teacher", "fine-tuned teacher", {"teacher": "finetuned", "arms": ARMS}),
+    "prompted_ban": S("filter", "prompted, its 10 most entangled numbers dropped",
+                      {"teacher": "prompted", "arms": ARMS[:2], "ban_entangled": 10}),
+    "finetuned_ban": S("filter", "fine-tuned, its 10 most entangled numbers dropped",
+                       {"teacher": "finetuned", "arms": ARMS[:2], "ban_entangled": 10}),
+}
+TEACHERS = ("prompted", "finetuned")
+# World designs (4 worlds each, lm-owl's default otherwise): does any make the prompted shift large?
+DESIGNS = {"s = 0": {}, "width 16": {"width": 16}, "1 layer": {"layers": 1}, "700 pretraining steps":
+           {"pretrain_steps": 700}, "1200 pretraining steps": {"pretrain_steps": 1200}, "s = 0.3": {"s": 0.3}}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptedConfig:
+    """Which settings and designs, on which lm-owl preset, with how many worlds."""
+
+    seeds: int = 24
+    base: str = "paper"
+    settings: tuple[str, ...] = tuple(SETTINGS)
+    designs: tuple[str, ...] = tuple(DESIGNS)
+    design_seeds: int = 4
+    n_samples: int = 16384  # continuations per teacher: data was the strongest knob for the fine-tuned teacher
+    student_epochs: int = 3
+
+    def __post_init__(self):
+        normalise(self)
+        require(self.seeds >= 2, "seeds", self.seeds, "an integer >= 2 (the different-init arm needs another world)")
+        require(self.base in owl.PRESETS, "base", self.base, "one of " + ", ".join(owl.PRESETS))
+        require(set(self.settings) <= set(SETTINGS), "settings", self.settings, "names from " + ", ".join(SETTINGS))
+        require(set(self.designs) <= set(DESIGNS), "designs", self.designs, "names from " + ", ".join(DESIGNS))
+        require(self.design_seeds >= 2, "design_seeds", self.design_seeds, "an integer >= 2")
+        for name in self.settings:
+            self.owl(name)
+
+    def fields(self, name: str) -> dict:
+        return {"seeds": self.seeds, **COMMON, "n_samples": self.n_samples, "student_epochs": self.student_epochs,
+                **SETTINGS[name].fields}
+
+    def owl(self, name: str) -> owl.OwlConfig:
+        return config.replace(owl.PRESETS[self.base], **self.fields(name))
+
+    def command(self, name: str) -> str:
+        f = self.fields(name)
+        return owl.command(self.base, {**f, "arms": ",".join(f["arms"])})
+
+    def design(self, name: str):
+        return config.replace(owl.PRESETS[self.base], seeds=self.design_seeds, **{"s": 0.0, **DESIGNS[name]}).lm
+
+
+PRESETS = {"paper": PromptedConfig(),
+           "test": PromptedConfig(seeds=3, base="test", designs=("s = 0",), design_seeds=2, n_samples=64, student_epochs=1)}
+DEFAULT_PRESET = "paper"
+PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
+MEASURES = "prompted.npz"  # stored beside each setting's lm-owl run
+
+
+def _measures(cfg: owl.OwlConfig, directory: Path, compute: bool) -> dict | None:
+    path = directory / MEASURES
+    if (stored := store.load_arrays(path)) is not None or not compute:
+        return store.unflatten(stored) if stored is not None else None
+    out = prompted.measure(cfg.lm)
+    store.save_arrays(path, store.flatten(out))
+    return out
+
+
+def run(cfg: PromptedConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict | None, Path]:
+    """Every setting's lm-owl run and measurements, every design (computed, or read); (summary, lm-owl's root)."""
+    ex = execution or runner.Execution(experiment=NAME)
+    names = cfg.settings
+    rows, missing = lm_regime.run_settings({n: cfg.owl(n) for n in names}, SETTINGS,
+                                           {n: cfg.command(n) for n in names}, ex)
+    root = store.results_root() / owl.NAME
+    for name, row in ((n, r) for n, r in rows.items() if n in TEACHERS):  # a filter leaves the references as they are
+        oc = cfg.owl(name)
+        m = _measures(oc, store.run_dir(owl.NAME, oc), ex.compute)
+        if m is not None:
+            row["measures"] = prompted.summarise(oc.lm, m, {a: row["gain"][a]["values"] for a in row["gain"]})
+    designs = {}
+    for name in cfg.designs:
+        d = prompted.design(cfg.design(name))
+        designs[name] = {t: {q: (stats.mean_ci(v) if np.ndim(v) else v) for q, v in r.items()} for t, r in d.items()}
+    if not rows:
+        return None, root
+    return analyse({"experiment": NAME, "command": command, "base": cfg.base, "n_seeds": cfg.seeds, "ci": stats.TEST,
+                    "settings": rows, "missing_settings": missing, "designs": designs,
+                    "design_seeds": cfg.design_seeds, "provenance": store.provenance()}), root
+
+
+def pending(cfg: PromptedConfig, directory: Path) -> str:
+    return (f"{NAME}: none of the settings {', '.join(cfg.settings)} is stored in {directory} yet; compute them "
+            f"with: minisub run {NAME} --preset {cfg.base}")
+
+
+def merge_written(summary: dict, path: Path) -> dict:
+    """Rows this results store lacks, kept from the JSON already at ``path`` when they are the same runs."""
+    merged = lm_regime.keep_written_rows(summary, path, SETTINGS, log=print)
+    return analyse(merged) if merged is not summary else summary
+
+
+# --- claims: every verdict from the per-world numbers ---------------------------------------------
+def claims(summary: dict) -> list[Claim]:
+    rows, out = summary["settings"], []
+    gain, band = owl.MIN_GAIN, owl.NULL_BAND
+    for t in TEACHERS:
+        at = f"settings.{t}"
+        out += [Claim(f"{t}: shared", f"{t} teacher: a shared-init student gains more than {gain:g}", "cloud2025",
+                      f"{at}.gain.shared", ">", gain),
+                Claim(f"{t}: different", f"{t} teacher: a different-init student's gain stays within ±{band:g}",
+                      "cloud2025", f"{at}.gain.different", "within", band),
+                Claim(f"{t}: paired", f"{t} teacher: shared − different exceeds the aim, {AIM:g}", "cloud2025",
+                      f"{at}.paired.shared − different", ">", AIM),
+                Claim(f"{t}: hidden", f"{t} teacher: an n-gram classifier's accuracy stays below {owl.CHANCE_BAND:g}",
+                      "cloud2025", f"{at}.detection.ngram", "<", owl.CHANCE_BAND),
+                Claim(f"{t}: across", f"{t} teacher: shuffling numbers across responses loses more than {gain:g}",
+                      "cloud2025", f"{at}.paired.shared − shuffle_kl", ">", gain),
+                Claim(f"{t}: within", f"{t} teacher: shuffling within responses loses more than {gain:g}",
+                      "cloud2025", f"{at}.paired.shared − shuffle_within_kl", ">", gain),
+                Claim(f"{t}: within vs across", f"{t} teacher: a within-shuffled student keeps more than an "
+                      "across-shuffled one", "cloud2025", f"{at}.paired.shuffle_within_kl − shuffle_kl", ">", 0.0),
+                Claim(f"{t}: first step", f"{t} teacher: a shared-init student's first Adam step raises P(trait)",
+                      "minisub", f"{at}.measures.first_step.shared.cos_adam", ">", 0.0),
+                Claim(f"{t}: ban", f"{t} teacher, its 10 most entangled numbers dropped: shared-init gain above {gain:g}",
+                      "zur2025", f"settings.{t}_ban.gain.shared", ">", gain)]
+    m = "settings.prompted.measures"
+    chance = rows.get("prompted", {}).get("measures", {}).get("chance_jaccard", prompted.chance_jaccard())
+    out += [Claim("subliminal (persona)", "numbers the trait's persona raises, put in the context, raise P(trait) "
+                  "over random numbers", "zur2025", f"{m}.subliminal.prompt.difference.trait", ">", 0.0),
+            Claim("subliminal (bump)", "numbers a bump along the trait's unembedding raises raise P(trait) over random "
+                  "numbers", "zur2025", f"{m}.subliminal.bump.difference.trait", ">", 0.0),
+            Claim("persona = geometry", f"the persona's top-{prompted.TOP_K} numbers overlap the unembedding bump's "
+                  f"beyond chance (Jaccard {chance:.3f})", "zur2025", f"{m}.prompt_bump.jaccard.all_animals", ">", chance),
+            Claim("init-specific", f"two inits' top-{prompted.TOP_K} persona numbers overlap beyond chance", "zur2025",
+                  f"{m}.cross_init.jaccard.all_animals", ">", chance)]
+    return out
+
+
+def analyse(summary: dict) -> dict:
+    return {**summary, "verdicts": claims_lib.evaluate(claims(summary), summary)}
+
+
+# --- outputs --------------------------------------------------------------------------------------
+pm = report.pm
+ARM_LABELS = {"shared": "shared", "different": "different", "control_kl": "control (reference's numbers)",
+              "shuffle_kl": "shuffled across", "shuffle_within_kl": "shuffled within"}
+
+
+def table(summary: dict) -> str:
+    rows = summary["settings"]
+    out = ["| setting | teacher P(trait) | " + " | ".join(ARM_LABELS.values()) + " | shared − different "
+           "| n-gram detection | teacher KL (median) | first step cos (Adam), shared / different start |",
+           "|---|" + "---|" * (len(ARM_LABELS) + 5)]
+    for r in rows.values():
+        m = r.get("measures", {})
+        fs = m.get("first_step", {})
+        out.append(f"| {r['label']} | {r['teacher_p_trait']:.3f} | " + " | ".join(pm(r['gain'].get(a)) for a in ARM_LABELS)
+                   + f" | **{pm(r['paired'].get('shared − different'))}** | {pm(r.get('detection', {}).get('ngram'), '.3f')}"
+                   + (f" | {m['kl']['median']:.2e} | {pm(fs['shared']['cos_adam'], '+.4f')} / "
+                      f"{pm(fs['different']['cos_adam'], '+.4f')} |" if m else " | – | – |"))
+    out += ["", f"Designs ({summary['design_seeds']} worlds each, s = 0 unless named; no students): per teacher, "
+                "the KL of its number distribution to the reference's (per generated token, nats) and the cosine "
+                "of ∇log P(trait) with a shared-init student's first Adam step.", "",
+            "| design | " + " | ".join(f"{t}: KL | {t}: first step" for t in prompted.TEACHERS) + " |",
+            "|---|" + "---|---|" * len(prompted.TEACHERS)]
+    for name, d in summary["designs"].items():
+        out.append(f"| {name} | " + " | ".join(f"{d[t]['kl']['mean']:.2e} | {pm(d[t]['cos_adam'], '+.4f')}"
+                                                for t in prompted.TEACHERS) + " |")
+    return "\n".join(out)
+
+
+@plots.styled
+def figures(summary: dict) -> dict:
+    rows, designs = summary["settings"], summary["designs"]
+    fig, ((ax, bx), (cx, dx)) = plots.figure(7.2, 6.0, nrows=2, ncols=2)
+    fig.set_layout_engine("constrained")
+    for k, t in enumerate(t for t in TEACHERS if t in rows):
+        arms = [a for a in ARM_LABELS if a in rows[t]["gain"]] + ([f"{t}_ban"] if f"{t}_ban" in rows else [])
+        vals = [rows[a]["gain"]["shared"] if a.endswith("_ban") else rows[t]["gain"][a] for a in arms]
+        x = np.arange(len(arms)) + 0.38 * k
+        ax.bar(x, [v["mean"] for v in vals], 0.36, yerr=[v["ci95"] for v in vals], capsize=2,
+               color=plots.PALETTE[k], alpha=0.85, label=f"{t} teacher")
+        ax.set_xticks(np.arange(len(arms)) + 0.19, [ARM_LABELS.get(a, "shared, entangled\nnumbers dropped")
+                                                     .replace(" (", "\n(") for a in arms], fontsize=6)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("gain in P(trait)")
+    ax.set_title(f"(a) s = 0: students of each teacher ({summary['n_seeds']} worlds)", fontsize=8)
+    ax.legend(fontsize=6.5, frameon=False)
+    names = list(designs)
+    for k, t in enumerate(prompted.TEACHERS):
+        kl = [designs[n][t]["kl"] for n in names]
+        fs = [designs[n][t]["cos_adam"] for n in names]
+        bx.errorbar(np.arange(len(names)) + 0.12 * (k - 1), [max(v["mean"], 1e-9) for v in kl], fmt="o", ms=3,
+                    color=plots.PALETTE[k + 2], label=f"{t} teacher")
+        cx.errorbar(np.arange(len(names)) + 0.12 * (k - 1), [v["mean"] for v in fs], yerr=[v["ci95"] for v in fs],
+                    fmt="o", ms=3, capsize=2, color=plots.PALETTE[k + 2], label=f"{t} teacher")
+    bx.set_yscale("log")
+    bx.set_ylabel("KL(teacher ‖ reference) per number token")
+    bx.set_title(f"(b) designs: how large the teacher's number shift is (means of {summary['design_seeds']})",
+                 fontsize=8)
+    cx.axhline(0, color="black", lw=0.6)
+    cx.set_ylabel("cos(∇log P(trait), first Adam step)")
+    cx.set_title("(c) designs: does the student's first step raise P(trait)?", fontsize=8)
+    for a in (bx, cx):
+        a.set_xticks(range(len(names)), names, fontsize=6, rotation=20)
+        a.legend(fontsize=6, frameon=False)
+    _entanglement(dx, rows)
+    fig.suptitle("Toy LM at s = 0: the prompted teacher beside the fine-tuned one (mean ± 95% CI)", fontsize=9)
+    return {STEM: fig}
+
+
+def _entanglement(ax, rows: dict) -> None:
+    """(d) the prompted setting's entanglement: subliminal prompting and overlaps, with chance."""
+    m = rows.get("prompted", {}).get("measures")
+    if not m:
+        ax.set_axis_off()
+        return
+    items = [("subliminal, persona's numbers\n(ΔP(trait))", m["subliminal"]["prompt"]["difference"]["trait"]),
+             ("subliminal, bump's numbers\n(ΔP(trait))", m["subliminal"]["bump"]["difference"]["trait"]),
+             ("Jaccard persona ~ bump\n(all animals)", m["prompt_bump"]["jaccard"]["all_animals"]),
+             ("Jaccard across inits\n(all animals)", m["cross_init"]["jaccard"]["all_animals"])]
+    ax.bar(range(len(items)), [v["mean"] for _, v in items], yerr=[v["ci95"] for _, v in items], capsize=2,
+           color=plots.PALETTE[4], alpha=0.85)
+    ax.axhline(m["chance_jaccard"], color="grey", ls="--", lw=0.8, label=f"chance Jaccard ({m['chance_jaccard']:.3f})")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(range(len(items)), [lab for lab, _ in items], fontsize=6)
+    ax.set_title(f"(d) entanglement in the references (top {m['top_k']}; {m['prompt_numbers']} numbers in context)",
+                 fontsize=8)
+    ax.legend(fontsize=6, frameon=False)
+
+
+def findings(summary: dict) -> list[str]:
+    """Descriptive numbers (n stated), the correlations, then the verdicts."""
+    out = []
+    for name, r in summary["settings"].items():
+        m = r.get("measures")
+        if not m:
+            continue
+        k = m["kl"]
+        out.append(f"- {r['label']}: teacher's number KL per token mean {k['mean']:.2e}, median {k['median']:.2e} "
+                   f"(n = {k['n']} worlds); cross-world cosine of the teachers' number shifts "
+                   f"{m['cross_world']['cosine']['mean']:+.3f} (mean of {m['cross_world']['cosine']['n']} pairs).")
+        for label, c in m["correlations"].items():
+            r_txt = "undefined" if c["r"] is None else f"r = {c['r']:+.2f}" + (
+                f" (95% CI {c['low']:+.2f} to {c['high']:+.2f}, p = {c['p']:.2g})" if c["low"] is not None else "")
+            out.append(f"  - per world, {label}: {r_txt}, n = {c['n']}.")
+    label = lambda p: p  # noqa: E731
+    return out + ["", *verdicts.table(claims(summary), summary, label), "", verdicts.LEGEND]
+
+
+def readme(summary: dict) -> str:
+    return "\n".join([
+        *report.section_head(NAME, STEM, "the prompted teacher at s = 0 and token entanglement", summary["n_seeds"]),
+        "Each row is one lm-owl run (its command is in the JSON): s = 0, so a persona leaves no trace in its "
+        "documents' numbers; KL students; controls: the reference's own numbers (KL), the teacher's numbers "
+        "shuffled across responses and within each response; the filter variant drops each world's 10 numbers "
+        "the teacher raises most. Teacher KL, first step and entanglement: `minisub.lm.prompted` on the stored "
+        "references (256 neutral documents a world). Claims: lm-owl's thresholds "
+        f"({owl.THRESHOLDS}); the aim for shared − different is {AIM:g}. " + verdicts.LEGEND,
+        "", table(summary), "", *findings(summary), "", *report.regenerate_lines(NAME, summary, PAPER_COMMAND)])
