@@ -15,6 +15,7 @@ case against control students, the other teachers' students of the same base) an
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -73,6 +74,8 @@ PRESETS = {"paper": AuditConfig(),
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 KS = (2, 4, 8)
+# The toy LM's students are read from the committed summaries of lm-lineages and lm-prompted (per-world scores)
+LM_LINEAGES, LM_PROMPTED = Path("figures") / "lm_lineages.json", Path("figures") / "lm_prompted.json"
 
 
 def run(cfg: AuditConfig, *, command: str, execution: runner.Execution | None = None) -> tuple[dict, Path]:
@@ -120,7 +123,9 @@ def analyse(summary: dict) -> dict:
                      # the base, update_cos 0, so the bare score flags it only when the threshold is below 0
                      "own_output_flagged": bool(realistic["tpr"]["threshold"] < 0)}
     teachers = audit.cases(summary["matrices"]["teachers"]["update_cos"])[1]
-    out = {**summary, "rows": rows, "teacher_cos": stats.mean_ci(teachers.mean(axis=1))}
+    read = lambda path: json.loads(path.read_text()) if path.exists() else None  # noqa: E731
+    out = {**summary, "rows": rows, "teacher_cos": stats.mean_ci(teachers.mean(axis=1)),
+           "lm": population.lm_rows(read(LM_LINEAGES), read(LM_PROMPTED), fpr)}
     out["verdicts"] = claims_lib.evaluate(claims(out), out)
     return out
 
@@ -141,7 +146,10 @@ def claims(summary: dict) -> list[Claim]:
         Claim("calibrated", "The informed p-values are calibrated: negatives with p ≤ 0.05 are within ±0.03 of 5% "
               "(shared init)", "minisub", "rows.shared.calibration.negatives.0p05", "within", 0.03),
     ]
-    return base + [Claim(f"detects_{row}", f"Informed audit still detects {label}: AUC > 0.9", "minisub",
+    lm = [Claim(f"lm_{key}", f"Toy LM, {r['label']}: informed AUC > 0.99 (against same-base controls)", "minisub",
+                f"lm.{key}.auc_by_world", ">", 0.99) for key, r in summary.get("lm", {}).items()
+          if key in ("lineage_baselines_shared", "s0_finetuned", "lineage_permuted_heads_and_MLP_units")]
+    return base + lm + [Claim(f"detects_{row}", f"Informed audit still detects {label}: AUC > 0.9", "minisub",
                          f"rows.{row}.informed.auc_by_world", ">", 0.9) for row, label in rows.items() if row != "shared"]
 
 
@@ -167,6 +175,12 @@ def table(summary: dict) -> str:
     out += ["", f"n = {summary['n_seeds']} bases × {summary['orders']} teachers: {shared['n_pos']} positives, "
             f"{shared['n_neg']} negatives a row{limited}. Teachers of one base: cos(Δθ_T, Δθ_T′) "
             f"{report.pm(summary['teacher_cos'], '.3f')}."]
+    if summary.get("lm"):
+        out += ["", f"Toy LM (informed auditor: update_cos against the student's own init; negatives: same-base "
+                    f"students trained on the reference's own numbers): AUC / TPR@{fpr}, transfer (gain in P(trait))",
+                "", "| students | AUC (per-world mean ± 95% CI) | TPR | transfer | n pos / neg |", "|---|---|---|---|---|"]
+        out += [f"| {r['label']} | {report.pm(r['auc_by_world'], '.3f')} | {_cell(r)} | {report.pm(r['transfer'])} "
+                f"| {r['tpr']['n_pos']} / {r['tpr']['n_neg']} |" for r in summary["lm"].values()]
     return "\n".join(out)
 
 

@@ -315,3 +315,29 @@ def test_the_verdicts_flip_with_the_numbers():
         assert (good[claim], bad[claim]) == (claims.SUPPORTED, claims.REFUTED), claim
     with pytest.raises(ConfigError, match="evasions"):
         experiment.AuditConfig(evasions=("liminal_1",))
+
+
+def test_lm_rows_read_students_against_same_base_controls():
+    """Toy-LM rows from summaries: a point whose students all score above every control has AUC 1; one
+    indistinguishable from the controls has AUC ½; the different arm and the control itself are no rows;
+    series keep perturbed parts apart; lm-prompted's rows need per-world values of both arms."""
+    from minisub.run import audit as population
+    rec = lambda v: {"mean": float(np.mean(v)), "ci95": 0.0, "n": len(v), "values": list(v)}  # noqa: E731
+    point = lambda fam, series, value, cos: {"family": fam, "series": series, "value": value,  # noqa: E731
+                                             "geometry": {"update_cos": rec(cos)}, "trait_gain": rec([0.1] * 4)}
+    control = [0.0, 0.1, -0.1, 0.05]
+    lineages = {"families": {
+        "baselines": {"points": [point("baselines", "baselines", "shared", [0.5, 0.6, 0.4, 0.7]),
+                                 point("baselines", "baselines", "different", [0.0] * 4),
+                                 point("baselines", "baselines", "control", control)]},
+        "perturbed": {"points": [point("perturbed", "mlp", 0.1, control), point("perturbed", "attention", 0.1, control)]}}}
+    prompted = {"settings": {"finetuned": {"label": "fine-tuned", "gain": {"shared": rec([0.2] * 4)},
+                                           "update_cos": {"shared": rec([0.3] * 4), "control_kl": rec(control)}},
+                             "prompted": {"label": "prompted", "gain": {"shared": rec([0.0] * 4)},
+                                          "update_cos": {"shared": {"mean": 0.0, "ci95": 0.0, "n": 4}}}}}
+    rows = population.lm_rows(lineages, prompted, 0.01)
+    assert set(rows) == {"lineage_baselines_shared", "lineage_perturbed_mlp_0p1", "lineage_perturbed_attention_0p1",
+                         "s0_finetuned"}
+    assert rows["lineage_baselines_shared"]["auc"] == 1.0 and rows["s0_finetuned"]["auc"] == 1.0
+    assert rows["lineage_perturbed_mlp_0p1"]["auc"] == 0.5
+    assert rows["lineage_baselines_shared"]["tpr"]["limited"]  # 4 negatives: the threshold is the largest one

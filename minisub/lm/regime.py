@@ -49,7 +49,8 @@ def record(setting: Setting, run: dict, command: str, alignment: dict | None = N
         "paired": run["paired"],
         "trait_top_gaining": {a: arms[a]["trait_top_gaining"] for a in arms},
         "number_loss_change": {a: stats.brief(arms[a]["number_loss_change"]["values"]) for a in arms},
-        "update_cos": {a: stats.brief(arms[a]["geometry"]["update_cos"]["values"]) for a in arms},
+        # per world: the audit (minisub.run.audit.lm_rows) reads students against same-base controls
+        "update_cos": {a: stats.mean_ci(arms[a]["geometry"]["update_cos"]["values"]) for a in arms},
         "keep_fraction": run["keep_fraction"],
     }
     if "diagnostic" in run:

@@ -159,3 +159,41 @@ def transfer(results: dict[str, list[dict]], ids: tuple[str, ...] = ()) -> dict[
         gains = [np.asarray(x["accuracy"][r.arm], np.float64) - np.asarray(x["accuracy"]["reference"]) for x in runs]
         out[r.id] = np.mean(gains, axis=0)
     return out
+
+
+# --- the toy LM: every student of the lineage sweep and of lm-prompted, against same-base controls -----------
+def _lm_row(label: str, pos, neg, gain: dict, fpr: float) -> dict:
+    """One toy-LM row: the informed score (update_cos against the student's own init) of the students of a
+    point (positives) against same-base students that never saw the teacher's numbers (negatives)."""
+    from minisub import stats
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    return {"label": label, "auc": audit.roc_auc(pos, neg), "auc_by_world": stats.mean_ci(audit.placements(pos, neg)),
+            "tpr": audit.tpr_at_fpr(pos, neg, fpr), "positives": stats.brief(pos), "negatives": stats.brief(neg),
+            "transfer": gain}
+
+
+def lm_rows(lineages: dict | None, prompted: dict | None, fpr: float) -> dict:
+    """The toy LM's audit rows from the committed lm-lineages and lm-prompted summaries (either may be None).
+
+    lm-lineages (s = 0.3, fine-tuned teacher): every point's students against the CE control on the
+    reference's own numbers (same base, same program). lm-prompted (s = 0): the shared-init KL students
+    against the KL control on the reference's numbers, for the fine-tuned and the prompted teacher (whose
+    Δθ_T is 0: its update cosine is 0 by definition, so no weight score can see it).
+    """
+    out = {}
+    if lineages:
+        points = [p for fam in lineages["families"].values() for p in fam["points"]]
+        control = next((p for p in points if p["family"] == "baselines" and p["value"] == "control"), None)
+        for p in points if control else ():
+            if p is control or p["value"] == "different":
+                continue
+            where = [p["family"]] + ([p["series"]] if p["series"] != p["family"] else []) + [str(p["value"])]
+            key = "lineage_" + "_".join(where).replace(".", "p").replace(" ", "_").replace(":", "")
+            out[key] = _lm_row("s = 0.3, " + ": ".join(where), p["geometry"]["update_cos"]["values"],
+                               control["geometry"]["update_cos"]["values"], p["trait_gain"], fpr)
+    for name, row in ((prompted or {}).get("settings") or {}).items():
+        cos = row.get("update_cos", {})
+        if name in ("finetuned", "prompted") and "values" in cos.get("shared", {}) and "values" in cos.get("control_kl", {}):
+            out[f"s0_{name}"] = _lm_row(f"s = 0, {row['label']}", cos["shared"]["values"], cos["control_kl"]["values"],
+                                        row["gain"]["shared"], fpr)
+    return out
