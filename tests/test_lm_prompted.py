@@ -1,0 +1,82 @@
+"""lm-prompted end to end on lm-owl's tiny test world, its config errors, and its verdicts on constructed numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from minisub import claims, cli, registry
+from minisub.config import ConfigError
+from minisub.lm import prompted
+from minisub_experiments import lm_prompted
+
+TEST = lm_prompted.PRESETS["test"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """`minisub run lm-prompted --preset test --out OUT` in a fresh store."""
+    results, out = tmp_path_factory.mktemp("prompted-results"), tmp_path_factory.mktemp("prompted-out")
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("MINISUB_RESULTS", str(results))
+        rc = cli.main(["run", "lm-prompted", "--preset", "test", "--no-progress", "--out", str(out)])
+    return {"rc": rc, "results": results, "summary": json.loads((out / "lm_prompted.json").read_text())}
+
+
+def test_registered_and_settings_are_lm_owl_runs_at_s0():
+    assert registry.experiments()["lm-prompted"] is lm_prompted
+    paper = lm_prompted.PRESETS["paper"]
+    for name in paper.settings:
+        c = paper.owl(name)
+        assert c.s == 0.0 and c.seeds == 24 and c.n_samples == 16384 and c.lm.sampler == "cache"
+        assert paper.command(name).startswith("minisub run lm-owl --preset paper --seeds 24")
+    assert paper.owl("prompted_ban").lm.ban_entangled == 10 and paper.owl("prompted").lm.ban_entangled == 0
+
+
+def test_bad_settings_are_one_line_errors_before_compute():
+    with pytest.raises(ConfigError, match="settings"):
+        lm_prompted.PromptedConfig(settings=("prompted", "nonsense"))
+    with pytest.raises(ConfigError, match="designs"):
+        lm_prompted.PromptedConfig(designs=("width 1000",))
+
+
+def test_run_stores_every_setting_measures_and_designs(run):
+    assert run["rc"] == 0
+    s = run["summary"]
+    assert list(s["settings"]) == list(TEST.settings) and list(s["designs"]) == list(TEST.designs)
+    for t in lm_prompted.TEACHERS:
+        m = s["settings"][t]["measures"]
+        assert m["kl"]["n"] == TEST.seeds and m["kl"]["median"] >= 0
+        assert set(m["first_step"]) == {"shared", "different"}
+        assert 0 <= m["cross_init"]["jaccard"]["trait"]["mean"] <= 1
+        assert m["chance_jaccard"] == pytest.approx(prompted.chance_jaccard(prompted.TOP_K, 100))
+        assert "update_cos" in s["settings"][t] and "values" in s["settings"][t]["update_cos"]["shared"]
+    # a prompted teacher is its reference: its update is zero, so every shared student's cosine is 0
+    assert s["settings"]["prompted"]["update_cos"]["shared"]["values"] == [0.0] * TEST.seeds
+    assert {"measures"} & set(s["settings"]["prompted_ban"]) == set()  # a filter leaves the references unchanged
+    assert set(s["designs"]["s = 0"]) == set(prompted.TEACHERS)
+    assert {v["id"] for v in s["verdicts"]} == {c.id for c in lm_prompted.claims(s)}
+
+
+def test_chance_jaccard_matches_simulation():
+    rng = np.random.default_rng(0)
+    draws = [(set(rng.choice(100, 10, replace=False)), set(rng.choice(100, 10, replace=False))) for _ in range(20000)]
+    sims = [len(a & b) / len(a | b) for a, b in draws]
+    assert prompted.chance_jaccard(10, 100) == pytest.approx(np.mean(sims), abs=0.003)
+
+
+def test_verdicts_follow_the_numbers(run):
+    """The same summary with the prompted shared-init gains raised (or removed) flips that claim's verdict."""
+    s = json.loads(json.dumps(run["summary"]))
+    claim = next(c for c in lm_prompted.claims(s) if c.id == "prompted: shared")
+    gain = s["settings"]["prompted"]["gain"]["shared"]
+    for values, status in (([0.3, 0.31, 0.29], claims.SUPPORTED), ([0.0, 0.001, -0.001], claims.REFUTED)):
+        gain["values"] = values
+        assert claims.verdict(claim, s).status == status
+    del s["settings"]["prompted"]["gain"]["shared"]
+    assert claims.verdict(claim, s).status == claims.MISSING
