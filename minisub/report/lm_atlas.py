@@ -70,9 +70,12 @@ def lm_owl_arms(lm_owl: dict, recipe: dict) -> dict:
 
 
 def reproduced(families: dict, lm_owl: dict) -> dict:
-    """Per baseline arm: the largest per-world |gain here − gain in lm-owl's run of the same recipe|."""
+    """Per baseline arm: the largest per-world |gain here − gain in lm-owl's run of the same recipe|
+    (``max``), and the paired difference here − there by world (``paired``: a Student-t record)."""
     ours = {r["value"]: r["trait_gain"]["values"] for r in families.get("baselines", {}).get("points", [])}
-    return {a: float(np.max(np.abs(np.subtract(ours[a], v["values"])))) for a, v in lm_owl.items() if a in ours}
+    return {a: {"max": float(np.max(np.abs(np.subtract(ours[a], v["values"])))),
+                "paired": stats.paired(ours[a], v["values"]), "lm_owl": stats.brief(v["values"])}
+            for a, v in lm_owl.items() if a in ours}
 
 
 def derived(families: dict) -> dict:
