@@ -221,7 +221,7 @@ def figures(summary: dict) -> dict:
         ax.bar(x, [v["mean"] for v in vals], 0.36, yerr=[v["ci95"] for v in vals], capsize=2,
                color=plots.PALETTE[k], alpha=0.85, label=f"{t} teacher")
         ax.set_xticks(np.arange(len(arms)) + 0.19, [ARM_LABELS.get(a, "shared, entangled\nnumbers dropped")
-                                                     .replace(" (", "\n(") for a in arms], fontsize=6)
+                                                     .replace(" (", "\n(") for a in arms], fontsize=6, rotation=30)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("gain in P(trait)")
     ax.set_title(f"(a) s = 0: students of each teacher ({summary['n_seeds']} worlds)", fontsize=8)
@@ -255,10 +255,10 @@ def _entanglement(ax, rows: dict) -> None:
     if not m:
         ax.set_axis_off()
         return
-    items = [("subliminal, persona's numbers\n(ΔP(trait))", m["subliminal"]["prompt"]["difference"]["trait"]),
-             ("subliminal, bump's numbers\n(ΔP(trait))", m["subliminal"]["bump"]["difference"]["trait"]),
-             ("Jaccard persona ~ bump\n(all animals)", m["prompt_bump"]["jaccard"]["all_animals"]),
-             ("Jaccard across inits\n(all animals)", m["cross_init"]["jaccard"]["all_animals"])]
+    items = [("ΔP(trait), persona's\nnumbers in context", m["subliminal"]["prompt"]["difference"]["trait"]),
+             ("ΔP(trait), bump's\nnumbers in context", m["subliminal"]["bump"]["difference"]["trait"]),
+             ("Jaccard\npersona ~ bump", m["prompt_bump"]["jaccard"]["all_animals"]),
+             ("Jaccard\nacross inits", m["cross_init"]["jaccard"]["all_animals"])]
     ax.bar(range(len(items)), [v["mean"] for _, v in items], yerr=[v["ci95"] for _, v in items], capsize=2,
            color=plots.PALETTE[4], alpha=0.85)
     ax.axhline(m["chance_jaccard"], color="grey", ls="--", lw=0.8, label=f"chance Jaccard ({m['chance_jaccard']:.3f})")
