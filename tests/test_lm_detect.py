@@ -69,3 +69,19 @@ def test_ngram_features_are_the_generated_numbers_and_their_predecessors():
     uni, bi = lm_detect.number_ngrams(det, W, tokens)
     np.testing.assert_array_equal(uni, values[:, 3:])
     np.testing.assert_array_equal(bi, values[:, 2:-1] * 100 + values[:, 3:])
+
+
+def test_transformer_scores_in_blocks_equal_one_pass():
+    """Above BLOCK_ABOVE rows the classifier scores rows block by block (bounded memory): the same logits."""
+    import jax
+    from minisub.lm import detect as d
+    from minisub.lm import world as w
+    cfg = w.WorldConfig(n_numbers=4, n_prompt=2)
+    det = d.DetectConfig(width=8, heads=2)
+    spec = det.spec(cfg)
+    params = spec.init(jax.random.key(0))
+    tokens, _ = w.number_batch(cfg, jax.random.key(1), d.BLOCK_ABOVE + 5)
+    blocked = d.transformer_logits(spec, cfg, params, tokens)
+    direct = d._pooled_logit(spec, cfg, params, tokens)
+    assert blocked.shape == (d.BLOCK_ABOVE + 5,)
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(direct), rtol=1e-5, atol=1e-6)

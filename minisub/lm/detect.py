@@ -113,10 +113,27 @@ def train_ngram(det: DetectConfig, cfg: world.WorldConfig, tokens_NxL, y_N, w_N)
     return params, ngram_logits(params, uni_NxG, bi_NxG)
 
 
-def transformer_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, tokens_NxL):
-    """``[N]``: the mean over the generated positions of output 0 (mean-pool, then one linear logit)."""
+# Scoring every row at once holds [rows, L, V] logits and the activations for every world: 16384
+# continuations x 24 worlds (32768 rows a world) needed over 24 GB and were OOM-killed. Above
+# BLOCK_ABOVE rows the rows are scored in blocks of SCORE_BLOCK, one after another; up to it (every
+# stored run: at most 4096 continuations, 8192 rows) the one-pass program and its numbers are unchanged.
+BLOCK_ABOVE, SCORE_BLOCK = 8192, 4096
+
+
+def _pooled_logit(spec: TransformerSpec, cfg: world.WorldConfig, params, tokens_NxL):
     gen_L = jnp.asarray(cfg.generated_mask(), jnp.float32)
     return jnp.sum(spec.apply(params, tokens_NxL)[..., 0] * gen_L, axis=-1) / jnp.sum(gen_L)
+
+
+def transformer_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, tokens_NxL):
+    """``[N]``: the mean over the generated positions of output 0 (mean-pool, then one linear logit)."""
+    N, L = tokens_NxL.shape
+    if N <= BLOCK_ABOVE:
+        return _pooled_logit(spec, cfg, params, tokens_NxL)
+    n_blocks = -(-N // SCORE_BLOCK)
+    padded = jnp.concatenate([tokens_NxL, jnp.zeros((n_blocks * SCORE_BLOCK - N, L), tokens_NxL.dtype)])
+    out = jax.lax.map(partial(_pooled_logit, spec, cfg, params), padded.reshape(n_blocks, SCORE_BLOCK, L))
+    return out.reshape(-1)[:N]
 
 
 def train_transformer(det: DetectConfig, cfg: world.WorldConfig, tokens_NxL, y_N, w_N, key):
