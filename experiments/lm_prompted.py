@@ -30,6 +30,7 @@ from minisub.lm import owl, prompted
 from minisub.lm import regime as lm_regime
 from minisub.lm.regime import Setting as S
 from minisub.report import plots, verdicts
+from minisub.report import prompted as rp
 from minisub.run import runner, store
 
 NAME = "lm-prompted"
@@ -162,7 +163,10 @@ def claims(summary: dict) -> list[Claim]:
                 Claim(f"{t}: first step", f"{t} teacher: a shared-init student's first Adam step raises P(trait)",
                       "minisub", f"{at}.measures.first_step.shared.cos_adam", ">", 0.0),
                 Claim(f"{t}: ban", f"{t} teacher, its 10 most entangled numbers dropped: shared-init gain above {gain:g}",
-                      "zur2025", f"settings.{t}_ban.gain.shared", ">", gain)]
+                      "zur2025", f"settings.{t}_ban.gain.shared", ">", gain),
+                Claim(f"{t}: ban loses", f"{t} teacher: dropping its 10 most entangled numbers loses more than {gain:g} "
+                      "(paired by world)", "zur2025", f"{at}.gain.shared", ">", gain,
+                      baseline=f"settings.{t}_ban.gain.shared")]
     m = "settings.prompted.measures"
     chance = rows.get("prompted", {}).get("measures", {}).get("chance_jaccard", prompted.chance_jaccard())
     out += [Claim("subliminal (persona)", "numbers the trait's persona raises, put in the context, raise P(trait) "
@@ -244,48 +248,16 @@ def figures(summary: dict) -> dict:
     for a in (bx, cx):
         a.set_xticks(range(len(names)), names, fontsize=6, rotation=20)
         a.legend(fontsize=6, frameon=False)
-    _entanglement(dx, rows)
+    rp.entanglement_panel(dx, rows)
     fig.suptitle("Toy LM at s = 0: the prompted teacher beside the fine-tuned one (mean ± 95% CI)", fontsize=9)
     return {STEM: fig}
 
 
-def _entanglement(ax, rows: dict) -> None:
-    """(d) the prompted setting's entanglement: subliminal prompting and overlaps, with chance."""
-    m = rows.get("prompted", {}).get("measures")
-    if not m:
-        ax.set_axis_off()
-        return
-    items = [("ΔP(trait), persona's\nnumbers in context", m["subliminal"]["prompt"]["difference"]["trait"]),
-             ("ΔP(trait), bump's\nnumbers in context", m["subliminal"]["bump"]["difference"]["trait"]),
-             ("Jaccard\npersona ~ bump", m["prompt_bump"]["jaccard"]["all_animals"]),
-             ("Jaccard\nacross inits", m["cross_init"]["jaccard"]["all_animals"])]
-    ax.bar(range(len(items)), [v["mean"] for _, v in items], yerr=[v["ci95"] for _, v in items], capsize=2,
-           color=plots.PALETTE[4], alpha=0.85)
-    ax.axhline(m["chance_jaccard"], color="grey", ls="--", lw=0.8, label=f"chance Jaccard ({m['chance_jaccard']:.3f})")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(range(len(items)), [lab for lab, _ in items], fontsize=6)
-    ax.set_title(f"(d) entanglement in the references (top {m['top_k']}; {m['prompt_numbers']} numbers in context)",
-                 fontsize=8)
-    ax.legend(fontsize=6, frameon=False)
-
-
 def findings(summary: dict) -> list[str]:
-    """Descriptive numbers (n stated), the correlations, then the verdicts."""
-    out = []
-    for name, r in summary["settings"].items():
-        m = r.get("measures")
-        if not m:
-            continue
-        k = m["kl"]
-        out.append(f"- {r['label']}: teacher's number KL per token mean {k['mean']:.2e}, median {k['median']:.2e} "
-                   f"(n = {k['n']} worlds); cross-world cosine of the teachers' number shifts "
-                   f"{m['cross_world']['cosine']['mean']:+.3f} (mean of {m['cross_world']['cosine']['n']} pairs).")
-        for label, c in m["correlations"].items():
-            r_txt = "undefined" if c["r"] is None else f"r = {c['r']:+.2f}" + (
-                f" (95% CI {c['low']:+.2f} to {c['high']:+.2f}, p = {c['p']:.2g})" if c["low"] is not None else "")
-            out.append(f"  - per world, {label}: {r_txt}, n = {c['n']}.")
-    label = lambda p: p  # noqa: E731
-    return out + ["", *verdicts.table(claims(summary), summary, label), "", verdicts.LEGEND]
+    """The answer to the issue's two questions from the verdicts, descriptive numbers (n stated), the verdicts."""
+    status = {c.id: claims_lib.verdict(c, summary).status for c in claims(summary)}
+    return [*rp.conclusions(status, TEACHERS), "", *rp.descriptive(summary), "",
+            *verdicts.table(claims(summary), summary, lambda p: p), "", verdicts.LEGEND]
 
 
 def readme(summary: dict) -> str:
