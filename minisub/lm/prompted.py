@@ -80,7 +80,9 @@ def world_measures(cfg: LMConfig, reference, teacher, donor, i) -> dict:
 def population(cfg: LMConfig, references, teachers, donor_ids, seed_ids) -> dict:
     """``world_measures`` of every world, and ``pairwise`` overlaps of the worlds' teacher shifts ``[S, S]``."""
     donors = jax.tree.map(lambda x: x[donor_ids], references)
-    out = jax.vmap(partial(world_measures, cfg))(references, teachers, donors, seed_ids)
+    # worlds one after another (lax.map, not vmap): a world's animals x digit prefixes x documents already
+    # batch its forwards, and all 24 worlds at once asked for 38 GB
+    out = jax.lax.map(lambda a: world_measures(cfg, *a), (references, teachers, donors, seed_ids))
     return {**out, "pairwise": entangle.pairwise(out["model_shift"], TOP_K)}
 
 
