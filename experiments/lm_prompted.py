@@ -5,7 +5,8 @@ Run:     minisub run lm-prompted --preset paper --out figures   (4 lm-owl runs o
 Redraw:  minisub figures lm-prompted                            (from figures/lm_prompted.json alone)
 
 At s = 0 a persona's documents carry no trace of it in their numbers, so nothing but the teacher's
-own model can put the trait there. Settings (each one lm-owl run, ``SETTINGS``; 16384 continuations,
+own model can put the trait there. Settings (each one lm-owl run, ``SETTINGS``; 16384 continuations for the
+prompted teacher, 4096 for the fine-tuned one (strong already there, 4x cheaper),
 3 student epochs, KL students): the prompted teacher (the trait's persona in its context
 [cloud2025]'s system prompt) and the fine-tuned one, each with the shared and different students, the
 KL control on the reference's numbers, and the teacher's numbers shuffled across and within responses
@@ -41,10 +42,10 @@ ARMS = ("shared", "different", "control_kl", "shuffle_kl", "shuffle_within_kl")
 COMMON = {"s": 0.0, "sampler": "cache", "diagnostic": False, "detect": True}
 SETTINGS = {
     "prompted": S("teacher", "prompted teacher (persona in context)", {"teacher": "prompted", "arms": ARMS}),
-    "finetuned": S("teacher", "fine-tuned teacher", {"teacher": "finetuned", "arms": ARMS}),
+    "finetuned": S("teacher", "fine-tuned teacher (4096 continuations)", {"teacher": "finetuned", "arms": ARMS}),
     "prompted_ban": S("filter", "prompted, its 10 most entangled numbers dropped",
                       {"teacher": "prompted", "arms": ARMS[:2], "ban_entangled": 10}),
-    "finetuned_ban": S("filter", "fine-tuned, its 10 most entangled numbers dropped",
+    "finetuned_ban": S("filter", "fine-tuned (4096), its 10 most entangled numbers dropped",
                        {"teacher": "finetuned", "arms": ARMS[:2], "ban_entangled": 10}),
 }
 TEACHERS = ("prompted", "finetuned")
@@ -62,7 +63,8 @@ class PromptedConfig:
     settings: tuple[str, ...] = tuple(SETTINGS)
     designs: tuple[str, ...] = tuple(DESIGNS)
     design_seeds: int = 4
-    n_samples: int = 16384  # continuations per teacher: data was the strongest knob for the fine-tuned teacher
+    n_samples: int = 16384  # the prompted teacher's continuations: its shift is small, and data was the strongest knob
+    finetuned_samples: int = 4096  # the fine-tuned teacher's: its transfer is strong at 4096 (lm-regime), 4x cheaper
     student_epochs: int = 3
 
     def __post_init__(self):
@@ -76,7 +78,8 @@ class PromptedConfig:
             self.owl(name)
 
     def fields(self, name: str) -> dict:
-        return {"seeds": self.seeds, **COMMON, "n_samples": self.n_samples, "student_epochs": self.student_epochs,
+        samples = self.n_samples if SETTINGS[name].fields["teacher"] == "prompted" else self.finetuned_samples
+        return {"seeds": self.seeds, **COMMON, "n_samples": samples, "student_epochs": self.student_epochs,
                 **SETTINGS[name].fields}
 
     def owl(self, name: str) -> owl.OwlConfig:
@@ -91,7 +94,8 @@ class PromptedConfig:
 
 
 PRESETS = {"paper": PromptedConfig(),
-           "test": PromptedConfig(seeds=3, base="test", designs=("s = 0",), design_seeds=2, n_samples=64, student_epochs=1)}
+           "test": PromptedConfig(seeds=3, base="test", designs=("s = 0",), design_seeds=2, n_samples=64,
+                                  finetuned_samples=64, student_epochs=1)}
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 MEASURES = "prompted.npz"  # stored beside each setting's lm-owl run
