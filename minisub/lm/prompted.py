@@ -95,18 +95,37 @@ def measure(cfg: LMConfig, log=None) -> dict:
     return jax.tree.map(np.asarray, out)
 
 
+def _design_world(cfg: LMConfig, reference, teacher, persona, i) -> dict:
+    """``world_measures``' teacher-level part alone (no animals): KL, number shift and the shared first step."""
+    spec, w = cfg.spec, cfg.world
+    docs_BxL = _documents(cfg, i)
+    first = diagnostic.first_step(spec, w, reference, teacher, docs_BxL, jnp.ones(docs_BxL.shape[0]),
+                                  cfg.trait_index, persona, outputs=cfg.student_outputs, kind=cfg.trait_kind)
+    return {"kl": entangle.number_kl(spec, w, teacher, reference, docs_BxL, persona, cfg.student_outputs)["token"],
+            "model_shift": entangle.model_shift(spec, w, teacher, reference, docs_BxL, persona), **first}
+
+
+@partial(jax.jit, static_argnums=0)
+def _design_population(cfg: LMConfig, references, teachers, persona, seed_ids) -> dict:
+    """``_design_world`` of every world; ``persona`` is traced, so one compiled program serves every teacher."""
+    out = jax.lax.map(lambda a: _design_world(cfg, a[0], a[1], persona, a[2]), (references, teachers, seed_ids))
+    return {**out, "pairwise": entangle.pairwise(out["model_shift"], TOP_K)}
+
+
 def design(cfg: LMConfig, log=None) -> dict:
     """One world design: for each way of giving the teacher its trait (``TEACHERS``), per world the KL of
     its numbers to the reference's and its student's first step, and the mean cross-world overlap of
     its number shifts. The references are pretrained once (stored) and shared by the three teachers."""
-    out = {}
+    seed_ids = jnp.arange(cfg.seeds)
+    references, _ = lm_pipeline.pretrain_cached(cfg, seed_ids, log=log)
+    out, off = {}, ~np.eye(cfg.seeds, dtype=bool)
     for teacher in TEACHERS:
         c = dataclasses.replace(cfg, teacher=teacher)
-        m = measure(c, log)
-        off = ~np.eye(c.seeds, dtype=bool)
-        out[teacher] = {"kl": m["kl"]["token"], "cos_adam": m["first_step"]["shared"]["cos_adam"],
-                        "cos_sgd": m["first_step"]["shared"]["cos_sgd"],
-                        "grad_norm": m["first_step"]["shared"]["grad_norm"],
+        teachers, _ = lm_pipeline.make_teachers(c, references)
+        persona = jnp.asarray(lm_pipeline.teacher_persona(c), jnp.int32)
+        m = jax.tree.map(np.asarray, _design_population(dataclasses.replace(cfg, teacher="finetuned"), references,
+                                                        teachers, persona, seed_ids))
+        out[teacher] = {"kl": m["kl"], "cos_adam": m["cos_adam"], "cos_sgd": m["cos_sgd"], "grad_norm": m["grad_norm"],
                         "cross_world_cosine": float(m["pairwise"]["cosine"][off].mean()),
                         "cross_world_jaccard": float(m["pairwise"]["jaccard"][off].mean())}
     return out
