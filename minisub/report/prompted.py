@@ -9,7 +9,9 @@ SUPPORTED, REFUTED = claims.SUPPORTED, claims.REFUTED
 
 
 def _answer(status: str, yes: str, no: str) -> str:
-    return yes if status == SUPPORTED else no if status == REFUTED else f"undecided ({status})"
+    if status == claims.MISSING:
+        return "is not measured (not computed)"
+    return yes if status == SUPPORTED else no if status == REFUTED else f"is undecided ({status})"
 
 
 def conclusions(status: dict, teachers) -> list[str]:
@@ -26,13 +28,17 @@ def conclusions(status: dict, teachers) -> list[str]:
     out = [f"**Does the toy reproduce the paper's prompted-teacher result at s = 0?** {verdict}."]
     for t in teachers:
         s = lambda k: status.get(f"{t}: {k}", claims.MISSING)  # noqa: E731
+        if s("shared") == claims.MISSING:
+            out.append(f"- {t} teacher: not in this summary (its settings are not computed yet).")
+            continue
         if s("shared") != SUPPORTED:
             out.append(f"- {t} teacher: no shared-init transfer to explain (shared gain {s('shared')}).")
             continue
         out.append(f"- {t} teacher, what carries it: dropping the 10 most entangled numbers "
                    + _answer(s("ban loses"), "loses transfer", "does not lose transfer") + "; shuffling across responses "
                    + _answer(s("across"), "loses transfer", "keeps it") + "; shuffling within responses "
-                   + _answer(s("within"), "loses transfer", "keeps it") + ".")
+                   + _answer(s("within"), "loses transfer", "keeps it") + " (KL students: the teacher's logits are "
+                   "read again on the shuffled numbers).")
     return out
 
 
