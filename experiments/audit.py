@@ -214,6 +214,22 @@ def figures(summary: dict) -> dict:
     return {STEM: fig}
 
 
+def evasions_that_keep_transfer(summary: dict, auc: float = 0.9, gain: float = 0.02) -> list[str]:
+    """The rows whose transfer interval lies above ``gain`` while an auditor's AUC is below ``auc``: the
+    evasions that stop an audit but not the trait (the finding the issue asks to put first), else a line saying none."""
+    out = []
+    for row, r in summary["rows"].items():
+        t = summary["transfer"][row]
+        failed = [a for a in ("informed", "realistic") if r[a]["auc"] < auc]
+        if failed and t["mean"] - t["ci95"] > gain:
+            out.append(f"- **{summary['labels'][row]} stops the " + " and the ".join(failed) + f" audit (AUC "
+                       + ", ".join(f"{r[a]['auc']:.3f}" for a in failed) + f" < {auc:g}) but not the transfer** "
+                       f"(accuracy gain {report.pm(t)}, interval above {gain:g}).")
+    head = (f"**Evasions that stop an audit but not the transfer** (an auditor's AUC below {auc:g} while the "
+            f"transfer's 95% interval lies above {gain:g}):")
+    return [head, *out] if out else [f"{head} none."]
+
+
 def readme(summary: dict) -> str:
     """The figures/README.md section: what is audited, the table, the verdicts, how to regenerate."""
     rule, k = summary["rows"]["shared"]["informed"]["tpr"], summary["orders"]
@@ -232,7 +248,7 @@ def readme(summary: dict) -> str:
         f"(mean over the teachers; {stats.TEST}). A student that imitates its own base's outputs gets exactly zero "
         "gradient and never moves (update_cos 0): the realistic threshold flags it for "
         f"{sum(r['own_output_flagged'] for r in summary['rows'].values())} of {len(summary['rows'])} evasions.",
-        "", table(summary), "", verdicts.LEGEND, "",
+        "", *evasions_that_keep_transfer(summary), "", table(summary), "", verdicts.LEGEND, "",
         *verdicts.table(claims(summary), summary, lambda p: p.split(".")[1]), "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

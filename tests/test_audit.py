@@ -341,3 +341,16 @@ def test_lm_rows_read_students_against_same_base_controls():
     assert rows["lineage_baselines_shared"]["auc"] == 1.0 and rows["s0_finetuned"]["auc"] == 1.0
     assert rows["lineage_perturbed_mlp_0p1"]["auc"] == 0.5
     assert rows["lineage_baselines_shared"]["tpr"]["limited"]  # 4 negatives: the threshold is the largest one
+
+
+def test_evasions_that_stop_the_audit_but_not_the_transfer_are_named_from_the_numbers():
+    from minisub_experiments import audit as experiment
+    row = lambda auc_i, auc_r: {"informed": {"auc": auc_i}, "realistic": {"auc": auc_r}}  # noqa: E731
+    summary = {"rows": {"a": row(1.0, 0.99), "b": row(0.5, 0.5), "c": row(0.5, 0.95)},
+               "transfer": {"a": {"mean": 0.4, "ci95": 0.03, "n": 20}, "b": {"mean": 0.4, "ci95": 0.03, "n": 20},
+                            "c": {"mean": 0.01, "ci95": 0.03, "n": 20}},
+               "labels": {"a": "shared", "b": "permuted", "c": "weak"}}
+    lines = experiment.evasions_that_keep_transfer(summary)
+    assert len(lines) == 2 and "permuted stops the informed and the realistic audit" in lines[1]
+    summary["transfer"]["b"]["mean"] = 0.0  # no transfer left: not such an evasion
+    assert experiment.evasions_that_keep_transfer(summary)[0].endswith("none.")

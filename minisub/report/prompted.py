@@ -74,7 +74,7 @@ def entanglement_panel(ax, rows: dict) -> None:
            color=plots.PALETTE[4], alpha=0.85)
     ax.axhline(m["chance_jaccard"], color="grey", ls="--", lw=0.8, label=f"chance Jaccard ({m['chance_jaccard']:.3f})")
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(range(len(items)), [lab for lab, _ in items], fontsize=6)
+    ax.set_xticks(range(len(items)), [lab for lab, _ in items], fontsize=5.5, rotation=15)
     ax.set_title(f"(d) entanglement in the references (top {m['top_k']}; {m['prompt_numbers']} numbers in context)",
                  fontsize=8)
     ax.legend(fontsize=6, frameon=False)
