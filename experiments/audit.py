@@ -107,6 +107,11 @@ def run(cfg: AuditConfig, *, command: str, execution: runner.Execution | None = 
     return summary, directory
 
 
+def merge_written(summary: dict, path: Path) -> dict:
+    """Analysed again when written: the toy LM's rows read the lm-lineages and lm-prompted JSON as they are now."""
+    return analyse(summary)
+
+
 def analyse(summary: dict) -> dict:
     """Error rates, which-teacher accuracy and calibration of every row, from the stored matrices; the verdicts."""
     rows, fpr = {}, summary["fpr"]
@@ -225,6 +230,11 @@ def evasions_that_keep_transfer(summary: dict, auc: float = 0.9, gain: float = 0
             out.append(f"- **{summary['labels'][row]} stops the " + " and the ".join(failed) + f" audit (AUC "
                        + ", ".join(f"{r[a]['auc']:.3f}" for a in failed) + f" < {auc:g}) but not the transfer** "
                        f"(accuracy gain {report.pm(t)}, interval above {gain:g}).")
+    for r in summary.get("lm", {}).values():  # the toy LM (informed auditor; transfer: gain in P(trait))
+        t = r["transfer"]
+        if r["auc"] < auc and t["mean"] - t["ci95"] > gain:
+            out.append(f"- **Toy LM, {r['label']}: stops the informed audit (AUC {r['auc']:.3f} < {auc:g}) but not the "
+                       f"transfer** (gain in P(trait) {report.pm(t)}, interval above {gain:g}).")
     head = (f"**Evasions that stop an audit but not the transfer** (an auditor's AUC below {auc:g} while the "
             f"transfer's 95% interval lies above {gain:g}):")
     return [head, *out] if out else [f"{head} none."]
