@@ -123,7 +123,7 @@ def run(cfg: PromptedConfig, *, command: str, execution: runner.Execution | None
         if m is not None:
             row["measures"] = prompted.summarise(oc.lm, m, {a: row["gain"][a]["values"] for a in row["gain"]})
     designs = {}
-    for name in cfg.designs:
+    for name in cfg.designs if ex.compute else ():  # a merge computes nothing, designs included
         d = prompted.design(cfg.design(name))
         designs[name] = {t: {q: (stats.mean_ci(v) if np.ndim(v) else v) for q, v in r.items()} for t, r in d.items()}
     if not rows:
@@ -134,14 +134,12 @@ def run(cfg: PromptedConfig, *, command: str, execution: runner.Execution | None
 
 
 def pending(cfg: PromptedConfig, directory: Path) -> str:
-    return (f"{NAME}: none of the settings {', '.join(cfg.settings)} is stored in {directory} yet; compute them "
-            f"with: minisub run {NAME} --preset {cfg.base}")
+    return lm_regime.pending(NAME, cfg.settings, cfg.base, directory)
 
 
 def merge_written(summary: dict, path: Path) -> dict:
     """Rows this results store lacks, kept from the JSON already at ``path`` when they are the same runs."""
-    merged = lm_regime.keep_written_rows(summary, path, SETTINGS, log=print)
-    return analyse(merged) if merged is not summary else summary
+    return lm_regime.merge_written(summary, path, SETTINGS, analyse)
 
 
 # --- claims: every verdict from the per-world numbers ---------------------------------------------

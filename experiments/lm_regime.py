@@ -124,14 +124,12 @@ def run(cfg: RegimeConfig, *, command: str, execution: runner.Execution | None =
 
 
 def pending(cfg: RegimeConfig, directory: Path) -> str:
-    return (f"{NAME}: none of the settings {', '.join(cfg.settings)} is stored in {directory} yet; compute them "
-            f"with: minisub run {NAME} --preset {cfg.base}")
+    return lm_regime.pending(NAME, cfg.settings, cfg.base, directory)
 
 
 def merge_written(summary: dict, path: Path) -> dict:
     """Rows this results store lacks, kept from the JSON already at ``path`` when they are the same runs."""
-    merged = lm_regime.keep_written_rows(summary, path, SETTINGS, log=print)
-    return analyse(merged) if merged is not summary else summary
+    return lm_regime.merge_written(summary, path, SETTINGS, analyse)
 
 
 def claims(summary: dict) -> list[Claim]:

@@ -93,6 +93,18 @@ def run_settings(configs: dict, settings: dict, commands: dict, execution, analy
     return rows, missing
 
 
+def pending(name: str, settings, base: str, directory: Path) -> str:
+    """A settings map's message when none of its lm-owl runs is stored yet (lm-regime, lm-prompted)."""
+    return (f"{name}: none of the settings {', '.join(settings)} is stored in {directory} yet; compute them "
+            f"with: minisub run {name} --preset {base}")
+
+
+def merge_written(summary: dict, path: Path, settings: dict, analyse) -> dict:
+    """``keep_written_rows`` (printing which rows were kept), then ``analyse`` again when any was kept."""
+    merged = keep_written_rows(summary, path, settings, log=print)
+    return analyse(merged) if merged is not summary else summary
+
+
 def keep_written_rows(summary: dict, path: Path, settings: dict, log=None) -> dict:
     """``summary`` plus the rows of its missing settings that the JSON at ``path`` holds for the same runs.
 
