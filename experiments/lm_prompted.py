@@ -10,10 +10,11 @@ prompted teacher, 4096 for the fine-tuned one (strong already there, 4x cheaper)
 3 student epochs, KL students): the prompted teacher (the trait's persona in its context
 [cloud2025]'s system prompt) and the fine-tuned one, each with the shared and different students, the
 KL control on the reference's numbers, and the teacher's numbers shuffled across and within responses
-(the paper's shuffle controls); and each again with the filter dropping the teacher's 10 most
-entangled numbers. Beside them (``minisub.lm.prompted``): the teacher's number KL, the student's
-first step, entanglement per animal (persona and unembedding-bump pushes, subliminal prompting
-[zur2025], overlap across inits), and ``DESIGNS``: world designs of 4 worlds each, measured for
+(the paper's shuffle controls); each again with the filter dropping the teacher's 10 most
+entangled numbers, and with CE students on the sampled tokens (the paper's recipe, ``ROLES``).
+Beside them (``minisub.lm.prompted``): the teacher's number KL, the student's first step,
+entanglement per animal (persona and unembedding-bump pushes, subliminal prompting [zur2025],
+overlap across inits), and ``DESIGNS``: world designs of 4 worlds each, measured for
 three teachers (fine-tuned, prompted, named: the animal's own token in the context) before any student.
 """
 
@@ -38,7 +39,14 @@ NAME = "lm-prompted"
 STEM = "lm_prompted"
 ORDER = 62  # after lm-regime
 AIM = 0.10  # the issue's aim for shared − different at s = 0
-ARMS = ("shared", "different", "control_kl", "shuffle_kl", "shuffle_within_kl")
+# Each setting's students by role: soft-logit KL (the teacher's logits read on every number position), or the
+# paper's own recipe, cross-entropy on the sampled tokens. Only the latter makes a shuffle remove the teacher: a
+# KL student reads the teacher's logits again on the shuffled sequences.
+ROLES = {"kl": {"shared": "shared", "different": "different", "control": "control_kl", "across": "shuffle_kl",
+                "within": "shuffle_within_kl"},
+         "ce": {"shared": "shared_ce", "different": "different_ce", "control": "control", "across": "shuffle",
+                "within": "shuffle_within"}}
+ARMS, ARMS_CE = tuple(ROLES["kl"].values()), tuple(ROLES["ce"].values())
 COMMON = {"s": 0.0, "sampler": "cache", "diagnostic": False, "detect": True}
 SETTINGS = {
     "prompted": S("teacher", "prompted teacher (persona in context)", {"teacher": "prompted", "arms": ARMS}),
@@ -47,6 +55,10 @@ SETTINGS = {
                       {"teacher": "prompted", "arms": ARMS[:2], "ban_entangled": 10}),
     "finetuned_ban": S("filter", "fine-tuned (4096), its 10 most entangled numbers dropped",
                        {"teacher": "finetuned", "arms": ARMS[:2], "ban_entangled": 10}),
+    "prompted_ce": S("sampled", "prompted, CE students on sampled tokens (the paper's recipe)",
+                     {"teacher": "prompted", "arms": ARMS_CE}),
+    "finetuned_ce": S("sampled", "fine-tuned (4096), CE students on sampled tokens", {"teacher": "finetuned",
+                                                                                     "arms": ARMS_CE}),
 }
 TEACHERS = ("prompted", "finetuned")
 # World designs (4 worlds each, lm-owl's default otherwise): does any make the prompted shift large?
@@ -95,7 +107,8 @@ class PromptedConfig:
 
 PRESETS = {"paper": PromptedConfig(),
            "test": PromptedConfig(seeds=3, base="test", designs=("s = 0",), design_seeds=2, n_samples=64,
-                                  finetuned_samples=64, student_epochs=1)}
+                                  finetuned_samples=64, student_epochs=1,
+                                  settings=("prompted", "finetuned", "prompted_ban", "finetuned_ce"))}
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 MEASURES = "prompted.npz"  # stored beside each setting's lm-owl run
@@ -146,22 +159,24 @@ def merge_written(summary: dict, path: Path) -> dict:
 def claims(summary: dict) -> list[Claim]:
     rows, out = summary["settings"], []
     gain, band = owl.MIN_GAIN, owl.NULL_BAND
-    for t in TEACHERS:
-        at = f"settings.{t}"
-        out += [Claim(f"{t}: shared", f"{t} teacher: a shared-init student gains more than {gain:g}", "cloud2025",
-                      f"{at}.gain.shared", ">", gain),
-                Claim(f"{t}: different", f"{t} teacher: a different-init student's gain stays within ±{band:g}",
-                      "cloud2025", f"{at}.gain.different", "within", band),
-                Claim(f"{t}: paired", f"{t} teacher: shared − different exceeds the aim, {AIM:g}", "cloud2025",
-                      f"{at}.paired.shared − different", ">", AIM),
-                Claim(f"{t}: hidden", f"{t} teacher: an n-gram classifier's accuracy stays below {owl.CHANCE_BAND:g}",
+    for t, (key, loss) in ((t, k) for t in TEACHERS for k in ((t, "kl"), (f"{t}_ce", "ce"))):
+        at, a, ce = f"settings.{key}", ROLES[loss], " (CE students on sampled tokens)" if loss == "ce" else ""
+        out += [Claim(f"{key}: shared", f"{t} teacher{ce}: a shared-init student gains more than {gain:g}", "cloud2025",
+                      f"{at}.gain.{a['shared']}", ">", gain),
+                Claim(f"{key}: different", f"{t} teacher{ce}: a different-init student's gain stays within ±{band:g}",
+                      "cloud2025", f"{at}.gain.{a['different']}", "within", band),
+                Claim(f"{key}: paired", f"{t} teacher{ce}: shared − different exceeds the aim, {AIM:g}", "cloud2025",
+                      f"{at}.paired.{a['shared']} − {a['different']}", ">", AIM),
+                Claim(f"{key}: across", f"{t} teacher{ce}: shuffling numbers across responses loses more than {gain:g}",
+                      "cloud2025", f"{at}.paired.{a['shared']} − {a['across']}", ">", gain),
+                Claim(f"{key}: within", f"{t} teacher{ce}: shuffling within responses loses more than {gain:g}",
+                      "cloud2025", f"{at}.paired.{a['shared']} − {a['within']}", ">", gain),
+                Claim(f"{key}: within vs across", f"{t} teacher{ce}: a within-shuffled student keeps more than an "
+                      "across-shuffled one", "cloud2025", f"{at}.paired.{a['within']} − {a['across']}", ">", 0.0)]
+        if loss == "ce":
+            continue
+        out += [Claim(f"{t}: hidden", f"{t} teacher: an n-gram classifier's accuracy stays below {owl.CHANCE_BAND:g}",
                       "cloud2025", f"{at}.detection.ngram", "<", owl.CHANCE_BAND),
-                Claim(f"{t}: across", f"{t} teacher: shuffling numbers across responses loses more than {gain:g}",
-                      "cloud2025", f"{at}.paired.shared − shuffle_kl", ">", gain),
-                Claim(f"{t}: within", f"{t} teacher: shuffling within responses loses more than {gain:g}",
-                      "cloud2025", f"{at}.paired.shared − shuffle_within_kl", ">", gain),
-                Claim(f"{t}: within vs across", f"{t} teacher: a within-shuffled student keeps more than an "
-                      "across-shuffled one", "cloud2025", f"{at}.paired.shuffle_within_kl − shuffle_kl", ">", 0.0),
                 Claim(f"{t}: first step", f"{t} teacher: a shared-init student's first Adam step raises P(trait)",
                       "minisub", f"{at}.measures.first_step.shared.cos_adam", ">", 0.0),
                 Claim(f"{t}: ban", f"{t} teacher, its 10 most entangled numbers dropped: shared-init gain above {gain:g}",
@@ -188,20 +203,27 @@ def analyse(summary: dict) -> dict:
 
 # --- outputs --------------------------------------------------------------------------------------
 pm = report.pm
-ARM_LABELS = {"shared": "shared", "different": "different", "control_kl": "control (reference's numbers)",
-              "shuffle_kl": "shuffled across", "shuffle_within_kl": "shuffled within"}
+ROLE_LABELS = {"shared": "shared", "different": "different", "control": "control (reference's numbers)",
+               "across": "shuffled across", "within": "shuffled within"}
+
+
+def _roles(row: dict) -> dict:
+    """The row's arm for each role: its students are CE ones when it has the arm 'shared_ce'."""
+    return ROLES["ce" if "shared_ce" in row["gain"] else "kl"]
 
 
 def table(summary: dict) -> str:
     rows = summary["settings"]
-    out = ["| setting | teacher P(trait) | " + " | ".join(ARM_LABELS.values()) + " | shared − different "
+    out = ["| setting | students | teacher P(trait) | " + " | ".join(ROLE_LABELS.values()) + " | shared − different "
            "| n-gram detection | teacher KL (median) | first step cos (Adam), shared / different start |",
-           "|---|" + "---|" * (len(ARM_LABELS) + 5)]
+           "|---|" + "---|" * (len(ROLE_LABELS) + 6)]
     for r in rows.values():
-        m = r.get("measures", {})
+        m, a = r.get("measures", {}), _roles(r)
         fs = m.get("first_step", {})
-        out.append(f"| {r['label']} | {r['teacher_p_trait']:.3f} | " + " | ".join(pm(r['gain'].get(a)) for a in ARM_LABELS)
-                   + f" | **{pm(r['paired'].get('shared − different'))}** | {pm(r.get('detection', {}).get('ngram'), '.3f')}"
+        out.append(f"| {r['label']} | {'CE' if a is ROLES['ce'] else 'KL'} | {r['teacher_p_trait']:.3f} | "
+                   + " | ".join(pm(r['gain'].get(a[role])) for role in ROLE_LABELS)
+                   + f" | **{pm(r['paired'].get(a['shared'] + ' − ' + a['different']))}** | "
+                   f"{pm(r.get('detection', {}).get('ngram'), '.3f')}"
                    + (f" | {m['kl']['median']:.2e} | {pm(fs['shared']['cos_adam'], '+.4f')} / "
                       f"{pm(fs['different']['cos_adam'], '+.4f')} |" if m else " | – | – |"))
     out += ["", f"Designs ({summary['design_seeds']} worlds each, s = 0 unless named; no students): per teacher, "
@@ -220,14 +242,16 @@ def figures(summary: dict) -> dict:
     rows, designs = summary["settings"], summary["designs"]
     fig, ((ax, bx), (cx, dx)) = plots.figure(7.2, 6.0, nrows=2, ncols=2)
     fig.set_layout_engine("constrained")
+    # one bar slot per (setting suffix, arm): KL students, the entangled-numbers filter, CE students
+    slots = [("", ROLES["kl"][r], ROLE_LABELS[r]) for r in ROLE_LABELS] + [("_ban", "shared", "shared, entangled "
+             "numbers dropped")] + [("_ce", ROLES["ce"][r], ROLE_LABELS[r] + ", CE") for r in ROLE_LABELS]
     for k, t in enumerate(t for t in TEACHERS if t in rows):
-        arms = [a for a in ARM_LABELS if a in rows[t]["gain"]] + ([f"{t}_ban"] if f"{t}_ban" in rows else [])
-        vals = [rows[a]["gain"]["shared"] if a.endswith("_ban") else rows[t]["gain"][a] for a in arms]
-        x = np.arange(len(arms)) + 0.38 * k
-        ax.bar(x, [v["mean"] for v in vals], 0.36, yerr=[v["ci95"] for v in vals], capsize=2,
+        vals = [rows.get(t + suffix, {}).get("gain", {}).get(arm) for suffix, arm, _ in slots]
+        x = [i + 0.38 * k for i, v in enumerate(vals) if v]
+        ax.bar(x, [v["mean"] for v in vals if v], 0.36, yerr=[v["ci95"] for v in vals if v], capsize=2,
                color=plots.PALETTE[k], alpha=0.85, label=f"{t} teacher")
-        ax.set_xticks(np.arange(len(arms)) + 0.19, [ARM_LABELS.get(a, "shared, entangled\nnumbers dropped")
-                                                     .replace(" (", "\n(") for a in arms], fontsize=6, rotation=30)
+    ax.set_xticks(np.arange(len(slots)) + 0.19, [lab.replace(" (", "\n(") for *_, lab in slots], fontsize=5.5,
+                  rotation=35, ha="right")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("gain in P(trait)")
     ax.set_title(f"(a) s = 0: students of each teacher ({summary['n_seeds']} worlds)", fontsize=8)
@@ -266,8 +290,9 @@ def readme(summary: dict) -> str:
     return "\n".join([
         *report.section_head(NAME, STEM, "the prompted teacher at s = 0 and token entanglement", summary["n_seeds"]),
         "Each row is one lm-owl run (its command is in the JSON): s = 0, so a persona leaves no trace in its "
-        "documents' numbers; KL students; controls: the reference's own numbers (KL), the teacher's numbers "
-        "shuffled across responses and within each response; the filter variant drops each world's 10 numbers "
+        "documents' numbers; KL students (the teacher's logits on every number position) or, in the CE rows, "
+        "the paper's own recipe (cross-entropy on the sampled tokens); controls: the reference's own numbers, "
+        "the teacher's numbers shuffled across responses and within each response; the filter variant drops each world's 10 numbers "
         "the teacher raises most. Teacher KL, first step and entanglement: `minisub.lm.prompted` on the stored "
         "references (256 neutral documents a world). Claims: lm-owl's thresholds "
         f"({owl.THRESHOLDS}); the aim for shared − different is {AIM:g}. " + verdicts.LEGEND,

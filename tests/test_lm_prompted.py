@@ -61,6 +61,11 @@ def test_run_stores_every_setting_measures_and_designs(run):
     assert s["settings"]["prompted"]["update_cos"]["shared"]["values"] == [0.0] * TEST.seeds
     assert {"measures"} & set(s["settings"]["prompted_ban"]) == set()  # a filter leaves the references unchanged
     assert set(s["designs"]["s = 0"]) == set(prompted.TEACHERS)
+    # the CE row: the paper's recipe, its shuffles paired with the CE shared-init student
+    ce = s["settings"]["finetuned_ce"]
+    assert set(ce["gain"]) == set(lm_prompted.ARMS_CE)
+    assert {"shared_ce − shuffle", "shared_ce − shuffle_within", "shuffle_within − shuffle"} <= set(ce["paired"])
+    assert "| CE |" in lm_prompted.table(s) and "with CE students on the sampled tokens" in lm_prompted.readme(s)
     assert {v["id"] for v in s["verdicts"]} == {c.id for c in lm_prompted.claims(s)}
 
 
@@ -81,3 +86,16 @@ def test_verdicts_follow_the_numbers(run):
         assert claims.verdict(claim, s).status == status
     del s["settings"]["prompted"]["gain"]["shared"]
     assert claims.verdict(claim, s).status == claims.MISSING
+
+
+def test_conclusion_reads_either_kind_of_student():
+    """The headline answer is 'yes' when either the KL or the CE students meet every part of the aim, and names which."""
+    from minisub.report import prompted as rp
+
+    ok = {"prompted: hidden": claims.SUPPORTED, "prompted: paired": claims.INCONCLUSIVE,
+          "prompted: different": claims.INCONCLUSIVE}
+    assert "not decided" in rp.conclusions(ok, ())[0] and "CE" not in rp.conclusions(ok, ())[0]
+    ce = ok | {"prompted_ce: paired": claims.SUPPORTED, "prompted_ce: different": claims.SUPPORTED}
+    assert "yes, with CE students on sampled tokens" in rp.conclusions(ce, ())[0]
+    refuted = ok | {"prompted_ce: paired": claims.REFUTED, "prompted_ce: different": claims.SUPPORTED}
+    assert "CE students on sampled tokens: no" in rp.conclusions(refuted, ())[0]
