@@ -240,6 +240,28 @@ def evasions_that_keep_transfer(summary: dict, auc: float = 0.9, gain: float = 0
     return [head, *out] if out else [f"{head} none."]
 
 
+def failure_points(summary: dict, auc: float = 0.9) -> list[str]:
+    """Per evasion family (MNIST: the row id's prefix; toy LM: the label without its last value), the points where
+    an auditor's AUC falls below ``auc``, each with the transfer left there, or that it holds at every point tried."""
+    fams: dict[str, list] = {}
+    for row, r in summary["rows"].items():
+        if row != "shared":
+            fams.setdefault(row.split("_")[0], []).append((summary["labels"][row], r, summary["transfer"][row],
+                                                           ("informed", "realistic"), "accuracy gain"))
+    for r in (r for key, r in summary.get("lm", {}).items() if "baselines" not in key):  # shared: no evasion
+        fams.setdefault("toy LM, " + r["label"].rsplit(": ", 1)[0], []).append(
+            (r["label"], {"informed": r}, r["transfer"], ("informed",), "gain in P(trait)"))
+    out = [f"**Where each evasion stops an audit** (AUC below {auc:g}; the transfer left there):"]
+    for fam, points in fams.items():
+        fails = [f"{label} (" + ", ".join(f"{a} AUC {r[a]['auc']:.3f}" for a in bad) + f"; {unit} {report.pm(t)})"
+                 for label, r, t, auditors, unit in points if (bad := [a for a in auditors if r[a]["auc"] < auc])]
+        low = min((r[a]["auc"], a, label) for label, r, _, auditors, _ in points for a in auditors)
+        out.append(f"- {fam} ({len(points)} point{'s' * (len(points) > 1)}): " + (
+            "fails at " + "; ".join(fails) if fails else
+            f"holds at every point tried (lowest AUC {low[0]:.3f}, {low[1]}, at {low[2]})") + ".")
+    return out
+
+
 def readme(summary: dict) -> str:
     """The figures/README.md section: what is audited, the table, the verdicts, how to regenerate."""
     rule, k = summary["rows"]["shared"]["informed"]["tpr"], summary["orders"]
@@ -258,7 +280,7 @@ def readme(summary: dict) -> str:
         f"(mean over the teachers; {stats.TEST}). A student that imitates its own base's outputs gets exactly zero "
         "gradient and never moves (update_cos 0): the realistic threshold flags it for "
         f"{sum(r['own_output_flagged'] for r in summary['rows'].values())} of {len(summary['rows'])} evasions.",
-        "", *evasions_that_keep_transfer(summary), "", table(summary), "", verdicts.LEGEND, "",
+        "", *evasions_that_keep_transfer(summary), "", *failure_points(summary), "", table(summary), "", verdicts.LEGEND, "",
         *verdicts.table(claims(summary), summary, lambda p: p.split(".")[1]), "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

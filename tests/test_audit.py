@@ -354,3 +354,19 @@ def test_evasions_that_stop_the_audit_but_not_the_transfer_are_named_from_the_nu
     assert len(lines) == 2 and "permuted stops the informed and the realistic audit" in lines[1]
     summary["transfer"]["b"]["mean"] = 0.0  # no transfer left: not such an evasion
     assert experiment.evasions_that_keep_transfer(summary)[0].endswith("none.")
+
+
+def test_failure_points_name_where_each_family_stops_the_audit():
+    from minisub_experiments import audit as experiment
+    row = lambda auc_i, auc_r: {"informed": {"auc": auc_i}, "realistic": {"auc": auc_r}}  # noqa: E731
+    gain = {"mean": 0.2, "ci95": 0.01, "n": 20}
+    summary = {"rows": {"shared": row(1.0, 1.0), "liminal_1": row(1.0, 0.95), "liminal_10": row(0.99, 0.8),
+                        "permuted_raw": row(0.5, 0.5)},
+               "transfer": {k: gain for k in ("shared", "liminal_1", "liminal_10", "permuted_raw")},
+               "labels": {"shared": "shared", "liminal_1": "λ = 1", "liminal_10": "λ = 10", "permuted_raw": "raw"},
+               "lm": {"lineage_perturbed_mlp_0p1": {"label": "perturbed: mlp: 0.1", "auc": 0.97, "transfer": gain}}}
+    lines = experiment.failure_points(summary)
+    assert len(lines) == 4  # the head, liminal, permuted, the toy LM's perturbed mlp; shared is no evasion
+    assert "fails at λ = 10 (realistic AUC 0.800; accuracy gain" in lines[1] and "λ = 1 (" not in lines[1]
+    assert "raw (informed AUC 0.500, realistic AUC 0.500" in lines[2]
+    assert "holds at every point tried (lowest AUC 0.970" in lines[3]
