@@ -23,9 +23,10 @@ import numpy as np
 
 from minisub import audit, claims as claims_lib, config as config_lib, report, stats
 from minisub.claims import Claim
-from minisub.config import ConfigError, normalise, require, require_choice
+from minisub.config import ConfigError, late, normalise, require, require_choice
+from minisub.lm import owl
 from minisub.mlp import mnist, pipeline
-from minisub.report import plots, verdicts
+from minisub.report import audit as ra, plots, verdicts
 from minisub.run import audit as population, runner, store
 
 NAME = "audit"
@@ -51,6 +52,7 @@ class AuditConfig:
     base: str = "paper"
     fpr: float = 0.01
     evasions: tuple[str, ...] = ()  # row ids of minisub.run.audit.ROWS ('shared' among them); empty: every row
+    lm_teachers: int = late(0)  # the toy LM's population: this many trait animals' teachers of one reference (0: none)
 
     def __post_init__(self):
         normalise(self)
@@ -61,13 +63,22 @@ class AuditConfig:
         require(not self.evasions or ("shared" in self.evasions and set(self.evasions) <= set(population.ROW_IDS)),
                 "evasions", self.evasions, "empty (every row) or row ids including 'shared', from "
                 + ", ".join(population.ROW_IDS))
+        n = owl.PRESETS[self.base].lm.world.n_animals
+        require(self.lm_teachers == 0 or 3 <= self.lm_teachers <= n, "lm_teachers", self.lm_teachers,
+                f"0 (none) or an integer in [3, {n}] (one teacher per trait animal)")
 
     def recipe(self) -> pipeline.AuxConfig:
         return dataclasses.replace(BASES[self.base], seeds=self.seeds, seed=self.seed)
 
+    def lm(self) -> owl.OwlConfig:
+        """The toy LM's recipe: lm-prompted's fine-tuned teacher at s = 0 (4096 continuations on the paper base)."""
+        samples = {"n_samples": 4096} if self.base == "paper" else {}
+        return config_lib.replace(owl.PRESETS[self.base], s=0.0, teacher="finetuned", sampler="cache",
+                                  student_epochs=3, **samples)
+
 
 # test: one program (no projection row), 4 teachers a base (which-teacher of 8: not measured); seconds once compiled.
-PRESETS = {"paper": AuditConfig(),
+PRESETS = {"paper": AuditConfig(lm_teachers=8),
            "test": AuditConfig(seeds=3, orders=4, base="test",
                                evasions=("shared", "liminal_1", "committee_2", "perturbed_0p1", "permuted_aligned",
                                          "permuted_raw"))}
@@ -102,6 +113,8 @@ def run(cfg: AuditConfig, *, command: str, execution: runner.Execution | None = 
         "accuracy": {k: stats.mean_ci(per_seed(k)) for k in ("reference", "teacher")},
         "seconds_per_seed_and_program": float(np.mean([np.mean(r["seconds"]) for r in runs])),
         "seconds": round(time.time() - start, 1), "provenance": store.provenance(),
+        **({"lm_population": population.lm_population(cfg.lm(), cfg.lm_teachers, store.results_root() / f"{NAME}-lm"),
+            "lm_recipe": config_lib.to_dict(cfg.lm())} if cfg.lm_teachers else {}),
     })
     store.finish(directory, {"transfer": gains}, summary)
     return summary, directory
@@ -131,6 +144,15 @@ def analyse(summary: dict) -> dict:
     read = lambda path: json.loads(path.read_text()) if path.exists() else None  # noqa: E731
     out = {**summary, "rows": rows, "teacher_cos": stats.mean_ci(teachers.mean(axis=1)),
            "lm": population.lm_rows(read(LM_LINEAGES), read(LM_PROMPTED), fpr)}
+    if lp := summary.get("lm_population"):  # the student's init is the base: the realistic score is the informed one
+        m = np.asarray(lp["update_cos"])
+        out["lm_audit"] = {"realistic": audit.population(m, fpr=fpr, ks=KS),
+                           "informed": audit.population(audit.against_controls(m)[0], fpr=fpr, ks=KS),
+                           # the own-output control against every teacher: how many the realistic threshold flags
+                           "control": stats.distribution(np.ravel(lp["control_cos"]),
+                                                         audit.population(m, fpr=fpr)["tpr"]["threshold"]),
+                           "transfer": stats.mean_ci(np.mean(lp["gain"], axis=1)),
+                           "teacher_cos": stats.mean_ci(audit.cases(np.asarray(lp["teacher_cos"]))[1].mean(axis=1))}
     out["verdicts"] = claims_lib.evaluate(claims(out), out)
     return out
 
@@ -151,7 +173,12 @@ def claims(summary: dict) -> list[Claim]:
         Claim("calibrated", "The informed p-values are calibrated: negatives with p ≤ 0.05 are within ±0.03 of 5% "
               "(shared init)", "minisub", "rows.shared.calibration.negatives.0p05", "within", 0.03),
     ]
-    lm = [Claim(f"lm_{key}", f"Toy LM, {r['label']}: informed AUC > 0.99 (against same-base controls)", "minisub",
+    k = len(summary.get("lm_population", {}).get("gain", [[None] * 8])[0])
+    lm = [Claim(f"lm_pop_{c}", f"Toy LM, fine-tuned teacher at s = 0, {k} teachers (trait animals) of one reference: "
+                f"{text}", "minisub", f"lm_audit.realistic.{path}", ">", x) for c, text, path, x in (
+        ("auc", "AUC > 0.99", "auc_by_world", 0.99), ("tpr", f"TPR > 0.9 at {fpr} FPR", "tpr_by_world", 0.9),
+        ("which_8", "the right teacher of 8 more than 90% of the time", "which_teacher.8", 0.9))]
+    lm += [Claim(f"lm_{key}", f"Toy LM, {r['label']}: informed AUC > 0.99 (against same-base controls)", "minisub",
                 f"lm.{key}.auc_by_world", ">", 0.99) for key, r in summary.get("lm", {}).items()
           if key in ("lineage_baselines_shared", "s0_finetuned", "lineage_permuted_heads_and_MLP_units")]
     return base + lm + [Claim(f"detects_{row}", f"Informed audit still detects {label}: AUC > 0.9", "minisub",
@@ -186,6 +213,19 @@ def table(summary: dict) -> str:
                 "", "| students | AUC (per-world mean ± 95% CI) | TPR | transfer | n pos / neg |", "|---|---|---|---|---|"]
         out += [f"| {r['label']} | {report.pm(r['auc_by_world'], '.3f')} | {_cell(r)} | {report.pm(r['transfer'])} "
                 f"| {r['tpr']['n_pos']} / {r['tpr']['n_neg']} |" for r in summary["lm"].values()]
+    if a := summary.get("lm_audit"):
+        r, c, k = a["realistic"], a["control"], a["realistic"]["k"]
+        out += ["", f"Toy LM population (`--lm_teachers {k}`): per world, {k} teachers fine-tuned from its one reference "
+                f"(the public base) toward {k} trait animals at s = 0, a shared-init KL student of each ({r['n_worlds']} "
+                "worlds); the student's init is the base, so both auditors read cos(θ_S − θ_ref, θ_T − θ_ref).", "",
+                "| auditor | AUC / TPR@" + f"{summary['fpr']:g} | which teacher of 2 / 4 / 8 | n pos / neg |", "|---|---|---|---|"]
+        out += [f"| {name} | {_cell(a[name])} | " + " / ".join(f"{a[name]['which_teacher'][str(j)]['mean']:.2f}" if
+                str(j) in a[name]["which_teacher"] else "n/a" for j in KS) + f" | {a[name]['tpr']['n_pos']} / "
+                f"{a[name]['tpr']['n_neg']} |" for name in ("realistic", "informed")]
+        out += ["", f"Transfer (each student's gain in P(its teacher's animal), mean over the {k}): "
+                f"{report.pm(a['transfer'])}; teachers of one reference: cos(Δθ_T, Δθ_T′) {report.pm(a['teacher_cos'], '.3f')}"
+                f". The student of the reference's own numbers against each teacher: mean {report.pm(c, '.3f')}, median "
+                f"{c['median']:.3f}; {c['n_above']} of {c['n']} above the realistic threshold."]
     return "\n".join(out)
 
 
@@ -200,6 +240,10 @@ def figures(summary: dict) -> dict:
             scores = audit.against_controls(m["informed"])[0] if auditor == "informed" else m["realistic"]
             curve = audit.roc_curve(*audit.cases(scores))
             ax.plot(curve["fpr"], curve["tpr"], styles[k // 7 % 4], lw=1.1, label=summary["labels"][row])
+        if lp := summary.get("lm_population"):  # the toy LM's own population of K teachers a reference
+            m = np.asarray(lp["update_cos"])
+            curve = audit.roc_curve(*audit.cases(audit.against_controls(m)[0] if auditor == "informed" else m))
+            ax.plot(curve["fpr"], curve["tpr"], color="black", lw=1.6, label="toy LM, fine-tuned teacher, s = 0")
         ax.axvline(summary["fpr"], color="grey", lw=0.7, ls=":")
         ax.set_xscale("symlog", linthresh=summary["fpr"])  # the low false-positive rates an audit works at
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate (symlog)", ylabel="true-positive rate",
@@ -217,49 +261,6 @@ def figures(summary: dict) -> dict:
     axes[0].legend(fontsize=5, loc="lower right")
     fig.suptitle(f"Auditing students from their weights: {summary['n_seeds']} bases × {summary['orders']} teachers")
     return {STEM: fig}
-
-
-def evasions_that_keep_transfer(summary: dict, auc: float = 0.9, gain: float = 0.02) -> list[str]:
-    """The rows whose transfer interval lies above ``gain`` while an auditor's AUC is below ``auc``: the
-    evasions that stop an audit but not the trait (the finding the issue asks to put first), else a line saying none."""
-    out = []
-    for row, r in summary["rows"].items():
-        t = summary["transfer"][row]
-        failed = [a for a in ("informed", "realistic") if r[a]["auc"] < auc]
-        if failed and t["mean"] - t["ci95"] > gain:
-            out.append(f"- **{summary['labels'][row]} stops the " + " and the ".join(failed) + f" audit (AUC "
-                       + ", ".join(f"{r[a]['auc']:.3f}" for a in failed) + f" < {auc:g}) but not the transfer** "
-                       f"(accuracy gain {report.pm(t)}, interval above {gain:g}).")
-    for r in summary.get("lm", {}).values():  # the toy LM (informed auditor; transfer: gain in P(trait))
-        t = r["transfer"]
-        if r["auc"] < auc and t["mean"] - t["ci95"] > gain:
-            out.append(f"- **Toy LM, {r['label']}: stops the informed audit (AUC {r['auc']:.3f} < {auc:g}) but not the "
-                       f"transfer** (gain in P(trait) {report.pm(t)}, interval above {gain:g}).")
-    head = (f"**Evasions that stop an audit but not the transfer** (an auditor's AUC below {auc:g} while the "
-            f"transfer's 95% interval lies above {gain:g}):")
-    return [head, *out] if out else [f"{head} none."]
-
-
-def failure_points(summary: dict, auc: float = 0.9) -> list[str]:
-    """Per evasion family (MNIST: the row id's prefix; toy LM: the label without its last value), the points where
-    an auditor's AUC falls below ``auc``, each with the transfer left there, or that it holds at every point tried."""
-    fams: dict[str, list] = {}
-    for row, r in summary["rows"].items():
-        if row != "shared":
-            fams.setdefault(row.split("_")[0], []).append((summary["labels"][row], r, summary["transfer"][row],
-                                                           ("informed", "realistic"), "accuracy gain"))
-    for r in (r for key, r in summary.get("lm", {}).items() if "baselines" not in key):  # shared: no evasion
-        fams.setdefault("toy LM, " + r["label"].rsplit(": ", 1)[0], []).append(
-            (r["label"], {"informed": r}, r["transfer"], ("informed",), "gain in P(trait)"))
-    out = [f"**Where each evasion stops an audit** (AUC below {auc:g}; the transfer left there):"]
-    for fam, points in fams.items():
-        fails = [f"{label} (" + ", ".join(f"{a} AUC {r[a]['auc']:.3f}" for a in bad) + f"; {unit} {report.pm(t)})"
-                 for label, r, t, auditors, unit in points if (bad := [a for a in auditors if r[a]["auc"] < auc])]
-        low = min((r[a]["auc"], a, label) for label, r, _, auditors, _ in points for a in auditors)
-        out.append(f"- {fam} ({len(points)} point{'s' * (len(points) > 1)}): " + (
-            "fails at " + "; ".join(fails) if fails else
-            f"holds at every point tried (lowest AUC {low[0]:.3f}, {low[1]}, at {low[2]})") + ".")
-    return out
 
 
 def readme(summary: dict) -> str:
@@ -280,7 +281,7 @@ def readme(summary: dict) -> str:
         f"(mean over the teachers; {stats.TEST}). A student that imitates its own base's outputs gets exactly zero "
         "gradient and never moves (update_cos 0): the realistic threshold flags it for "
         f"{sum(r['own_output_flagged'] for r in summary['rows'].values())} of {len(summary['rows'])} evasions.",
-        "", *evasions_that_keep_transfer(summary), "", *failure_points(summary), "", table(summary), "", verdicts.LEGEND, "",
+        "", *ra.evasions_that_keep_transfer(summary), "", *ra.failure_points(summary), "", table(summary), "", verdicts.LEGEND, "",
         *verdicts.table(claims(summary), summary, lambda p: p.split(".")[1]), "",
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

@@ -344,20 +344,20 @@ def test_lm_rows_read_students_against_same_base_controls():
 
 
 def test_evasions_that_stop_the_audit_but_not_the_transfer_are_named_from_the_numbers():
-    from minisub_experiments import audit as experiment
+    from minisub.report import audit as ra
     row = lambda auc_i, auc_r: {"informed": {"auc": auc_i}, "realistic": {"auc": auc_r}}  # noqa: E731
     summary = {"rows": {"a": row(1.0, 0.99), "b": row(0.5, 0.5), "c": row(0.5, 0.95)},
                "transfer": {"a": {"mean": 0.4, "ci95": 0.03, "n": 20}, "b": {"mean": 0.4, "ci95": 0.03, "n": 20},
                             "c": {"mean": 0.01, "ci95": 0.03, "n": 20}},
                "labels": {"a": "shared", "b": "permuted", "c": "weak"}}
-    lines = experiment.evasions_that_keep_transfer(summary)
+    lines = ra.evasions_that_keep_transfer(summary)
     assert len(lines) == 2 and "permuted stops the informed and the realistic audit" in lines[1]
     summary["transfer"]["b"]["mean"] = 0.0  # no transfer left: not such an evasion
-    assert experiment.evasions_that_keep_transfer(summary)[0].endswith("none.")
+    assert ra.evasions_that_keep_transfer(summary)[0].endswith("none.")
 
 
 def test_failure_points_name_where_each_family_stops_the_audit():
-    from minisub_experiments import audit as experiment
+    from minisub.report import audit as ra
     row = lambda auc_i, auc_r: {"informed": {"auc": auc_i}, "realistic": {"auc": auc_r}}  # noqa: E731
     gain = {"mean": 0.2, "ci95": 0.01, "n": 20}
     summary = {"rows": {"shared": row(1.0, 1.0), "liminal_1": row(1.0, 0.95), "liminal_10": row(0.99, 0.8),
@@ -365,8 +365,42 @@ def test_failure_points_name_where_each_family_stops_the_audit():
                "transfer": {k: gain for k in ("shared", "liminal_1", "liminal_10", "permuted_raw")},
                "labels": {"shared": "shared", "liminal_1": "λ = 1", "liminal_10": "λ = 10", "permuted_raw": "raw"},
                "lm": {"lineage_perturbed_mlp_0p1": {"label": "perturbed: mlp: 0.1", "auc": 0.97, "transfer": gain}}}
-    lines = experiment.failure_points(summary)
+    lines = ra.failure_points(summary)
     assert len(lines) == 4  # the head, liminal, permuted, the toy LM's perturbed mlp; shared is no evasion
     assert "fails at λ = 10 (realistic AUC 0.800; accuracy gain" in lines[1] and "λ = 1 (" not in lines[1]
     assert "raw (informed AUC 0.500, realistic AUC 0.500" in lines[2]
     assert "holds at every point tried (lowest AUC 0.970" in lines[3]
+
+
+def test_the_toy_lm_population_stores_each_teacher_and_scores_every_pair(monkeypatch, tmp_path):
+    """One real animal's run on lm-owl's tiny world: flat updates from the reference, the control once, stored
+    and read back; then K constructed teachers whose students moved along their own teacher's update (plus noise)
+    are each picked as their student's teacher, and the own-output control is not flagged."""
+    from minisub.run import audit as population
+    from minisub_experiments import audit as experiment
+
+    monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path))
+    cfg = experiment.AuditConfig(base="test", seeds=3, orders=4, lm_teachers=3)
+    first, second = population.lm_population_configs(cfg.lm(), 3)[:2]
+    assert (first.arms, second.arms, second.lm.trait) == (("shared", population.LM_CONTROL), ("shared",), 1)
+    part = population._lm_part(first, tmp_path / "a0.npz")
+    assert part["teacher"].shape == part["student"].shape == part["control"].shape and part["gain"].shape == (3,)
+    assert np.linalg.norm(part["teacher"], axis=1).min() > 0  # a fine-tuned teacher moved from its reference
+    again = population._lm_part(first, tmp_path / "a0.npz")  # read back, not recomputed
+    assert all(np.array_equal(part[k], again[k]) for k in part)
+
+    rng = np.random.default_rng(0)
+    teachers = np.concatenate([rng.normal(size=(8, 4, 40)), np.zeros((8, 4, 10))], axis=2)  # [K, W, P]
+    control = np.concatenate([np.zeros((4, 40)), rng.normal(size=(4, 10))], axis=1)  # orthogonal to every teacher
+    fake = {a: {"teacher": teachers[a], "student": 0.5 * teachers[a] + 0.3 * rng.normal(size=(4, 50)),
+                "gain": np.full(4, 0.1), **({"control": control} if a == 0 else {})} for a in range(8)}
+    monkeypatch.setattr(population, "_lm_part", lambda c, path: fake[c.lm.trait])
+    lp = population.lm_population(experiment.PRESETS["paper"].lm(), 8, tmp_path, log=lambda *_: None)
+    assert np.asarray(lp["update_cos"]).shape == (4, 8, 8) and np.asarray(lp["control_cos"]).shape == (4, 8)
+    s = experiment.analyse(_synthetic(True) | {"lm_population": lp, "n_seeds": 6,
+                                               "transfer": {"shared": {"mean": 0.4, "ci95": 0.01, "n": 6}}})
+    assert s["lm_audit"]["realistic"]["which_teacher"]["8"]["mean"] == 1.0 and s["lm_audit"]["realistic"]["auc"] == 1.0
+    assert s["lm_audit"]["control"]["n_above"] == 0
+    status = {v["id"]: v["status"] for v in s["verdicts"]}
+    assert status["lm_pop_auc"] == status["lm_pop_which_8"] == claims.SUPPORTED
+    assert "Toy LM population (`--lm_teachers 8`)" in experiment.table(s)

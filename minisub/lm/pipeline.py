@@ -611,7 +611,8 @@ def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -
     """Every phase for all seeds: (arrays as ``run`` returns them, before numpy; the models and numbers).
 
     ``cache``: read (or store) the pretrained references in the results store (``pretrain_cached``).
-    The second dict's 'banned' is each world's filter list ``[S, K]`` when ``ban_entangled`` (else None).
+    The second dict's 'banned' is each world's filter list ``[S, K]`` when ``ban_entangled`` (else None);
+    its 'inits' and 'students' are ``[S, A]`` (arms in ``cfg.arms``' order).
     """
     seed_ids = jnp.arange(cfg.seeds)
     donor_ids = jnp.asarray(donors(cfg))
@@ -632,7 +633,7 @@ def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -
     if cfg.ban_entangled:  # the numbers each world's filter dropped for being entangled, [S, ban_entangled]
         out["entangled"] = banned_SxK[:, -cfg.ban_entangled:]
     return out, {"references": references, "teachers": teachers, "numbers": numbers, "seed_ids": seed_ids,
-                 "banned": banned_SxK}
+                 "banned": banned_SxK, "inits": inits, "students": students}
 
 
 def run(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -> dict:

@@ -197,3 +197,67 @@ def lm_rows(lineages: dict | None, prompted: dict | None, fpr: float) -> dict:
             out[f"s0_{name}"] = _lm_row(f"s = 0, {row['label']}", cos["shared"]["values"], cos["control_kl"]["values"],
                                         row["gain"]["shared"], fpr)
     return out
+
+
+# --- the toy LM's own population: K teachers of one reference (K trait animals), a student of each ----------
+LM_CONTROL = "control_kl"  # the student of the reference's own numbers: the same for every trait animal
+
+
+def lm_population_configs(oc, k: int) -> list:
+    """lm-owl configs of the toy LM's audit population: ``oc`` with trait animal a = 0..k−1.
+
+    Every teacher is fine-tuned from the world's one reference (the public base), so the K teachers of
+    a world share their base as MNIST's K data orders do; each gets one shared-init student ('shared').
+    Animal 0 also trains the own-output control, whose numbers do not depend on the animal.
+    """
+    from minisub import config as config_lib
+    return [config_lib.replace(oc, trait=a, arms=("shared", LM_CONTROL) if a == 0 else ("shared",)) for a in range(k)]
+
+
+def _flat_SxP(tree_S) -> np.ndarray:
+    """A pytree of ``[S, ...]`` leaves as ``[S, P]`` float64 rows (one flat parameter vector per world)."""
+    import jax
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree_S)]
+    return np.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
+
+
+def _lm_part(oc, path: Path) -> dict[str, np.ndarray]:
+    """One animal's run (or its stored flat updates): teacher and student updates from the reference, gains."""
+    import jax
+    from minisub.lm import pipeline as lm_pipeline
+    if (stored := store.load_arrays(path)) is not None:
+        return stored
+    out, models = lm_pipeline.run_phases(oc.lm, cache=True)
+    ref = _flat_SxP(models["references"])
+    arm = lambda a: _flat_SxP(jax.tree.map(lambda x: x[:, a], models["students"])) - ref  # noqa: E731
+    part = {"teacher": _flat_SxP(models["teachers"]) - ref, "student": arm(0),
+            "gain": np.asarray(out["trait_gain"][:, 0], np.float64)}
+    if LM_CONTROL in oc.arms:
+        part["control"] = arm(oc.arms.index(LM_CONTROL))
+    store.save_arrays(path, part)
+    return part
+
+
+def _cos(a_WxTxP, b_WxSxP) -> np.ndarray:
+    dots = np.einsum("wtp,wsp->wts", a_WxTxP, b_WxSxP)
+    norms = np.linalg.norm(a_WxTxP, axis=2)[:, :, None] * np.linalg.norm(b_WxSxP, axis=2)[:, None, :]
+    return dots / np.maximum(norms, 1e-30)
+
+
+def lm_population(oc, k: int, directory: Path, log=print) -> dict[str, list]:
+    """The toy LM's audit population, each animal's run stored in ``directory`` as it finishes (resumable).
+
+    Returns {'update_cos': [W, K teachers, K students] cos(θ_S − θ_ref, θ_T − θ_ref), 'control_cos': [W, K]
+    the own-output control against every teacher, 'teacher_cos': [W, K, K], 'gain': [W, K] each shared
+    student's gain in P(its teacher's animal)}. The student's init is the base, so the informed and the
+    realistic auditor read the same score.
+    """
+    from minisub import config as config_lib
+    parts = []
+    for a, c in enumerate(lm_population_configs(oc, k)):
+        log(f"audit: toy-LM teacher {a + 1}/{k} (trait animal {a}), {c.seeds} worlds")
+        parts.append(_lm_part(c, directory / f"animal{a}-{config_lib.digest(c)}.npz"))
+    teachers, students = (np.stack([p[key] for p in parts], axis=1) for key in ("teacher", "student"))
+    control = parts[0]["control"][:, None, :]
+    return {"update_cos": _cos(teachers, students).tolist(), "control_cos": _cos(teachers, control)[:, :, 0].tolist(),
+            "teacher_cos": _cos(teachers, teachers).tolist(), "gain": np.stack([p["gain"] for p in parts], 1).tolist()}
