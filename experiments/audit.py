@@ -1,4 +1,4 @@
-"""audit: from weights alone, was a student trained on this teacher's outputs? Error rates on MNIST.
+"""audit: from weights alone, was a student trained on this teacher's outputs? Error rates on MNIST and the toy LM.
 
 Run:     minisub run audit [--preset paper|test] [--seeds N] [--orders K]
 Paper:   minisub run audit --preset paper --out figures        (20 bases × 8 teachers; writes figures/audit.*)
@@ -10,6 +10,11 @@ audited against every teacher of their base (``minisub.audit``): a positive when
 teacher, a negative otherwise. Two auditors: *informed* (knows the student's own init; scores each
 case against control students, the other teachers' students of the same base) and *realistic*
 (knows only the public base and the two trained models: the bare score).
+
+The toy LM (``lm_teachers``, 8 in the paper preset): per world, K teachers fine-tuned from the one
+reference toward K trait animals at s = 0 (lm-prompted's fine-tuned recipe), a shared-init student of
+each (``minisub.run.audit.lm_population``); plus the toy LM's rows read from the committed
+lm-lineages and lm-prompted summaries.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """lm-prompted: the paper's prompted teacher in the toy LM at s = 0, beside the fine-tuned one; token entanglement.
 
-Run:     minisub run lm-prompted --preset paper --out figures   (4 lm-owl runs of 24 worlds + the designs)
+Run:     minisub run lm-prompted --preset paper --out figures   (6 lm-owl runs of 24 worlds + the designs)
          minisub run lm-prompted --preset test                  (lm-owl's tiny test world)
 Redraw:  minisub figures lm-prompted                            (from figures/lm_prompted.json alone)
 
