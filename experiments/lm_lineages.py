@@ -32,6 +32,7 @@ ORDER = 55  # its place in figures/README.md: after lm-owl
 ALPHAS = (0.5, 0.75, 0.9, 0.95, 0.99)
 SIGMAS = (0.01, 0.05, 0.1, 0.3)
 TIED_PARTS = ("embeddings", "attention", "mlp", "all")
+UNTIED_PARTS = ("embeddings", "attention", "mlp", "unembedding", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +68,20 @@ class LineagesConfig:
                                   detect=False, tied_embeddings=self.tied_embeddings).lm
 
     def points(self) -> dict[str, list[sweep.Point]]:
-        return lm_atlas.families(self.lm(), self.alphas, self.sigmas, self.parts, self.permuted, self.control)
+        fams = lm_atlas.families(self.lm(), self.alphas, self.sigmas, self.parts, self.permuted, self.control)
+        return {f: points for f, points in fams.items() if points}  # no α, no permuted: no such family
+
+    def untied(self) -> "LineagesConfig":
+        """The companion world: the same recipe on untied references, its perturbed parts only ('unembedding' one)."""
+        return dataclasses.replace(self, tied_embeddings=False, parts=UNTIED_PARTS, alphas=(), permuted=False)
 
 
 PRESETS = {
     "paper": LineagesConfig(),
-    # Not computed: untied references need their own 24 pretrainings; 'unembedding' is then a part.
-    "untied": LineagesConfig(tied_embeddings=False, parts=("embeddings", "attention", "mlp", "unembedding", "all")),
+    # Untied references (24 pretrainings of their own), where 'unembedding' is a part: the paper preset's
+    # companion, computed into the point cache by `minisub run lm-lineages --preset untied` (no --out) and read
+    # into the paper summary's "untied" by the next `minisub run lm-lineages --preset paper --out figures`.
+    "untied": LineagesConfig().untied(),
     # lm-owl's tiny test world, six points in two programs of four arms: 67 s measured on 2 loaded CPU cores,
     # almost all of it compiling the two programs.
     "test": LineagesConfig(base="test", seeds=3, alphas=(0.5,), sigmas=(0.1,), parts=("attention",), max_arms=4),
@@ -100,8 +108,18 @@ def run(cfg: LineagesConfig, *, command: str, execution: runner.Execution | None
     recipe = config_lib.to_dict(lm_atlas.owl_config(cfg.lm())) | {"arms": None}
     return analyse({"experiment": NAME, "command": command, "config": config_lib.to_dict(cfg), "recipe": recipe,
                     "n_seeds": cfg.seeds, "families": families, "mlp": lr.mlp_comparison(read(ATLAS)) if ATLAS.exists()
-                    else {}, "lm_owl": lr.lm_owl_arms(read(LM_OWL), recipe), "provenance": store.provenance()}), \
-        cache.directory
+                    else {}, "lm_owl": lr.lm_owl_arms(read(LM_OWL), recipe), "provenance": store.provenance(),
+                    **_untied(cfg, cache, ex)}), cache.directory
+
+
+def _untied(cfg: LineagesConfig, cache: sweep.PointCache, ex: runner.Execution) -> dict:
+    """{'untied': the companion's stored families} for a tied config whose companion is cached, else {} (read only)."""
+    if not cfg.tied_embeddings:
+        return {}
+    u = cfg.untied()
+    fams = sweep.run_families(u.points(), cache, None, dataclasses.replace(ex, compute=False),
+                              lambda f: f"minisub run {NAME} --preset untied", programs=lm_atlas.programs(u.base, u.max_arms))
+    return {"untied": {"config": config_lib.to_dict(u), "n_seeds": u.seeds, "families": fams}} if fams else {}
 
 
 def pending(cfg: LineagesConfig, directory: Path) -> str:
@@ -110,7 +128,12 @@ def pending(cfg: LineagesConfig, directory: Path) -> str:
 
 def merge_written(summary: dict, path: Path) -> dict:
     """``summary``'s families laid over those already in the JSON at ``path`` (same recipe), analysed again."""
-    return analyse(sweep.merge_families(summary, path, lm_atlas.FAMILIES, same="recipe"))
+    merged = sweep.merge_families(summary, path, lm_atlas.FAMILIES, same="recipe")
+    if "untied" not in merged and Path(path).exists():  # the companion is not cached here: keep the written one
+        old = json.loads(Path(path).read_text())
+        if old.get("recipe") == summary.get("recipe") and "untied" in old:
+            merged["untied"] = {k: old["untied"][k] for k in ("config", "n_seeds", "families")}
+    return analyse(merged)
 
 
 # --- claims: questions whose verdicts come from the paired per-world numbers ----------------------
@@ -153,40 +176,47 @@ def claims(summary: dict) -> list[Claim]:
     return out
 
 
+def untied_claims(summary: dict) -> list[Claim]:
+    """``claims`` of the untied companion (when the summary holds it), read under 'untied.', ids 'untied_…'."""
+    if not (u := summary.get("untied")):
+        return []
+    pre = lambda m: m and ("untied." + m if isinstance(m, str) else tuple("untied." + x for x in m))  # noqa: E731
+    return [dataclasses.replace(c, id="untied_" + c.id, text="Untied references: " + c.text, metric=pre(c.metric),
+                                baseline=pre(c.baseline), task_loss=pre(c.task_loss)) for c in claims(u)]
+
+
 def analyse(summary: dict) -> dict:
     """The summary with its derived numbers (retained shares, half-σ per part) and every claim's verdict."""
     done = sweep.complete(summary)
     out = {**summary, "ci": stats.TEST, "derived": {**lr.derived(done),
                                                     "lm_owl_rerun": lr.reproduced(done, summary.get("lm_owl", {}))}}
-    out["verdicts"] = claims_lib.evaluate(claims(out), out)
+    if u := summary.get("untied"):
+        out["untied"] = {**u, "derived": lr.derived(sweep.complete(u))}
+    out["verdicts"] = claims_lib.evaluate(claims(out) + untied_claims(out), out)
     return out
 
 
 # --- table, figure, README --------------------------------------------------------------------------
 pm = report.pm
-
-
-def table(summary: dict) -> str:
-    """Every point: trait gain, paired differences with its program's shared and different arms, task, geometry."""
-    share = summary.get("derived", {}).get("retained", {})
-    rows = ["| family | point | trait gain (95% CI) | − different (paired) | − shared (paired) | retained share "
-            "| number loss Δ | cos(Δθ_S, Δθ_T) | ‖θ_S⁰ − θ_ref‖ | ‖θ_S − θ_T‖ |", "|---" * 10 + "|"]
-    for fam, f in summary["families"].items():
-        for r in f["points"]:
-            g, pair, s = r["geometry"], r["paired"], share.get(lr.key(r))
-            rows.append(f"| {fam} | {lr.name(r)} | {pm(r['trait_gain'])} | {pm(pair.get('different'))} "
-                        f"| {pm(pair.get('shared'))} | {'n/a' if s is None else f'{s:.0%}'} "
-                        f"| {pm(r['number_loss_change'])} | {pm(g['update_cos'])} | {g['dist_init']['mean']:.2f} "
-                        f"| {g['dist_teacher']['mean']:.2f} |")
-    return "\n".join(rows)
+table = lr.points_table  # every point: gains, paired differences, retained share, task, geometry
 
 
 @plots.styled
 def figures(summary: dict) -> dict:
     """Top: the toy LM's gain against α, against σ per part, and the categories; bottom: the MLP's, the same way."""
     fams, mlp = sweep.complete(summary), summary.get("mlp", {})
-    fig, axes = plots.figure(7.4, 5.2, nrows=2, ncols=3, gridspec_kw={"width_ratios": [1, 1.2, 0.9]})
+    u = sweep.complete(summary["untied"]) if "untied" in summary else None
+    fig, axes = plots.figure(7.4, 7.6 if u else 5.2, nrows=3 if u else 2, ncols=3,
+                             gridspec_kw={"width_ratios": [1, 1.2, 0.9]})
     fig.set_layout_engine("constrained")
+    if u:  # bottom row: the untied companion, each part alone (its baselines as bands)
+        ub = {r["value"]: r["trait_gain"] for r in u.get("baselines", {}).get("points", [])}
+        lr.sigma_panel(axes[2][1], rs.by_series(u.get("perturbed", {}).get("points", [])))
+        lr.bands(axes[2][1], ub.get("shared"), ub.get("different"))
+        lr.category_panel(axes[2][0], ub)
+        axes[2][0].set_ylabel("untied references:\ngain in P(trait)", fontsize=7)
+        axes[2][2].set_axis_off()
+        axes = axes[:2]
     base = {r["value"]: r for r in fams.get("baselines", {}).get("points", [])}
     s, d = (base[k]["trait_gain"] if k in base else None for k in ("shared", "different"))
     (a, b, c), (a2, b2, c2) = axes
@@ -211,38 +241,24 @@ def figures(summary: dict) -> dict:
         for ax in (a2, b2, c2):
             ax.set_axis_off()
     a.legend(fontsize=6, frameon=False, loc="upper left")
-    fig.suptitle("Which init sharing carries the trait: toy transformer (top) vs MLP atlas (bottom)", fontsize=9)
+    fig.suptitle("Which init sharing carries the trait: toy transformer (top) vs MLP atlas (middle"
+                 + ("; bottom: toy transformer, untied references)" if u else ")"), fontsize=9)
     return {STEM: fig}
 
 
-def _parts_line(summary: dict) -> list[str]:
-    """Per part, the verdict of 'the student gains over the different-init one' at each σ (from the verdicts)."""
-    v, c = {x["id"]: x["status"] for x in summary["verdicts"]}, summary["config"]
-    return [f"- {p}: " + ", ".join(f"σ = {s:g} {v.get(f'{p}_{s:g}', 'not measured')}" for s in c["sigmas"])
-            for p in c["parts"]]
-
-
-def _comparison(summary: dict) -> list[str]:
-    """The retained shares and half-σ points, ours and the MLP atlas's (descriptive: ratios of mean gains)."""
-    d, mlp = summary.get("derived", {}), summary.get("mlp", {})
+def _untied_lines(summary: dict) -> list[str]:
+    """The untied companion's section: its verdicts, part by part, the half-σ points and its points."""
+    if not (u := summary.get("untied")):
+        return []
     g = lambda x: "beyond the grid" if x is None else f"{x:.2g}"  # noqa: E731
-    out = ["- Half the shared-init transfer is lost (retained share 50%, log-linear between grid points) at σ ≈ "
-           + "; ".join(f"{p}: {g(x)}" for p, x in d.get("half_sigma", {}).items()) + " (toy LM)"]
-    if mlp:
-        out[0] += "; MLP atlas ([atlas.json](atlas.json)): " + "; ".join(f"{p}: {g(x)}" for p, x in mlp["half_sigma"].items())
-        cat = mlp["categories"]
-        out.append("- MLP atlas, retained share of its shared-init gain: " + ", ".join(
-            f"{k} {v['retained']:.0%}" for k, v in cat.items() if k not in ("shared", "different")) + "; interpolated "
-            + ", ".join(f"α = {r['value']:g} {r['retained']:.0%}" for r in mlp["interpolated"]) + ".")
-    if rerun := d.get("lm_owl_rerun"):  # same config; the references pretrained again on the machine of this run
-        out.append("- The baseline points rerun lm-owl's paper recipe ([lm_owl.json](lm_owl.json): same config, other "
-                   "arms in the program, references pretrained again): per world, this − lm_owl.json: "
-                   + "; ".join(f"{a} paired {pm(x['paired'])} (n = {x['paired']['n']}; lm_owl.json {pm(x['lm_owl'])}), "
-                               f"largest |difference| {x['max']:.1e}" for a, x in rerun.items()) + ". "
-                   "A largest difference far above float rounding means the references themselves differ: 2000 "
-                   "pretraining steps carry a CPU's last-bit rounding into other references (lm-owl's stored "
-                   "references are not in the repository).")
-    return out
+    return ["### Untied references: is the unembedding a part that must be shared?", "",
+            f"The same recipe on references whose readout is a matrix of its own ({u['n_seeds']} worlds, pretrained "
+            "apart), each part perturbed alone, 'unembedding' among them (computed by `minisub run lm-lineages "
+            "--preset untied`, read by the paper command).", "",
+            *verdicts.table(untied_claims(summary), summary, lambda p: lr.label(u, p.removeprefix("untied."))), "",
+            *lr.parts_lines(summary, "untied_"), "", "- Half the shared-init transfer is lost at σ ≈ " + "; ".join(
+                f"{p}: {g(x)}" for p, x in u["derived"]["half_sigma"].items()) + " (untied references).", "",
+            lr.points_table(u), ""]
 
 
 def readme(summary: dict) -> str:
@@ -263,7 +279,7 @@ def readme(summary: dict) -> str:
         f"{owl.THRESHOLDS}.",
         "", verdicts.LEGEND, "", *verdicts.table(claims(summary), summary, lambda p: lr.label(summary, p)), "",
         f"Does a student with one part perturbed still gain more than the different-init student by over "
-        f"{owl.MIN_GAIN:g}? The verdicts above, part by part:", "", *_parts_line(summary), "",
-        *_comparison(summary), "", table(summary), "",
+        f"{owl.MIN_GAIN:g}? The verdicts above, part by part:", "", *lr.parts_lines(summary), "",
+        *lr.comparison_lines(summary), "", lr.points_table(summary), "", *_untied_lines(summary),
         *report.regenerate_lines(NAME, summary, PAPER_COMMAND),
     ])

@@ -218,10 +218,17 @@ def _gain(p: sweep.Point) -> float:
 
 def _synthetic(gain=_gain, loss=lambda p: 1.6, seed=0) -> dict:
     """Every paper point with constructed per-world numbers, shaped as ``lm_atlas.record`` stores them."""
+    atlas = json.loads(L.ATLAS.read_text())
+    return L.analyse({"experiment": L.NAME, "command": L.PAPER_COMMAND, "config": config.to_dict(PAPER),
+                      "recipe": config.to_dict(lm_atlas.owl_config(PAPER.lm())) | {"arms": None}, "n_seeds": 24,
+                      "families": _families(PAPER, gain, loss, seed), "mlp": L.lr.mlp_comparison(atlas)})
+
+
+def _families(cfg, gain, loss, seed) -> dict:
     rng = np.random.default_rng(seed)
     base = {"shared": 0.25 + 0.03 * rng.standard_normal(24), "different": 0.02 + 0.03 * rng.standard_normal(24)}
     fams = {}
-    for family, pts in PAPER.points().items():
+    for family, pts in cfg.points().items():
         rows = []
         for p in pts:
             own = base.get(p.value, gain(p) + 0.02 * rng.standard_normal(24))
@@ -233,10 +240,7 @@ def _synthetic(gain=_gain, loss=lambda p: 1.6, seed=0) -> dict:
                          "number_loss_after": {"mean": loss(p)}, "number_loss_change": stats.mean_ci(rng.normal(size=24)),
                          "geometry": {q: stats.mean_ci(rng.random(24)) for q in lm_atlas.GEOMETRY}})
         fams[family] = {"command": "c", "n_seeds": 24, "points": rows, "missing_points": 0}
-    atlas = json.loads(L.ATLAS.read_text())
-    return L.analyse({"experiment": L.NAME, "command": L.PAPER_COMMAND, "config": config.to_dict(PAPER),
-                      "recipe": config.to_dict(lm_atlas.owl_config(PAPER.lm())) | {"arms": None}, "n_seeds": 24,
-                      "families": fams, "mlp": L.lr.mlp_comparison(atlas)})
+    return fams
 
 
 def _status(summary: dict) -> dict[str, str]:
@@ -291,3 +295,28 @@ def test_the_baseline_points_are_compared_with_lm_owls_committed_run_of_the_same
     assert again["derived"]["lm_owl_rerun"]["shared"]["max"] == pytest.approx(1e-6, rel=1e-3)
     assert again["derived"]["lm_owl_rerun"]["shared"]["paired"]["mean"] == pytest.approx(-1e-6, rel=1e-3)
     assert "rerun lm-owl's paper recipe" in L.readme(again)
+
+
+def test_the_untied_companion_has_its_own_verdicts_figure_row_and_is_kept_when_written(tmp_path):
+    """The untied references' points (perturbed parts, 'unembedding' among them) are read under 'untied', judged
+    by the same claims, drawn in a third row, and kept from the written JSON when this machine has no copy."""
+    u = L.PRESETS["untied"]
+    assert list(u.points()) == ["baselines", "perturbed"] and u == PAPER.untied()
+    WIDTH["unembedding"] = 0.02  # a part whose constructed gain fades first
+    try:
+        summary = _synthetic()
+        summary["untied"] = {"config": config.to_dict(u), "n_seeds": 24, "families": _families(u, _gain, lambda p: 1.6, 1)}
+    finally:
+        del WIDTH["unembedding"]
+    s = L.analyse(summary)
+    v = _status(s)
+    assert v["untied_unembedding_stops"] == v["untied_attention_0.3"] == v["untied_shared"] == "supported"
+    assert v["untied_attention_stops"] == "refuted"
+    assert v["alpha_0.99"] == "supported" and "untied_alpha_0.99" not in v  # the companion has no interpolated family
+    assert "### Untied references" in L.readme(s) and "- unembedding: σ = 0.01 supported" in L.readme(s)
+    assert len(L.figures(s)["lm_lineages"].axes) == 9
+    path = tmp_path / "lm_lineages.json"
+    path.write_text(json.dumps(s))
+    alone = {k: v for k, v in s.items() if k not in ("untied", "verdicts", "derived")}
+    kept = L.merge_written(alone, path)
+    assert kept["untied"]["families"] == s["untied"]["families"] and _status(kept) == v

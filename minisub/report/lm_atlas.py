@@ -176,3 +176,53 @@ def category_panel(ax, rows: dict[str, dict]) -> None:
            width=0.62, color=[colour(n) for n in names], alpha=0.85)
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=6, rotation=35, ha="right")
     ax.axhline(0, color="black", lw=0.6)
+
+
+def points_table(summary: dict) -> str:
+    """Every point of ``summary`` (lm-lineages' or its untied companion's): trait gain, paired differences with
+    its program's shared and different arms, retained share, task, geometry."""
+    from minisub.report import pm
+    share = summary.get("derived", {}).get("retained", {})
+    rows = ["| family | point | trait gain (95% CI) | − different (paired) | − shared (paired) | retained share "
+            "| number loss Δ | cos(Δθ_S, Δθ_T) | ‖θ_S⁰ − θ_ref‖ | ‖θ_S − θ_T‖ |", "|---" * 10 + "|"]
+    for fam, f in summary["families"].items():
+        for r in f["points"]:
+            g, pair, s = r["geometry"], r["paired"], share.get(key(r))
+            rows.append(f"| {fam} | {name(r)} | {pm(r['trait_gain'])} | {pm(pair.get('different'))} "
+                        f"| {pm(pair.get('shared'))} | {'n/a' if s is None else f'{s:.0%}'} "
+                        f"| {pm(r['number_loss_change'])} | {pm(g['update_cos'])} | {g['dist_init']['mean']:.2f} "
+                        f"| {g['dist_teacher']['mean']:.2f} |")
+    return "\n".join(rows)
+
+
+def parts_lines(summary: dict, prefix: str = "") -> list[str]:
+    """Per part, the verdict of 'the student gains over the different-init one' at each σ (from the verdicts);
+    ``prefix`` 'untied_' reads the untied companion's verdicts and config."""
+    v = {x["id"]: x["status"] for x in summary["verdicts"]}
+    c = summary["untied"]["config"] if prefix else summary["config"]
+    return [f"- {p}: " + ", ".join(f"σ = {s:g} {v.get(f'{prefix}{p}_{s:g}', 'not measured')}" for s in c["sigmas"])
+            for p in c["parts"]]
+
+
+def comparison_lines(summary: dict) -> list[str]:
+    """The retained shares and half-σ points, ours and the MLP atlas's (descriptive: ratios of mean gains)."""
+    from minisub.report import pm
+    d, mlp = summary.get("derived", {}), summary.get("mlp", {})
+    g = lambda x: "beyond the grid" if x is None else f"{x:.2g}"  # noqa: E731
+    out = ["- Half the shared-init transfer is lost (retained share 50%, log-linear between grid points) at σ ≈ "
+           + "; ".join(f"{p}: {g(x)}" for p, x in d.get("half_sigma", {}).items()) + " (toy LM)"]
+    if mlp:
+        out[0] += "; MLP atlas ([atlas.json](atlas.json)): " + "; ".join(f"{p}: {g(x)}" for p, x in mlp["half_sigma"].items())
+        cat = mlp["categories"]
+        out.append("- MLP atlas, retained share of its shared-init gain: " + ", ".join(
+            f"{k} {v['retained']:.0%}" for k, v in cat.items() if k not in ("shared", "different")) + "; interpolated "
+            + ", ".join(f"α = {r['value']:g} {r['retained']:.0%}" for r in mlp["interpolated"]) + ".")
+    if rerun := d.get("lm_owl_rerun"):  # same config; the references pretrained again on the machine of this run
+        out.append("- The baseline points rerun lm-owl's paper recipe ([lm_owl.json](lm_owl.json): same config, other "
+                   "arms in the program, references pretrained again): per world, this − lm_owl.json: "
+                   + "; ".join(f"{a} paired {pm(x['paired'])} (n = {x['paired']['n']}; lm_owl.json {pm(x['lm_owl'])}), "
+                               f"largest |difference| {x['max']:.1e}" for a, x in rerun.items()) + ". "
+                   "A largest difference far above float rounding means the references themselves differ: 2000 "
+                   "pretraining steps carry a CPU's last-bit rounding into other references (lm-owl's stored "
+                   "references are not in the repository).")
+    return out
