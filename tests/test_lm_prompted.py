@@ -99,3 +99,13 @@ def test_conclusion_reads_either_kind_of_student():
     assert "yes, with CE students on sampled tokens" in rp.conclusions(ce, ())[0]
     refuted = ok | {"prompted_ce: paired": claims.REFUTED, "prompted_ce: different": claims.SUPPORTED}
     assert "CE students on sampled tokens: no" in rp.conclusions(refuted, ())[0]
+
+
+def test_the_size_line_compares_the_two_teachers_medians():
+    from minisub.report import prompted as rp
+    kl = lambda median: {"kl": {"median": median, "mean": median, "n": 24}}  # noqa: E731
+    summary = {"settings": {"prompted": {"measures": kl(1e-4)}, "finetuned": {"measures": kl(2e-2)}}}
+    (line,) = rp.size_line(summary)
+    assert "200× less" in line and "1.00e-04 against 2.00e-02" in line
+    summary["settings"].pop("finetuned")
+    assert rp.size_line(summary) == []

@@ -62,9 +62,21 @@ def conclusions(status: dict, teachers) -> list[str]:
     return out
 
 
+def size_line(summary: dict) -> list[str]:
+    """How much less the prompted teacher moves its numbers than the fine-tuned one (medians; [] without both)."""
+    kl = {t: summary["settings"][t]["measures"]["kl"] for t in ("prompted", "finetuned")
+          if "measures" in summary["settings"].get(t, {})}
+    if len(kl) < 2 or kl["prompted"]["median"] <= 0:
+        return []
+    return [f"- The prompted teacher shifts its number distribution "
+            f"{kl['finetuned']['median'] / kl['prompted']['median']:.0f}× less than the fine-tuned one (median KL "
+            f"per token {kl['prompted']['median']:.2e} against {kl['finetuned']['median']:.2e}; n = "
+            f"{kl['prompted']['n']} and {kl['finetuned']['n']} worlds)."]
+
+
 def descriptive(summary: dict) -> list[str]:
     """The teachers' number KL (mean and median: skewed), the cross-world shift cosine, the correlations."""
-    out = []
+    out = size_line(summary)
     for r in summary["settings"].values():
         m = r.get("measures")
         if not m:
