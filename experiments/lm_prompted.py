@@ -242,20 +242,21 @@ def figures(summary: dict) -> dict:
     rows, designs = summary["settings"], summary["designs"]
     fig, ((ax, bx), (cx, dx)) = plots.figure(7.2, 6.0, nrows=2, ncols=2)
     fig.set_layout_engine("constrained")
-    # one bar slot per (setting suffix, arm): KL students, the entangled-numbers filter, CE students
-    slots = [("", ROLES["kl"][r], ROLE_LABELS[r]) for r in ROLE_LABELS] + [("_ban", "shared", "shared, entangled "
-             "numbers dropped")] + [("_ce", ROLES["ce"][r], ROLE_LABELS[r] + ", CE") for r in ROLE_LABELS]
+    short = {r: lab.split(" (")[0] for r, lab in ROLE_LABELS.items()}  # a slot: (setting suffix, arm, label)
+    slots = [("", ROLES["kl"][r], short[r]) for r in ROLE_LABELS] + [("_ban", "shared", "entangled dropped")] + [
+        ("_ce", ROLES["ce"][r], short[r]) for r in ROLE_LABELS]
     for k, t in enumerate(t for t in TEACHERS if t in rows):
         vals = [rows.get(t + suffix, {}).get("gain", {}).get(arm) for suffix, arm, _ in slots]
         x = [i + 0.38 * k for i, v in enumerate(vals) if v]
         ax.bar(x, [v["mean"] for v in vals if v], 0.36, yerr=[v["ci95"] for v in vals if v], capsize=2,
                color=plots.PALETTE[k], alpha=0.85, label=f"{t} teacher")
-    ax.set_xticks(np.arange(len(slots)) + 0.19, [lab.replace(" (", "\n(") for *_, lab in slots], fontsize=5.5,
-                  rotation=35, ha="right")
+    ax.set_xticks(np.arange(len(slots)) + 0.19, [lab for *_, lab in slots], fontsize=5.5, rotation=40, ha="right")
+    ax.axvline(len(ROLES["kl"]) + 0.69, color="grey", lw=0.6, ls=":")  # KL students (and the filter) | CE students
+    ax.text(len(ROLES["kl"]) + 0.9, ax.get_ylim()[1] * 0.93, "← KL | CE students (sampled tokens)", fontsize=6)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("gain in P(trait)")
     ax.set_title(f"(a) s = 0: students of each teacher ({summary['n_seeds']} worlds)", fontsize=8)
-    ax.legend(fontsize=6.5, frameon=False)
+    ax.legend(fontsize=6.5, frameon=False, loc="upper right", bbox_to_anchor=(1, 0.8))
     names = list(designs)
     for k, t in enumerate(prompted.TEACHERS):
         kl = [designs[n][t]["kl"] for n in names]
@@ -272,7 +273,7 @@ def figures(summary: dict) -> dict:
     cx.set_ylabel("cos(∇log P(trait), first Adam step)")
     cx.set_title("(c) designs: does the student's first step raise P(trait)?", fontsize=8)
     for a in (bx, cx):
-        a.set_xticks(range(len(names)), names, fontsize=6, rotation=20)
+        a.set_xticks(range(len(names)), names, fontsize=6, rotation=30, ha="right")
         a.legend(fontsize=6, frameon=False)
     rp.entanglement_panel(dx, rows)
     fig.suptitle("Toy LM at s = 0: the prompted teacher beside the fine-tuned one (mean ± 95% CI)", fontsize=9)
