@@ -404,3 +404,18 @@ def test_the_toy_lm_population_stores_each_teacher_and_scores_every_pair(monkeyp
     status = {v["id"]: v["status"] for v in s["verdicts"]}
     assert status["lm_pop_auc"] == status["lm_pop_which_8"] == claims.SUPPORTED
     assert "Toy LM population (`--lm_teachers 8`)" in experiment.table(s)
+
+
+def test_the_paper_programs_keep_their_stored_ids_and_committees_run_apart():
+    """Committees of 4 and 8 train 3 and 7 extra teachers: a program of their own, so 'main' keeps the arms (and
+    run ids) of the stored paper runs; the ids of the first two orders are pinned."""
+    from minisub import config
+    from minisub.run import audit as population
+    from minisub_experiments import audit as experiment
+
+    cfg = experiment.PRESETS["paper"]
+    progs = population.programs(cfg.recipe(), cfg.orders, cfg.evasions)
+    assert set(progs) == {"main", "projection", "committees"} and all(len(v) == 8 for v in progs.values())
+    assert tuple(a.name for a in progs["committees"][0].arms) == ("c4", "c8")
+    assert [config.digest(c) for c in progs["main"][:2]] == ["c10c007a954aa4b3", "fce8da5d5bcc5520"]
+    assert "c4" not in {a.name for a in progs["main"][0].arms} and progs["projection"][0].projection == "trait"

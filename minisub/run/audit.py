@@ -8,8 +8,9 @@ negative otherwise, a same-base student distilled from another teacher. Each eva
 student arm with the atlas's spelling (``minisub.run.atlas``): liminal KL-to-init, committees
 (the world's teacher pooled with k − 1 teachers of other inits, the same in every order), the
 perturbed, interpolated and permuted lineages, and the trait-gradient projection (a second
-program per order: ``projection`` holds for every arm of a config). Both programs keep their
-parameters (``--keep-params``'s files), from which ``world_matrices`` scores every pair.
+program per order: ``projection`` holds for every arm of a config). Committees of more than 2 are a
+third program: their extra teachers cost a teacher training each, and keeping them out of 'main'
+keeps its stored runs. Every program keeps its parameters (``--keep-params``'s files), from which ``world_matrices`` scores every pair.
 
 Two auditors score a pair: the *informed* one knows the student's own init and can train
 control students (the other teachers' students of the same base); the *realistic* one knows
@@ -37,7 +38,7 @@ class Row:
     id: str  # a key in the summary (no dots: claims read dotted paths)
     label: str
     arm: str
-    program: str = "main"  # 'main' or 'projection'
+    program: str = "main"  # 'main', 'projection' or 'committees'
     align: bool = False  # permutation-aware scoring (weight matching to the base)
 
 
@@ -49,7 +50,7 @@ def _key(x: float) -> str:
     return f"{x:g}".replace(".", "p")
 
 
-SIGMAS, ALPHA = (0.02, 0.1), 0.5
+SIGMAS, ALPHA = (0.1,), 0.5  # one perturbed row: σ = 0.1 keeps most of the transfer (the atlas)
 ARMS = (
     fams.SHARED, *(_aux(f"l{lam}", liminal=lam) for lam in fams.LIMINAL),
     *(_aux(f"c{k}", committee=k) for k in fams.COMMITTEES if k > 1),
@@ -60,7 +61,8 @@ ROWS = (
     Row("shared", "shared init", "shared"),
     *(Row(f"liminal_{_key(lam)}", f"liminal λ = {lam:g}", f"l{lam}") for lam in fams.LIMINAL),
     Row("projection", "trait-gradient projection", "shared", "projection"),
-    *(Row(f"committee_{k}", f"committee of {k}", f"c{k}") for k in fams.COMMITTEES if k > 1),
+    *(Row(f"committee_{k}", f"committee of {k}", f"c{k}", "main" if k == 2 else "committees")
+      for k in fams.COMMITTEES if k > 1),
     *(Row(f"perturbed_{_key(s)}", f"perturbed init σ = {s:g}", f"sigma{s}") for s in SIGMAS),
     Row(f"interpolated_{_key(ALPHA)}", f"interpolated init α = {ALPHA:g}", f"alpha{ALPHA}"),
     Row("permuted_aligned", "permuted init, aligned", "permuted", align=True),
@@ -75,12 +77,16 @@ def rows(ids: tuple[str, ...] = ()) -> tuple[Row, ...]:
 
 
 def programs(recipe: pipeline.AuxConfig, orders: int, ids: tuple[str, ...] = ()) -> dict[str, list[pipeline.AuxConfig]]:
-    """{program: [its config for each teacher order]}: the rows' arms in 'main', the projection apart."""
+    """{program: [its config for each teacher order]}: the rows' arms in 'main' and 'committees', the projection
+    apart."""
     chosen = rows(ids)
-    arms = tuple(a for a in ARMS if any(r.arm == a.name and r.program == "main" for r in chosen))
-    kinds = {"main": dataclasses.replace(recipe, arms=arms, projection="none") if arms else None,
+    arms = {k: tuple(a for a in ARMS if any(r.arm == a.name and r.program == k for r in chosen))
+            for k in ("main", "committees")}
+    kinds = {"main": dataclasses.replace(recipe, arms=arms["main"], projection="none") if arms["main"] else None,
              "projection": dataclasses.replace(recipe, arms=(fams.SHARED,), projection="trait")
-             if any(r.program == "projection" for r in chosen) else None}
+             if any(r.program == "projection" for r in chosen) else None,
+             "committees": dataclasses.replace(recipe, arms=arms["committees"], projection="none")
+             if arms["committees"] else None}
     return {kind: [dataclasses.replace(cfg, teacher_order=o) for o in range(orders)]
             for kind, cfg in kinds.items() if cfg is not None}
 
