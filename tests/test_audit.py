@@ -373,21 +373,30 @@ def test_failure_points_name_where_each_family_stops_the_audit():
 
 
 def test_the_toy_lm_population_stores_each_teacher_and_scores_every_pair(monkeypatch, tmp_path):
-    """One real animal's run on lm-owl's tiny world: flat updates from the reference, the control once, stored
-    and read back; then K constructed teachers whose students moved along their own teacher's update (plus noise)
-    are each picked as their student's teacher, and the own-output control is not flagged."""
+    """Each animal's run is stored as flat updates and read back, not recomputed (its real run on lm-owl's tiny
+    world: ``test_entangle``'s end-to-end test); then K constructed teachers whose students moved along their own
+    teacher's update (plus noise) are each picked as their student's teacher, and the own-output control is not
+    flagged."""
+    from minisub.lm import pipeline as lm_pipeline
     from minisub.run import audit as population
     from minisub_experiments import audit as experiment
 
-    monkeypatch.setenv("MINISUB_RESULTS", str(tmp_path))
     cfg = experiment.AuditConfig(base="test", seeds=3, orders=4, lm_teachers=3)
     first, second = population.lm_population_configs(cfg.lm(), 3)[:2]
     assert (first.arms, second.arms, second.lm.trait) == (("shared", population.LM_CONTROL), ("shared",), 1)
+    calls = []
+    tree = lambda x: {"w": np.full((3, 2, 2), x), "b": np.full((3, 2), x)}  # noqa: E731  [S, ...] leaves
+    models = {"references": tree(1.0), "teachers": tree(3.0),
+              "students": {"w": np.stack([np.full((3, 2, 2), 2.0), np.ones((3, 2, 2))], 1), "b": np.ones((3, 2, 2))}}
+    monkeypatch.setattr(lm_pipeline, "run_phases", lambda *a, **k: calls.append(1) or
+                        ({"trait_gain": np.full((3, 2), 0.1)}, models))
     part = population._lm_part(first, tmp_path / "a0.npz")
-    assert part["teacher"].shape == part["student"].shape == part["control"].shape and part["gain"].shape == (3,)
-    assert np.linalg.norm(part["teacher"], axis=1).min() > 0  # a fine-tuned teacher moved from its reference
+    assert part["teacher"].shape == part["student"].shape == part["control"].shape == (3, 6)
+    np.testing.assert_array_equal(part["teacher"], 2.0)  # the teacher's update from its reference, flattened
+    np.testing.assert_array_equal(part["student"], [[0, 0, 1, 1, 1, 1]] * 3)  # leaves b, w: arm 0 moved w only
+    np.testing.assert_array_equal(part["control"], 0.0)
     again = population._lm_part(first, tmp_path / "a0.npz")  # read back, not recomputed
-    assert all(np.array_equal(part[k], again[k]) for k in part)
+    assert calls == [1] and all(np.array_equal(part[k], again[k]) for k in part)
 
     rng = np.random.default_rng(0)
     teachers = np.concatenate([rng.normal(size=(8, 4, 40)), np.zeros((8, 4, 10))], axis=2)  # [K, W, P]

@@ -372,6 +372,12 @@ def test_lm_owl_with_the_within_shuffle_and_the_entangled_filter_end_to_end():
     assert np.all(np.isfinite(summary["arms"]["shuffle_within"]["trait_gain"]["values"]))
     assert {"shared_ce − shuffle_within", "shuffle_within − shuffle"} <= set(summary["paired"])
     assert any("shuffle_within" in n for n in summary["notes"]) and any("entangled" in n for n in summary["notes"])
+    from minisub.run import audit as population  # the audit's toy-LM population reads these models
+    part = population.lm_updates(cfg, arrays, kept)
+    refs = population._flat_SxP(kept["references"])
+    np.testing.assert_allclose(part["teacher"] + refs, population._flat_SxP(kept["teachers"]), atol=1e-6)
+    assert part["student"].shape == refs.shape and np.linalg.norm(part["student"], axis=1).min() > 0
+    np.testing.assert_array_equal(part["gain"], arrays["trait_gain"][:, 0])
     from minisub_experiments import lm_owl
     assert "shuffle_within" in lm_owl.table(summary)
     assert set(lm_owl.figures(summary)) == {lm_owl.STEM}

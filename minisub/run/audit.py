@@ -227,19 +227,25 @@ def _flat_SxP(tree_S) -> np.ndarray:
     return np.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
 
 
-def _lm_part(oc, path: Path) -> dict[str, np.ndarray]:
-    """One animal's run (or its stored flat updates): teacher and student updates from the reference, gains."""
+def lm_updates(oc, out: dict, models: dict) -> dict[str, np.ndarray]:
+    """From ``pipeline.run_phases``' (arrays, models): the teacher's and arm 0's student's flat updates from the
+    reference ``[S, P]``, arm 0's gains ``[S]``, and the own-output control's update when ``oc`` has that arm."""
     import jax
-    from minisub.lm import pipeline as lm_pipeline
-    if (stored := store.load_arrays(path)) is not None:
-        return stored
-    out, models = lm_pipeline.run_phases(oc.lm, cache=True)
     ref = _flat_SxP(models["references"])
     arm = lambda a: _flat_SxP(jax.tree.map(lambda x: x[:, a], models["students"])) - ref  # noqa: E731
     part = {"teacher": _flat_SxP(models["teachers"]) - ref, "student": arm(0),
             "gain": np.asarray(out["trait_gain"][:, 0], np.float64)}
     if LM_CONTROL in oc.arms:
         part["control"] = arm(oc.arms.index(LM_CONTROL))
+    return part
+
+
+def _lm_part(oc, path: Path) -> dict[str, np.ndarray]:
+    """One animal's run (or its stored flat updates, when ``path`` holds them): ``lm_updates``."""
+    from minisub.lm import pipeline as lm_pipeline
+    if (stored := store.load_arrays(path)) is not None:
+        return stored
+    part = lm_updates(oc, *lm_pipeline.run_phases(oc.lm, cache=True))
     store.save_arrays(path, part)
     return part
 
