@@ -108,7 +108,7 @@ class PromptedConfig:
 PRESETS = {"paper": PromptedConfig(),
            "test": PromptedConfig(seeds=3, base="test", designs=("s = 0",), design_seeds=2, n_samples=64,
                                   finetuned_samples=64, student_epochs=1,
-                                  settings=("prompted", "finetuned", "finetuned_ce"))}  # the filter: test_entangle
+                                  settings=("prompted", "finetuned_ce"))}  # a KL and a CE run; the filter: test_entangle
 DEFAULT_PRESET = "paper"
 PAPER_COMMAND = f"minisub run {NAME} --preset paper --out figures"
 MEASURES = "prompted.npz"  # stored beside each setting's lm-owl run

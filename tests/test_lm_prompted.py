@@ -50,7 +50,7 @@ def test_run_stores_every_setting_measures_and_designs(run):
     assert run["rc"] == 0
     s = run["summary"]
     assert list(s["settings"]) == list(TEST.settings) and list(s["designs"]) == list(TEST.designs)
-    for t in lm_prompted.TEACHERS:
+    for t in (t for t in lm_prompted.TEACHERS if t in TEST.settings):  # the same measurements for any teacher
         m = s["settings"][t]["measures"]
         assert m["kl"]["n"] == TEST.seeds and m["kl"]["median"] >= 0
         assert set(m["first_step"]) == {"shared", "different"}
