@@ -149,13 +149,13 @@ def analyse(summary: dict) -> dict:
     read = lambda path: json.loads(path.read_text()) if path.exists() else None  # noqa: E731
     out = {**summary, "rows": rows, "teacher_cos": stats.mean_ci(teachers.mean(axis=1)),
            "lm": population.lm_rows(read(LM_LINEAGES), read(LM_PROMPTED), fpr)}
-    if lp := summary.get("lm_population"):  # the student's init is the base: the realistic score is the informed one
+    if lp := summary.get("lm_population"):  # the student's init is the base: one bare score, read by both auditors
         m = np.asarray(lp["update_cos"])
-        out["lm_audit"] = {"realistic": audit.population(m, fpr=fpr, ks=KS),
+        realistic = audit.population(m, fpr=fpr, ks=KS)
+        out["lm_audit"] = {"realistic": realistic,
                            "informed": audit.population(audit.against_controls(m)[0], fpr=fpr, ks=KS),
                            # the own-output control against every teacher: how many the realistic threshold flags
-                           "control": stats.distribution(np.ravel(lp["control_cos"]),
-                                                         audit.population(m, fpr=fpr)["tpr"]["threshold"]),
+                           "control": stats.distribution(np.ravel(lp["control_cos"]), realistic["tpr"]["threshold"]),
                            "transfer": stats.mean_ci(np.mean(lp["gain"], axis=1)),
                            "teacher_cos": stats.mean_ci(audit.cases(np.asarray(lp["teacher_cos"]))[1].mean(axis=1))}
     out["verdicts"] = claims_lib.evaluate(claims(out), out)
@@ -222,7 +222,8 @@ def table(summary: dict) -> str:
         r, c, k = a["realistic"], a["control"], a["realistic"]["k"]
         out += ["", f"Toy LM population (`--lm_teachers {k}`): per world, {k} teachers fine-tuned from its one reference "
                 f"(the public base) toward {k} trait animals at s = 0, a shared-init KL student of each ({r['n_worlds']} "
-                "worlds); the student's init is the base, so both auditors read cos(θ_S − θ_ref, θ_T − θ_ref).", "",
+                "worlds); the student's init is the base, so both auditors read cos(θ_S − θ_ref, θ_T − θ_ref): the realistic one "
+                "bare, the informed one against the world's other students (as on MNIST).", "",
                 "| auditor | AUC / TPR@" + f"{summary['fpr']:g} | which teacher of 2 / 4 / 8 | n pos / neg |", "|---|---|---|---|"]
         out += [f"| {name} | {_cell(a[name])} | " + " / ".join(f"{a[name]['which_teacher'][str(j)]['mean']:.2f}" if
                 str(j) in a[name]["which_teacher"] else "n/a" for j in KS) + f" | {a[name]['tpr']['n_pos']} / "

@@ -261,8 +261,8 @@ def lm_population(oc, k: int, directory: Path, log=print) -> dict[str, list]:
 
     Returns {'update_cos': [W, K teachers, K students] cos(θ_S − θ_ref, θ_T − θ_ref), 'control_cos': [W, K]
     the own-output control against every teacher, 'teacher_cos': [W, K, K], 'gain': [W, K] each shared
-    student's gain in P(its teacher's animal)}. The student's init is the base, so the informed and the
-    realistic auditor read the same score.
+    student's gain in P(its teacher's animal)}. The student's init is the base, so both auditors read this
+    score: the realistic one bare, the informed one against the world's other students.
     """
     from minisub import config as config_lib
     parts = []
