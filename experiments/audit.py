@@ -178,7 +178,7 @@ def claims(summary: dict) -> list[Claim]:
         Claim("calibrated", "The informed p-values are calibrated: negatives with p ≤ 0.05 are within ±0.03 of 5% "
               "(shared init)", "minisub", "rows.shared.calibration.negatives.0p05", "within", 0.03),
     ]
-    k = len(summary.get("lm_population", {}).get("gain", [[None] * 8])[0])
+    k = len(lp["gain"][0]) if (lp := summary.get("lm_population")) else "K"  # teachers a reference
     lm = [Claim(f"lm_pop_{c}", f"Toy LM, fine-tuned teacher at s = 0, {k} teachers (trait animals) of one reference: "
                 f"{text}", "minisub", f"lm_audit.realistic.{path}", ">", x) for c, text, path, x in (
         ("auc", "AUC > 0.99", "auc_by_world", 0.99), ("tpr", f"TPR > 0.9 at {fpr} FPR", "tpr_by_world", 0.9),
