@@ -2,6 +2,7 @@
 
     python experiments/accelerator_check.py                            # paper presets: 100 seeds, 24 references
     python experiments/accelerator_check.py --preset test --seeds 2 --lm-steps 2   # a smoke test (CPU, seconds)
+    python experiments/accelerator_check.py --table figures/accelerator/*.json     # the README's table, from stored runs
 
 It runs mnist-aux (all seeds in one block, sharded over the local devices; ``bench.measure``) and
 times lm-owl's pretraining (``bench.measure_lm``), both against a 4096³ float32 matmul on the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -106,7 +108,7 @@ def check_mnist(preset: str, seeds: int, ceiling: float, committed_path: Path) -
     found = "" if committed_path.exists() else f" (no committed CPU figures at {committed_path}: not comparable)"
     rows = [*bench.table_rows(m), *_device_rows(), ("comparison", COMPARISON + found), *acc_rows]
     _print(f"mnist-aux --preset {preset} --seeds {seeds}", rows)
-    keep = ("seeds", "wall_s", "steady_wall_s", "flops_total", "flop_rate", "matmul_rate", "ratio", "peak_rss_gb")
+    keep = ("seeds", "wall_s", "steady_wall_s", "flops_total", "flop_rate", "matmul_rate", "ratio", "peak_rss_gb", "epoch_s")
     return {**{k: m[k] for k in keep}, "preset": preset, "comparison_mode": mode, "accuracy": acc}
 
 
@@ -119,6 +121,32 @@ def check_lm(preset: str, seeds: int | None, steps: int, ceiling: float) -> dict
     return {k: m[k] for k in ("seeds", "step_s", "steady_wall_s", "flops_total", "flop_rate", "matmul_rate", "ratio")}
 
 
+TABLE_HEAD = ("| run | device, jax | matmul precision, XLA flags | mnist-aux 100 seeds: with compilation / steady "
+              "| first epoch, teacher / student (compiles) | achieved rate (share of same-process matmul) "
+              "| arms consistent with the CPU run | lm-owl pretraining step, 24 references |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def table(paths: list[Path]) -> str:
+    """The README's markdown table of stored checks (``--json`` outputs), one row a file, nothing recomputed."""
+    rows = [TABLE_HEAD]
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        m, lm = d["mnist_aux"], d.get("lm_owl")
+        te = mnist_aux.PRESETS[m["preset"]].teacher_epochs if m.get("epoch_s") else 0
+        first = f"{m['epoch_s'][0]:.1f} / {m['epoch_s'][te]:.1f} s" if te else "not recorded"
+        comparisons = [a["comparison"] for a in m["accuracy"].values() if a["comparison"]]
+        consistent = sum(c["consistent"] for c in comparisons)
+        worst = max((abs(c["mean"]) for c in comparisons), default=float("nan"))
+        step = f"{lm['step_s'] * 1e3:.2f} ms ({lm['ratio']:.1%})" if lm else "not run"
+        rows.append(f"| `{Path(path).name}` | {d['device']}, jax {d['jax']} | `{d['matmul_precision']}`, "
+                    f"{('`' + d['xla_flags'] + '`') if d.get('xla_flags') else 'none'} | {m['wall_s']:.1f} s / "
+                    f"{m['steady_wall_s']:.1f} s | {first} | {m['flop_rate'] / 1e12:.1f} TFLOP/s ({m['ratio']:.0%}) | "
+                    f"{consistent} of {len(comparisons)} ({m['comparison_mode']}; largest difference "
+                    f"{worst:.4f}) | {step} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="paper", choices=tuple(mnist_aux.PRESETS), help="mnist-aux's preset")
@@ -129,11 +157,16 @@ def main(argv=None) -> dict:
     p.add_argument("--no-lm", action="store_true", help="skip the lm-owl benchmark")
     p.add_argument("--committed", type=Path, default=COMMITTED, help="the CPU figures compared against")
     p.add_argument("--json", type=Path, help="also write the table's numbers here")
+    p.add_argument("--table", type=Path, nargs="+", help="print the markdown table of these stored --json files, run nothing")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return {}
     with precision.applied():
         ceiling = bench.matmul_rate()
         out = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
                "devices": jax.device_count(), "jax": jax.__version__, "matmul_precision": precision.setting(),
+               "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "comparison": COMPARISON, "mnist_aux": check_mnist(args.preset, args.seeds, ceiling, args.committed)}
         if not args.no_lm:
             lm_preset = args.lm_preset or (args.preset if args.preset in owl.PRESETS else "paper")

@@ -263,3 +263,14 @@ def test_a_non_finite_run_is_one_line_and_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(mnist_aux, "run", diverging)
     assert cli.main(["run", "mnist-aux", "--preset", "test", "--no-progress"]) == 1
     assert "--on-nonfinite mark" in _error_line(capsys)
+
+
+def test_the_readmes_gpu_table_is_rendered_from_the_stored_checks():
+    from minisub_experiments import accelerator_check
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    block = text.split("<!-- accelerator-table -->\n")[1].split("\n<!-- /accelerator-table -->")[0]
+    order = [line.split("`")[1] for line in block.splitlines()[2:]]
+    assert sorted(order) == sorted(p.name for p in (root / "figures" / "accelerator").glob("*.json"))
+    assert block == accelerator_check.table([root / "figures" / "accelerator" / name for name in order])

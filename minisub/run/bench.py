@@ -56,6 +56,8 @@ def measure(cfg: pipeline.AuxConfig) -> dict:
         "steady_wall_s": float(steady_wall),
         "flops_total": float(total_flops),
         "flop_rate": float(steady_flops / steady_time) if steady_time > 0 else float("nan"),
+        # every epoch's wall time, teacher's then student's: each phase's first one includes its compilation
+        "epoch_s": [float(d) for d in durations],
         "results": results,
     }
 
@@ -148,6 +150,7 @@ def table_rows(m: dict) -> list[tuple[str, str]]:
         ("wall time, with compilation", f"{m['wall_s']:.1f} s"),
         ("wall time, steady state", f"{m['steady_wall_s']:.1f} s  ({m['steady_wall_s'] / m['seeds']:.2f} s per seed)"),
         ("seeds per second", f"{m['seeds'] / m['wall_s']:.3f} (with compilation), {m['seeds'] / m['steady_wall_s']:.3f} (steady)"),
+        ("epochs (s)", ", ".join(f"{d:.2f}" for d in m["epoch_s"]) + "  (teacher's then student's; each first compiles)"),
         ("counted FLOPs", f"{m['flops_total']:.3e}  ({m['flops_total'] / m['seeds']:.3e} per seed)"),
         *_ceiling_rows(m, digits=1),
     ]
