@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import FAST_COMPILE
 
 CLI = [sys.executable, "-m", "minisub.cli"]
 TEST = ["run", "mnist-aux", "--preset", "test", "--no-progress", "--block", "1"]
 
 
 def _env(results: Path, devices: int = 1) -> dict:
-    env = dict(os.environ, MINISUB_RESULTS=str(results), JAX_NUM_CPU_DEVICES=str(devices))
-    env.pop("XLA_FLAGS", None)
-    return env
+    # XLA_FLAGS: only the suite's fast compilation (conftest), nothing that sets a device count
+    return dict(os.environ, MINISUB_RESULTS=str(results), JAX_NUM_CPU_DEVICES=str(devices), XLA_FLAGS=FAST_COMPILE)
 
 
 def _accuracy(out: Path) -> dict:
