@@ -144,7 +144,36 @@ def table(paths: list[Path]) -> str:
                     f"{m['steady_wall_s']:.1f} s | {first} | {m['flop_rate'] / 1e12:.1f} TFLOP/s ({m['ratio']:.0%}) | "
                     f"{consistent} of {len(comparisons)} ({m['comparison_mode']}; largest difference "
                     f"{worst:.4f}) | {step} |")
-    return "\n".join(rows)
+    return "\n".join(rows + ["", *reading([json.loads(Path(p).read_text()) for p in paths])])
+
+
+def reading(runs: list[dict], target_s: float = 30.0) -> list[str]:
+    """What the stored checks say, one sentence per setting, each computed from their numbers."""
+    lines = []
+    for (prec, flags), group in _groups(runs).items():
+        ms = [r["mnist_aux"] for r in group]
+        cs = [a["comparison"] for m in ms for a in m["accuracy"].values() if a["comparison"]]
+        within = sum(c["consistent"] for c in cs)
+        steady, wall = [m["steady_wall_s"] for m in ms], [m["wall_s"] for m in ms]
+        lines.append(
+            f"- `{prec}`{', ' + flags if flags else ''} ({len(ms)} run{'s' * (len(ms) > 1)}): {within} of {len(cs)} arm "
+            f"comparisons contain 0 in their paired 95% interval against the CPU run (half-widths up to "
+            f"{max(c['ci95'] for c in cs):.4f}); {ms[0]['seeds']} seeds in {_span(steady)} s steady "
+            f"({'under' if max(steady) < target_s else 'not under'} {target_s:.0f} s), {_span(wall)} s "
+            f"with compilation ({'under' if max(wall) < target_s else 'not under'} {target_s:.0f} s).")
+    return lines
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = f"{min(values):.1f}", f"{max(values):.1f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["matmul_precision"], r.get("xla_flags", "")), []).append(r)
+    return groups
 
 
 def main(argv=None) -> dict:

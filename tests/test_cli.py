@@ -271,6 +271,20 @@ def test_the_readmes_gpu_table_is_rendered_from_the_stored_checks():
     root = Path(__file__).resolve().parent.parent
     text = (root / "README.md").read_text()
     block = text.split("<!-- accelerator-table -->\n")[1].split("\n<!-- /accelerator-table -->")[0]
-    order = [line.split("`")[1] for line in block.splitlines()[2:]]
+    order = [line.split("`")[1] for line in block.splitlines()[2:] if line.startswith("| `")]
     assert sorted(order) == sorted(p.name for p in (root / "figures" / "accelerator").glob("*.json"))
     assert block == accelerator_check.table([root / "figures" / "accelerator" / name for name in order])
+
+
+def test_the_gpu_reading_follows_the_numbers():
+    from minisub_experiments import accelerator_check
+
+    def run(wall, consistent):
+        arms = {a: {"comparison": {"mean": 0.01, "ci95": 0.002, "consistent": c}} for a, c in zip("ab", consistent)}
+        return {"matmul_precision": "highest", "xla_flags": "", "mnist_aux": {
+            "seeds": 4, "wall_s": wall, "steady_wall_s": 1.0, "accuracy": arms}}
+
+    (line,) = accelerator_check.reading([run(40.0, (True, False)), run(20.0, (True, True))])
+    assert "3 of 4 arm comparisons" in line and "20.0–40.0 s with compilation (not under 30 s)" in line
+    (line,) = accelerator_check.reading([run(20.0, (True, True))])
+    assert "2 of 2" in line and "20.0 s with compilation (under 30 s)" in line
