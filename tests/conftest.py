@@ -25,7 +25,7 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
 
 # XLA's LLVM backend at -O0 for the suite (unless XLA_FLAGS names a level): the tiny configs are
 # compile-bound (lm-owl's test preset spends 30 of its 31 s compiling) and -O0 compiles 2-3x faster.
-# Results move in the 7th significant digit (no fused multiply-adds), which no assertion depends on;
+# Results move in the 7th significant digit (lm-owl and mnist-aux test runs compared), which no assertion needs;
 # minisub's own runs keep XLA's default. CLI subprocesses inherit the flag (FAST_COMPILE).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
