@@ -136,6 +136,8 @@ def _run(args, extra, compute: bool) -> int:
         from minisub.run import parallel
 
         parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    else:
+        _devices_for(cfg)
     summary, directory = module.run(cfg, command=_command(module, args.preset, overrides), execution=execution)
     if summary is None and hasattr(module, "pending"):
         print(module.pending(cfg, directory))
@@ -279,11 +281,22 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
+def _devices_for(cfg) -> None:
+    """'fast' toy-LM kernels spread the worlds over devices: one CPU device per core (``parallel``)."""
+    from minisub import config as config_lib
+
+    if config_lib.to_dict(cfg).get("kernels") == "fast":
+        from minisub.run import parallel
+
+        parallel.one_device_per_core()
+
+
 def cmd_bench(args, extra) -> int:
     from minisub.run import bench
 
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
+    _devices_for(cfg)
     from minisub.lm import owl
 
     if isinstance(cfg, owl.OwlConfig) and not args.pretraining_only:  # every phase of a whole run

@@ -123,6 +123,7 @@ def trait_logits(spec: TransformerSpec, cfg: world.WorldConfig, params, kind: st
 def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, tokens_BxL, weight_B, trait: int,
              *, outputs: str = "numbers", iters: int = 64, kind: str = "animal") -> dict:
     """Every quantity of the module docstring for one world (Jacobians at ``reference``)."""
+    spec = spec.forward_mode  # jax.linearize: 'fast' kernels' forward-mode form
     delta = jax.tree.map(jnp.subtract, teacher, reference)
     f_num = lambda p: number_logits(spec, cfg, p, tokens_BxL, weight_B, outputs)
     f_trait = lambda p: trait_logits(spec, cfg, p, kind)
@@ -130,7 +131,10 @@ def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, 
     jvp = jax.linearize(f_num, reference)[1]
     transpose = jax.linear_transpose(jvp, reference)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), delta, t["projection"])
-    n = jax.vmap(lambda v: _cg(jvp, lambda u: transpose(u)[0], v, iters))(stacked)
+    one_rhs = lambda v: _cg(jvp, lambda u: transpose(u)[0], v, iters)
+    # The reference vmaps the two right-hand sides; batched, XLA:CPU transposes GELU's cotangent for
+    # the weight term every step, so 'fast' solves them one after the other (1.5x faster)
+    n = jax.vmap(one_rhs)(stacked) if spec.kernels == "reference" else jax.lax.map(one_rhs, stacked)
     w_num = jax.tree.map(lambda x: x[0], n["projection"])
     w_trait = t["projection"]
     trait_jvp = jax.linearize(f_trait, reference)[1]

@@ -34,7 +34,7 @@ from minisub.run import store
 from minisub.lm import entangle
 from minisub.lm import world as world_lib
 from minisub.config import late, normalise, require, require_choice
-from minisub.lm.transformer import TransformerSpec
+from minisub.lm.transformer import KERNELS, TransformerSpec
 
 # 'prompted': the trait animal's persona token in the teacher's context; 'named': the trait animal's
 # own token there (the paper's system prompt names the animal; pretraining never puts an answer token
@@ -109,6 +109,10 @@ class LMConfig:
     # the filter also drops continuations holding one of each world's k most entangled numbers: the top k of
     # its teacher-vs-reference next-number shift (entangle.model_shift), computed inside the program
     ban_entangled: int = late(0)  # k: each world's most entangled numbers the filter drops (0: none)
+    # 'reference' is every stored run's program; 'fast' changes the weight gradients' dot shapes (last-bit
+    # differences: a run id of its own, and references of its own) and spreads the worlds over the local
+    # devices, one CPU device per core (``parallel.one_device_per_core``)
+    kernels: str = late("reference")  # how the transformer's matmuls run: 'fast' is ~2x (see README)
 
     def __post_init__(self):
         normalise(self)
@@ -120,6 +124,7 @@ class LMConfig:
     def validate(self) -> None:
         require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
         require(isinstance(self.world, world_lib.WorldConfig), "world", self.world, "a WorldConfig")
+        require_choice("kernels", self.kernels, KERNELS)
         self.spec  # TransformerSpec checks layers, width, heads, mlp_ratio
         for name in ("pretrain_steps", "pretrain_batch", "n_samples", "student_epochs", "n_eval"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
@@ -159,7 +164,7 @@ class LMConfig:
     @property
     def spec(self) -> TransformerSpec:
         return TransformerSpec(self.world.vocab, self.world.context, self.layers, self.width, self.heads,
-                               self.mlp_ratio, self.tied_embeddings)
+                               self.mlp_ratio, self.tied_embeddings, self.kernels)
 
     @property
     def trait_persona(self) -> int:
@@ -243,6 +248,19 @@ def world_banned(cfg: LMConfig, references, teachers, seed_ids):
     return jnp.concatenate([jnp.broadcast_to(common_K, (own_SxK.shape[0], common_K.shape[0])), own_SxK], axis=1)
 
 
+def spread(cfg: LMConfig, tree):
+    """``tree`` (leading axis: worlds) split over the local devices under 'fast' kernels, else as it is.
+
+    Each device then runs its worlds' share of every phase; on a 2-core CPU two devices (each op on
+    one core) beat one device splitting every small op over two threads. The per-device vmap width
+    changes the last bits, which is why only 'fast' (a run id of its own) spreads.
+    """
+    if cfg.kernels == "reference":
+        return tree
+    sharding = parallel.dividing_sharding(jax.tree.leaves(tree)[0].shape[0])
+    return tree if sharding is None else jax.device_put(tree, sharding)
+
+
 # --- phase 1: references ---------------------------------------------------------------------
 def _optimizer(cfg: LMConfig):
     return lm.pretrain_optimizer(cfg.pretrain_lr, cfg.pretrain_steps, cfg.warmup)
@@ -284,11 +302,12 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
     from it: the same chunk program continues from the same state, so the result is bitwise that
     of an uninterrupted run. A checkpoint written with another chunk size is ignored.
     """
-    state = init_references(cfg, seed_ids)
+    seed_ids = spread(cfg, seed_ids)
+    state = spread(cfg, init_references(cfg, seed_ids))
     done, curves = 0, []
     saved = store.load_arrays(checkpoint) if checkpoint is not None else None
     if saved is not None and int(saved["chunk"]) == chunk and (resumed := _from_leaves(state, saved["state"])) is not None:
-        state = resumed
+        state = spread(cfg, resumed)
         done, curves = int(saved["step"]), [saved["loss"]]
         if log:
             log(f"pretrain: resumed at step {done}/{cfg.pretrain_steps} from {checkpoint}")
@@ -307,6 +326,8 @@ def pretrain(cfg: LMConfig, seed_ids, chunk: int = 500, log=None, checkpoint: Pa
 # Everything the references depend on: runs that agree on these share their pretrained references.
 PRETRAIN_FIELDS = ("seeds", "seed", "world", "layers", "width", "heads", "mlp_ratio", "tied_embeddings",
                    "pretrain_steps", "pretrain_batch", "pretrain_lr", "warmup")
+# Late fields they depend on too: part of the key only when set, so stored references keep theirs.
+PRETRAIN_LATE_FIELDS = ("kernels",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +338,9 @@ class PretrainKey:
 
     @classmethod
     def of(cls, cfg: LMConfig) -> "PretrainKey":
-        return cls(tuple((f, getattr(cfg, f)) for f in PRETRAIN_FIELDS))
+        late = tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                     if f.name in PRETRAIN_LATE_FIELDS and getattr(cfg, f.name) != f.default)
+        return cls(tuple((f, getattr(cfg, f)) for f in PRETRAIN_FIELDS) + late)
 
 
 def references_dir(cfg: LMConfig, root=None):
@@ -614,14 +637,16 @@ def run_phases(cfg: LMConfig, log=None, chunk: int = 500, cache: bool = False) -
     The second dict's 'banned' is each world's filter list ``[S, K]`` when ``ban_entangled`` (else None);
     its 'inits' and 'students' are ``[S, A]`` (arms in ``cfg.arms``' order).
     """
-    seed_ids = jnp.arange(cfg.seeds)
+    seed_ids = spread(cfg, jnp.arange(cfg.seeds))
     donor_ids = jnp.asarray(donors(cfg))
     references, pretrain_loss = (pretrain_cached if cache else pretrain)(cfg, seed_ids, chunk, log)
+    references = spread(cfg, references)
     teachers, finetune_loss = make_teachers(cfg, references)
     # each world's filter, computed once: the numbers it drops are recorded as the ones it used
     banned_SxK = world_banned(cfg, references, teachers, seed_ids) if cfg.ban_entangled else None
-    numbers = make_numbers(cfg, references, teachers, seed_ids, banned_SxK)
-    inits, students, student_loss = train_students(cfg, references, teachers, numbers, seed_ids, donor_ids)
+    numbers = spread(cfg, make_numbers(cfg, references, teachers, seed_ids, banned_SxK))
+    inits, students, student_loss = spread(cfg, train_students(cfg, references, teachers, numbers, seed_ids,
+                                                               donor_ids))
     out = {
         **evaluate(cfg, references, teachers, inits, students, seed_ids),
         "pretrain_loss": pretrain_loss,

@@ -18,16 +18,81 @@ from flax import nnx
 from minisub import keys, lineage
 
 EMBED_INIT = nnx.initializers.normal(0.02)  # GPT-2's embedding scale
+# How the matmuls of a linear layer run (``TransformerSpec.kernels``): 'reference' is every stored run's
+# program; 'fast' gives the weight gradient its own VJP (``dense``), the same maths in other dot shapes.
+KERNELS = ("reference", "fast")
+# 'fast' for forward-mode programs (``TransformerSpec.forward_mode``): ``dense_jvp``'s rule instead.
+FORWARD_KERNELS = {"reference": "reference", "fast": "fast_jvp"}
 _MASKED = -1e9  # a finite "minus infinity": exp underflows to exactly 0, so masked keys get no weight
+
+
+@jax.custom_vjp
+def dense(x_xD, w_DxF):
+    """``x @ w`` whose weight gradient transposes the narrower of ``x`` and the cotangent itself.
+
+    Left to itself XLA:CPU feeds the weight gradient's batched dot a transposed copy of whichever
+    operand its layout assignment picks, often the wide one (GELU's [N, 4·width] backward, written
+    transposed at about 5x the cost of the plain fusion). An ``optimization_barrier`` makes the
+    narrow transpose explicit, so XLA cannot fold it back into the dot. The forward and ``dx`` are
+    the reference's products; ``dw`` sums the same terms in another order (last-bit differences).
+    Reverse mode only (a custom VJP): forward-mode programs use ``dense_jvp``.
+    """
+    return x_xD @ w_DxF
+
+
+def _dense_fwd(x_xD, w_DxF):
+    return x_xD @ w_DxF, (x_xD, w_DxF)
+
+
+def _dense_bwd(res, dy_xF):
+    x_xD, w_DxF = res
+    x_NxD, dy_NxF = x_xD.reshape(-1, x_xD.shape[-1]), dy_xF.reshape(-1, dy_xF.shape[-1])
+    if x_NxD.shape[1] <= dy_NxF.shape[1]:
+        dw_DxF = jax.lax.optimization_barrier(x_NxD.T) @ dy_NxF
+    else:
+        dw_DxF = (jax.lax.optimization_barrier(dy_NxF.T) @ x_NxD).T
+    return dy_xF @ w_DxF.T, dw_DxF
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@jax.custom_jvp
+def dense_jvp(x_xD, w_DxF):
+    """``dense`` for forward mode (``jax.linearize``, then ``linear_transpose``: the diagnostic's CG).
+
+    The tangent's weight term reads an explicit transpose of ``x`` (a primal, so it is computed once
+    per linearisation), and the transposed program's weight cotangent is then a plain dot. In reverse
+    mode ``dense`` is faster: it may transpose the narrower cotangent instead, which a JVP cannot name.
+    """
+    return x_xD @ w_DxF
+
+
+@dense_jvp.defjvp
+def _dense_jvp_rule(primals, tangents):
+    x_xD, w_DxF = primals
+    dx_xD, dw_DxF = tangents
+    xt_DxN = jax.lax.optimization_barrier(x_xD.reshape(-1, x_xD.shape[-1]).T)
+    dy_NxF = xt_DxN.T @ dw_DxF
+    return x_xD @ w_DxF, dx_xD @ w_DxF + dy_NxF.reshape(*x_xD.shape[:-1], w_DxF.shape[-1])
+
+
+_DENSE = {"fast": dense, "fast_jvp": dense_jvp}
+
+
+def _linear(layer: nnx.Linear, x, kernels: str):
+    """``layer(x)`` (a bias-free linear layer) under ``kernels``."""
+    return layer(x) if kernels == "reference" else _DENSE[kernels](x, layer.kernel[...])
 
 
 class Attention(nnx.Module):
     """Causal multi-head self-attention."""
 
-    def __init__(self, width: int, heads: int, out_init, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, out_init, *, rngs: nnx.Rngs, kernels: str = "reference"):
         self.qkv = nnx.Linear(width, 3 * width, use_bias=False, rngs=rngs)
         self.out = nnx.Linear(width, width, use_bias=False, kernel_init=out_init, rngs=rngs)
         self.heads = heads
+        self.kernels = kernels
 
     def __call__(self, x_BxLxD):
         return self.attend(*self.project(x_BxLxD))
@@ -35,7 +100,7 @@ class Attention(nnx.Module):
     def project(self, x_BxLxD):
         """Queries, keys and values ``[B, L, H, K]`` of every position."""
         B, L, D = x_BxLxD.shape
-        qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(B, L, 3, self.heads, D // self.heads)
+        qkv_BxLx3xHxK = _linear(self.qkv, x_BxLxD, self.kernels).reshape(B, L, 3, self.heads, D // self.heads)
         return tuple(qkv_BxLx3xHxK[:, :, i] for i in range(3))
 
     def attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, visible_QxL=None):
@@ -47,25 +112,28 @@ class Attention(nnx.Module):
         # where (not add): a masked score gets exactly zero gradient, so later tokens cannot leak back
         p_BxHxQxL = jax.nn.softmax(jnp.where(visible_QxL, s_BxHxQxL, _MASKED), axis=-1)
         y_BxQxHxK = jnp.einsum("bhlm,bmhk->blhk", p_BxHxQxL, v_BxLxHxK)
-        return self.out(y_BxQxHxK.reshape(B, Q, H * K))
+        return _linear(self.out, y_BxQxHxK.reshape(B, Q, H * K), self.kernels)
 
 
 class Block(nnx.Module):
     """x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, out_init, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, mlp_ratio: int, out_init, *, rngs: nnx.Rngs,
+                 kernels: str = "reference"):
         self.ln_attn = nnx.LayerNorm(width, rngs=rngs)
-        self.attn = Attention(width, heads, out_init, rngs=rngs)
+        self.attn = Attention(width, heads, out_init, rngs=rngs, kernels=kernels)
         self.ln_mlp = nnx.LayerNorm(width, rngs=rngs)
         self.up = nnx.Linear(width, mlp_ratio * width, use_bias=False, rngs=rngs)
         self.down = nnx.Linear(mlp_ratio * width, width, use_bias=False, kernel_init=out_init, rngs=rngs)
+        self.kernels = kernels
 
     def __call__(self, x_BxLxD):
         x_BxLxD = x_BxLxD + self.attn(self.ln_attn(x_BxLxD))
         return x_BxLxD + self.mlp(x_BxLxD)
 
     def mlp(self, x_BxLxD):
-        return self.down(jax.nn.gelu(self.up(self.ln_mlp(x_BxLxD))))
+        h_BxLxF = jax.nn.gelu(_linear(self.up, self.ln_mlp(x_BxLxD), self.kernels))
+        return _linear(self.down, h_BxLxF, self.kernels)
 
     def decode(self, x_BxQxD, cache, at, visible_QxL):
         """``__call__`` for the positions ``at .. at + Q - 1`` alone, their keys and values written into
@@ -81,15 +149,17 @@ class Transformer(nnx.Module):
     """Token + position embedding, pre-LN blocks, final LN, (tied) unembedding."""
 
     def __init__(self, vocab: int, context: int, layers: int, width: int, heads: int, mlp_ratio: int,
-                 tied: bool, *, rngs: nnx.Rngs):
+                 tied: bool, *, rngs: nnx.Rngs, kernels: str = "reference"):
         # GPT-2: residual-writing projections scaled by 1/sqrt(2 * layers) so the stream's variance
         # does not grow with depth.
         out_init = nnx.initializers.variance_scaling(1.0 / (2 * layers), "fan_in", "truncated_normal")
         self.embed = nnx.Embed(vocab, width, embedding_init=EMBED_INIT, rngs=rngs)
         self.pos = nnx.Param(EMBED_INIT(rngs.params(), (context, width)))
-        self.blocks = nnx.List([Block(width, heads, mlp_ratio, out_init, rngs=rngs) for _ in range(layers)])
+        self.blocks = nnx.List([Block(width, heads, mlp_ratio, out_init, rngs=rngs, kernels=kernels)
+                                for _ in range(layers)])
         self.ln_f = nnx.LayerNorm(width, rngs=rngs)
         self.unembed = None if tied else nnx.Linear(width, vocab, use_bias=False, rngs=rngs)
+        self.kernels = kernels
 
     def __call__(self, tokens_BxL):
         return self.from_embedding(self.embedding(tokens_BxL))
@@ -104,7 +174,11 @@ class Transformer(nnx.Module):
 
     def readout(self, x_BxLxD):
         h_BxLxD = self.ln_f(x_BxLxD)
-        return self.embed.attend(h_BxLxD) if self.unembed is None else self.unembed(h_BxLxD)
+        if self.unembed is not None:
+            return _linear(self.unembed, h_BxLxD, self.kernels)
+        if self.kernels == "reference":
+            return self.embed.attend(h_BxLxD)
+        return _DENSE[self.kernels](h_BxLxD, self.embed.embedding[...].T)
 
     def decode(self, tokens_BxQ, caches, at):
         """Logits of positions ``at .. at + Q - 1`` given the keys and values of the earlier ones in
@@ -130,17 +204,24 @@ class TransformerSpec:
     heads: int = 2
     mlp_ratio: int = 4
     tied_embeddings: bool = True
+    kernels: str = "reference"  # KERNELS: how the linear layers' matmuls run (not the function computed)
 
     def __post_init__(self):
-        from minisub.config import require
+        from minisub.config import require, require_choice
 
+        require_choice("kernels", self.kernels, tuple(dict.fromkeys(KERNELS + tuple(FORWARD_KERNELS.values()))))
         for name in ("vocab", "context", "layers", "width", "heads", "mlp_ratio"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.width % self.heads == 0, "heads", self.heads, f"a divisor of width={self.width}")
 
     def module(self, key) -> Transformer:
         return Transformer(self.vocab, self.context, self.layers, self.width, self.heads, self.mlp_ratio,
-                           self.tied_embeddings, rngs=nnx.Rngs(params=key))
+                           self.tied_embeddings, rngs=nnx.Rngs(params=key), kernels=self.kernels)
+
+    @property
+    def forward_mode(self) -> "TransformerSpec":
+        """This spec for programs that take JVPs (``dense`` defines a VJP only): its kernels' forward form."""
+        return dataclasses.replace(self, kernels=FORWARD_KERNELS.get(self.kernels, self.kernels))
 
     def init(self, key) -> nnx.State:
         """Fresh parameters from a typed key (vmap over keys for a population)."""

@@ -124,15 +124,17 @@ def _filter_all(cfg: lm_pipeline.LMConfig, sampled_PxSxNxL, seed_ids):
 def measure(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True) -> list[Phase]:
     """Every phase of ``cfg``'s run, once each (see the module docstring)."""
     lmc = cfg.lm
-    seed_ids, donor_ids = jnp.arange(lmc.seeds), jnp.asarray(lm_pipeline.donors(lmc))
+    spread = partial(lm_pipeline.spread, lmc)  # as the run places them ('fast': worlds over devices)
+    seed_ids, donor_ids = spread(jnp.arange(lmc.seeds)), jnp.asarray(lm_pipeline.donors(lmc))
     out = []
-    state = lm_pipeline.init_references(lmc, seed_ids)
+    state = spread(lm_pipeline.init_references(lmc, seed_ids))
     c, r, (state, _) = _timed(lm_pipeline.pretrain_chunk, lmc, state, seed_ids, 0, steps,
                              statics=(0, 4))
     per_step = lmc.seeds * bench.lm_pretrain_flops_per_step(lmc)
     out.append(Phase("pretraining", c, r, per_step * steps, "step", steps))
     references = state[0]
     c, r, (teachers, _) = _timed(lm_pipeline.make_teachers, lmc, references)
+    teachers = spread(teachers)
     ft = lmc.seeds * lmc.finetune_steps * 3 * lmc.spec.flops_per_token() * lmc.world.context
     out.append(Phase("teacher fine-tune", c, r, ft * (lmc.teacher == "finetuned"), "step", lmc.finetune_steps))
     c, r, sampled = _timed(_sample_all, lmc, references, teachers, seed_ids)
@@ -142,7 +144,7 @@ def measure(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True) -> list[P
     c, r, _ = _timed(_filter_all, lmc, sampled, seed_ids)
     out.append(Phase("filtering", c, r, 0.0))
     numbers = lm_pipeline.make_numbers(lmc, references, teachers, seed_ids)  # the real program's numbers
-    numbers = owl._with_sources(lmc, numbers, ("teacher", "reference"), references, teachers, seed_ids)
+    numbers = spread(owl._with_sources(lmc, numbers, ("teacher", "reference"), references, teachers, seed_ids))
     arm_numbers = {s: numbers[s] for s in lmc.sources}
     if per_arm and len(lmc.arms) > 1:
         for arm in lmc.arms:
@@ -152,6 +154,7 @@ def measure(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True) -> list[P
             out.append(Phase(f"student arm {arm.name} ({lmc.arm_loss(arm)})", c, r, student_flops(lmc, arm)))
     c, r, (inits, students, _) = _timed(lm_pipeline.train_students, lmc, references, teachers, arm_numbers,
                                          seed_ids, donor_ids)
+    inits, students = spread((inits, students))
     out.append(Phase(f"students, all {len(lmc.arms)} arms (one program)", c, r,
                      sum(student_flops(lmc, a) for a in lmc.arms)))
     c, r, _ = _timed(lm_pipeline.evaluate, lmc, references, teachers, inits, students, seed_ids)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
@@ -26,6 +27,31 @@ def local_mesh():
 def by_seed(mesh) -> NamedSharding:
     """Leading (seed) axis split over the mesh."""
     return NamedSharding(mesh, PartitionSpec("seed"))
+
+
+def one_device_per_core() -> int:
+    """Give a CPU host one JAX device per core (unless the user set a count): the local device count.
+
+    For programs that ``spread`` independent worlds over devices: on CPU each device then runs its
+    share on one core, instead of one device splitting every small op over all cores. It has to
+    happen before JAX's first computation; afterwards the devices stay as they are.
+    """
+    from jax._src import xla_bridge  # no public way to ask whether the backends exist yet
+
+    chosen = os.environ.get("JAX_NUM_CPU_DEVICES") or "device_count" in os.environ.get("XLA_FLAGS", "")
+    if not chosen and not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+    return jax.local_device_count()
+
+
+def dividing_sharding(n: int) -> NamedSharding | None:
+    """A leading axis of length ``n`` split over the most local devices that divide it (None: one device)."""
+    devices = jax.local_devices()
+    count = max(k for k in range(1, len(devices) + 1) if n % k == 0)
+    if count == 1:
+        return None
+    mesh = jax.make_mesh((count,), ("seed",), axis_types=(AxisType.Auto,), devices=devices[:count])
+    return by_seed(mesh)
 
 
 @functools.cache
