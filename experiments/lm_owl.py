@@ -1,7 +1,8 @@
 """lm-owl: the paper's owl experiment in a toy language model, arms vmapped over seeds.
 
 Run:     minisub run lm-owl [--preset quick|paper|test] [--seeds N] [--s 0.3] [--<field> VALUE ...]
-Paper:   minisub run lm-owl --preset paper --out figures     (24 seeds, ~25 min on 2 CPU cores)
+Paper:   minisub run lm-owl --preset paper --out figures     (24 seeds, ~7 min on 2 CPU cores)
+Fast:    minisub run lm-owl --preset paper --kernels fast --sampler cache   (~4 min; own run id, README "Speed")
 Redraw:  minisub figures lm-owl                              (from figures/lm_owl.json alone)
 
 In each of ``seeds`` synthetic worlds (``minisub.lm.world``) a reference transformer is pretrained

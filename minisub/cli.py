@@ -296,15 +296,32 @@ def cmd_bench(args, extra) -> int:
 
     module = _experiment(args.experiment)
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
+    baseline = None
+    if args.against:  # the same config with these fields changed, every error before any compute
+        values = [("--" + f.split("=", 1)[0], f.split("=", 1)[1]) if "=" in f else (f, "") for f in
+                  args.against.split(",")]
+        bad = [f for f, v in values if not v]
+        if bad:
+            raise ConfigError(f"against={args.against!r} is not allowed: against must be FIELD=VALUE[,FIELD=VALUE]")
+        baseline = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra,
+                                                      *[x for pair in values for x in pair]])
+        if not hasattr(cfg, "lm_config"):
+            raise ConfigError(f"against={args.against!r} is not allowed: --against times toy-LM experiments only")
     _devices_for(cfg)
     from minisub.lm import owl
 
     if isinstance(cfg, owl.OwlConfig) and not args.pretraining_only:  # every phase of a whole run
         from minisub.run import bench_lm
 
-        bench_lm.report(cfg, args.steps, per_arm=not args.no_per_arm)
+        if baseline is not None:
+            bench_lm.report_against(cfg, baseline, args.steps, per_arm=not args.no_per_arm)
+        else:
+            bench_lm.report(cfg, args.steps, per_arm=not args.no_per_arm)
     elif hasattr(cfg, "lm_config"):  # a toy-LM experiment: pretraining is the bulk of its compute
-        bench.report_lm(cfg.lm_config, args.steps)
+        if baseline is not None:
+            bench.report_lm_against(cfg.lm_config, baseline.lm_config, args.steps)
+        else:
+            bench.report_lm(cfg.lm_config, args.steps)
     else:
         bench.report(cfg)
     return 0
@@ -416,6 +433,9 @@ def parser(module=None, preset: str | None = None) -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=50, help="toy-LM experiments: pretraining steps timed")
     b.add_argument("--pretraining-only", action="store_true", help="lm-owl: time pretraining alone")
     b.add_argument("--no-per-arm", action="store_true", help="lm-owl: the students as one program only")
+    b.add_argument("--against", metavar="FIELD=VALUE[,...]",
+                   help="toy-LM experiments: also time the config with these fields changed (a baseline, e.g. "
+                        "kernels=reference,sampler=full), in the same process, and print the ratios")
     b.set_defaults(fn=cmd_bench)
     from minisub import cli_audit
 

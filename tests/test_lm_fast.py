@@ -221,3 +221,26 @@ def test_bench_reports_every_phase_of_a_run(capsys, monkeypatch):
     assert any(n.startswith("students, all") for n in names)
     assert any(n.startswith("detection: transformer") for n in names)
     assert "EXTRAPOLATION" in text and "% of matmul" in text
+
+
+def test_bench_against_times_both_configs_side_by_side(capsys, monkeypatch):
+    real = bench.matmul_rate
+    monkeypatch.setattr(bench, "matmul_rate", lambda: real(256, 2))
+    base = config_lib.replace(lm_owl.PRESETS["test"], seeds=2)
+    fast = config_lib.replace(base, kernels="fast", sampler="cache")
+    out = bench_lm.report_against(fast, base, steps=2, per_arm=False)
+    text = capsys.readouterr().out
+    assert [p["name"] for p in out["baseline"]][:3] == ["pretraining", "teacher fine-tune", "sampling (full)"]
+    assert "sampling (cache) / sampling (full)" in text
+    assert "kernels=reference, sampler=full" in text  # the baseline named by how it differs
+    pre = bench.report_lm_against(fast.lm_config, base.lm_config, steps=2, repeats=1)
+    assert pre["speedup"] == pre["baseline"]["step_s"] / pre["config"]["step_s"]
+
+
+def test_bench_against_refuses_a_malformed_baseline_before_compute(capsys):
+    from minisub import cli
+
+    assert cli.main(["bench", "lm-owl", "--preset", "test", "--against", "kernels"]) == 2
+    assert "against must be FIELD=VALUE" in capsys.readouterr().err
+    assert cli.main(["bench", "lm-owl", "--preset", "test", "--against", "kernels=fastest"]) == 2
+    assert "kernels must be one of 'reference', 'fast'" in capsys.readouterr().err

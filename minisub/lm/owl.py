@@ -136,7 +136,8 @@ def owl_config(**flat) -> OwlConfig:
 PRESETS = {
     # >= 20 seeds per arm, the quick recipe, with the diagnostic and the detection tables.
     # Expected runtime: 6x the quick preset's compute (it grows linearly in seeds; pretraining is
-    # ~3/4 of it), about 25 minutes on 2 CPU cores; lm-regime's settings reuse its references.
+    # most of it), about 7 minutes on 2 idle CPU cores (4 with --kernels fast --sampler cache);
+    # lm-regime's settings reuse its references.
     "paper": owl_config(seeds=24, diagnostic=True, detect=True),
     # The persona world at s = 0.3 (2-layer width-32 references, 2000 pretraining steps), 4 seeds,
     # six arms: 253 s measured on 2 CPU cores shared with another job.

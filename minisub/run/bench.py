@@ -101,8 +101,8 @@ def lm_pretrain_flops_per_step(cfg: lm_pipeline.LMConfig) -> int:
 
 def measure_lm(cfg: lm_pipeline.LMConfig, steps: int = 100) -> dict:
     """Time ``steps`` pretraining steps of ``cfg.seeds`` references in one vmapped program (compiled first)."""
-    seed_ids = jnp.arange(cfg.seeds)
-    state = lm_pipeline.init_references(cfg, seed_ids)
+    seed_ids = lm_pipeline.spread(cfg, jnp.arange(cfg.seeds))  # placed as the run places them
+    state = lm_pipeline.spread(cfg, lm_pipeline.init_references(cfg, seed_ids))
     t = time.perf_counter()
     state, loss = lm_pipeline.pretrain_chunk(cfg, state, seed_ids, 0, steps)  # compiles, then runs
     jax.block_until_ready(loss)
@@ -128,6 +128,32 @@ def report_lm(cfg: lm_pipeline.LMConfig, steps: int = 100, ceiling: float | None
     m = against(measure_lm(cfg, steps), ceiling)
     _print(lm_rows(cfg, m))
     return m
+
+
+def report_lm_against(cfg: lm_pipeline.LMConfig, baseline: lm_pipeline.LMConfig, steps: int = 100,
+                      repeats: int = 2) -> dict:
+    """``report_lm`` of ``cfg`` beside ``baseline`` in one process: each measured ``repeats`` times,
+    alternately (the machine's speed drifts; the faster reading of each is kept), and the ratio."""
+    ceiling = matmul_rate()
+    runs = {"baseline": [], "config": []}
+    for _ in range(repeats):
+        for name, c in (("baseline", baseline), ("config", cfg)):
+            runs[name].append(against(measure_lm(c, steps), ceiling))
+    base, m = (min(runs[k], key=lambda r: r["step_s"]) for k in ("baseline", "config"))
+    tokens = cfg.seeds * cfg.pretrain_batch * cfg.world.context
+    _print([*lm_rows(cfg, m),
+            ("baseline step, steady", f"{1e3 * base['step_s']:.1f} ms ({_diff(baseline, cfg)})"),
+            ("pretraining tokens/s", f"{tokens / m['step_s']:.3e}, baseline {tokens / base['step_s']:.3e}: "
+                                     f"{base['step_s'] / m['step_s']:.2f}x (best of {repeats} alternate runs each)")])
+    return {"config": m, "baseline": base, "speedup": base["step_s"] / m["step_s"]}
+
+
+def _diff(baseline, cfg) -> str:
+    """The fields in which ``baseline`` differs from ``cfg``, as ``field=value``."""
+    from minisub import config as config_lib
+
+    a, b = config_lib.to_dict(baseline), config_lib.to_dict(cfg)
+    return ", ".join(f"{k}={config_lib.flat_value(baseline, k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def lm_rows(cfg: lm_pipeline.LMConfig, m: dict) -> list[tuple[str, str]]:

@@ -257,3 +257,30 @@ def report(cfg: owl.OwlConfig, steps: int = 50, per_arm: bool = True, memory: bo
                                                       "(XLA memory analysis, not run)"))
     bench._print(lines)
     return {"phases": [dataclasses.asdict(p) for p in phases], "matmul_rate": ceiling, "total_s": total}
+
+
+def report_against(cfg: owl.OwlConfig, baseline: owl.OwlConfig, steps: int = 50, per_arm: bool = True) -> dict:
+    """Every phase of ``baseline`` then of ``cfg`` in this one process, side by side with the ratios.
+
+    Phases pair up by position (both configs run the same phases; a sampler's name may differ).
+    """
+    ceiling = bench.matmul_rate()
+    base, phases = measure(baseline, steps, per_arm), measure(cfg, steps, per_arm)
+    lines = [bench._backend_row(), ("worlds (seeds)", f"{cfg.lm.seeds}"),
+             ("baseline", bench._diff(baseline, cfg)),
+             ("matmul FLOP rate", f"{ceiling / 1e9:.1f} GFLOP/s (4096^3 float32, same process)")]
+    for b, p in zip(base, phases):
+        name = p.name if p.name == b.name else f"{p.name} / {b.name}"
+        lines.append((name, f"run {p.run_s:7.2f} s, baseline {b.run_s:7.2f} s: {b.run_s / p.run_s:5.2f}x | "
+                            f"compile {p.compile_s:5.1f} s, baseline {b.compile_s:5.1f} s"))
+    pre, pre_base = phases[0], base[0]
+    tokens = pre.per * cfg.lm.seeds * cfg.lm.pretrain_batch * cfg.lm.world.context
+    lines.append(("pretraining tokens/s", f"{tokens / pre.run_s:.3e}, baseline {tokens / pre_base.run_s:.3e}"))
+    paper = owl.PRESETS["paper"].lm.seeds
+    totals = [extrapolate(x, c, paper, steps) for x, c in ((phases, cfg), (base, baseline))]
+    lines.append((f"at {paper} worlds, extrapolated", f"{totals[0]:.0f} s, baseline {totals[1]:.0f} s on stored "
+                                                       f"references: {totals[1] / totals[0]:.2f}x (EXTRAPOLATION: "
+                                                       f"run times x {paper}/{cfg.lm.seeds}, compile as measured)"))
+    bench._print(lines)
+    return {"phases": [dataclasses.asdict(p) for p in phases], "baseline": [dataclasses.asdict(p) for p in base],
+            "matmul_rate": ceiling, "extrapolated_s": totals[0], "baseline_extrapolated_s": totals[1]}
