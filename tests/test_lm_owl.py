@@ -130,7 +130,7 @@ def test_every_field_is_flat_and_settable_from_the_command_line():
     analyses = [f.name for f in dataclasses.fields(owl.OwlConfig) if f.name != "lm"]
     assert sorted(fields) == sorted(["world", *world_fields, *lm_fields, *analyses])
     assert set(config.to_dict(TEST)) == set(fields) - {"trait_kind", "command_fraction", "rogue", "sampler",
-                                                       "ban_entangled"}  # late, at defaults
+                                                       "ban_entangled", "kernels"}  # late, at defaults
     text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
     assert cli.build_config(lm_owl, "test", [a for f in fields for a in (f"--{f}", text(getattr(TEST, f)))]) == TEST
     cfg = cli.build_config(lm_owl, "test", ["--s", "0", "--world", "naive", "--arms", "shared,different",

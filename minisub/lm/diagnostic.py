@@ -133,7 +133,8 @@ def diagnose(spec: TransformerSpec, cfg: world.WorldConfig, reference, teacher, 
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), delta, t["projection"])
     one_rhs = lambda v: _cg(jvp, lambda u: transpose(u)[0], v, iters)
     # The reference vmaps the two right-hand sides; batched, XLA:CPU transposes GELU's cotangent for
-    # the weight term every step, so 'fast' solves them one after the other (1.5x faster)
+    # the weight term every step, so 'fast' solves them one after the other (with dense_jvp: 42 -> 28 ms
+    # a CG step for 4 worlds of the paper preset)
     n = jax.vmap(one_rhs)(stacked) if spec.kernels == "reference" else jax.lax.map(one_rhs, stacked)
     w_num = jax.tree.map(lambda x: x[0], n["projection"])
     w_trait = t["projection"]
