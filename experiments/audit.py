@@ -58,6 +58,7 @@ class AuditConfig:
     fpr: float = 0.01
     evasions: tuple[str, ...] = ()  # row ids of minisub.run.audit.ROWS ('shared' among them); empty: every row
     lm_teachers: int = late(0)  # the toy LM's population: this many trait animals' teachers of one reference (0: none)
+    kernels: str = late("reference")  # the toy LM's kernels in every program: lm-owl's --kernels
 
     def __post_init__(self):
         normalise(self)
@@ -71,6 +72,8 @@ class AuditConfig:
         n = owl.PRESETS[self.base].lm.world.n_animals
         require(self.lm_teachers == 0 or 3 <= self.lm_teachers <= n, "lm_teachers", self.lm_teachers,
                 f"0 (none) or an integer in [3, {n}] (one teacher per trait animal)")
+        require(self.kernels == "reference" or self.lm_teachers > 0, "kernels", self.kernels,
+                "'reference' unless lm_teachers > 0 (only the toy LM's population runs a transformer)")
 
     def recipe(self) -> pipeline.AuxConfig:
         return dataclasses.replace(BASES[self.base], seeds=self.seeds, seed=self.seed)
@@ -79,7 +82,7 @@ class AuditConfig:
         """The toy LM's recipe: lm-prompted's fine-tuned teacher at s = 0 (4096 continuations on the paper base)."""
         samples = {"n_samples": 4096} if self.base == "paper" else {}
         return config_lib.replace(owl.PRESETS[self.base], s=0.0, teacher="finetuned", sampler="cache",
-                                  student_epochs=3, **samples)
+                                  student_epochs=3, **samples, **owl.kernel_fields(self.kernels))
 
 
 # test: one program (no projection row), 4 teachers a base (which-teacher of 8: not measured); seconds once compiled.

@@ -22,7 +22,7 @@ import numpy as np
 from minisub import claims, report, stats
 from minisub import config as config_lib
 from minisub.claims import Claim
-from minisub.config import ConfigError, normalise, require
+from minisub.config import ConfigError, late, normalise, require
 from minisub.lm import cross as lm_cross
 from minisub.lm import owl
 from minisub.report import plots, verdicts
@@ -41,6 +41,7 @@ class CrossConfig:
     widths: tuple[int, ...] = (32, 16)
     base: str = "paper"
     student_loss: str = "kl"
+    kernels: str = late("reference")  # the toy LM's kernels in every program: lm-owl's --kernels
 
     def __post_init__(self):
         normalise(self)
@@ -60,7 +61,8 @@ class CrossConfig:
         base = owl.PRESETS[self.base]
         try:
             return tuple(config_lib.replace(base, diagnostic=False, detect=False, seeds=self.seeds, width=w,
-                                            student_loss=self.student_loss) for w in self.widths)
+                                            student_loss=self.student_loss, **owl.kernel_fields(self.kernels))
+                         for w in self.widths)
         except ConfigError as e:
             raise ConfigError(f"widths: {self.widths} do not fit base={self.base!r}: {e}") from None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from minisub import claims as claims_lib, config as config_lib, report, stats
 from minisub.claims import Claim
-from minisub.config import normalise, require, require_choice
+from minisub.config import late, normalise, require, require_choice
 from minisub.lm import owl
 from minisub.report import lm_atlas as lr, plots, sweep as rs, verdicts
 from minisub.run import lm_atlas, runner, store, sweep
@@ -49,6 +49,7 @@ class LineagesConfig:
     permuted: bool = True
     control: bool = True  # lm-owl's control: sampled-token CE on the reference's own numbers
     max_arms: int = 12  # arms a program holds, shared and different included
+    kernels: str = late("reference")  # the toy LM's kernels in every program: lm-owl's --kernels
 
     def __post_init__(self):
         normalise(self)
@@ -65,7 +66,8 @@ class LineagesConfig:
     def lm(self):
         """The lm-owl config (``LMConfig``) every point starts from; its arms are the points'."""
         return config_lib.replace(owl.PRESETS[self.base], seeds=self.seeds, seed=self.seed, diagnostic=False,
-                                  detect=False, tied_embeddings=self.tied_embeddings).lm
+                                  detect=False, tied_embeddings=self.tied_embeddings,
+                                  **owl.kernel_fields(self.kernels)).lm
 
     def points(self) -> dict[str, list[sweep.Point]]:
         fams = lm_atlas.families(self.lm(), self.alphas, self.sigmas, self.parts, self.permuted, self.control)

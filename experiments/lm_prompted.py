@@ -27,7 +27,7 @@ import numpy as np
 
 from minisub import claims as claims_lib, config, report, stats
 from minisub.claims import Claim
-from minisub.config import normalise, require
+from minisub.config import late, normalise, require
 from minisub.lm import owl, prompted
 from minisub.lm import regime as lm_regime
 from minisub.lm.regime import Setting as S
@@ -78,6 +78,7 @@ class PromptedConfig:
     n_samples: int = 16384  # the prompted teacher's continuations: its shift is small, and data was the strongest knob
     finetuned_samples: int = 4096  # the fine-tuned teacher's: its transfer is strong at 4096 (lm-regime), 4x cheaper
     student_epochs: int = 3
+    kernels: str = late("reference")  # the toy LM's kernels in every program: lm-owl's --kernels
 
     def __post_init__(self):
         normalise(self)
@@ -92,7 +93,7 @@ class PromptedConfig:
     def fields(self, name: str) -> dict:
         samples = self.n_samples if SETTINGS[name].fields["teacher"] == "prompted" else self.finetuned_samples
         return {"seeds": self.seeds, **COMMON, "n_samples": samples, "student_epochs": self.student_epochs,
-                **SETTINGS[name].fields}
+                **SETTINGS[name].fields, **owl.kernel_fields(self.kernels)}
 
     def owl(self, name: str) -> owl.OwlConfig:
         return config.replace(owl.PRESETS[self.base], **self.fields(name))
@@ -102,7 +103,8 @@ class PromptedConfig:
         return owl.command(self.base, {**f, "arms": ",".join(f["arms"])})
 
     def design(self, name: str):
-        return config.replace(owl.PRESETS[self.base], seeds=self.design_seeds, **{"s": 0.0, **DESIGNS[name]}).lm
+        return config.replace(owl.PRESETS[self.base], seeds=self.design_seeds, **{"s": 0.0, **DESIGNS[name]},
+                              **owl.kernel_fields(self.kernels)).lm
 
 
 PRESETS = {"paper": PromptedConfig(),

@@ -16,7 +16,7 @@ from pathlib import Path
 from minisub import claims as claims_lib
 from minisub import config, report, stats
 from minisub.claims import Claim
-from minisub.config import ConfigError, normalise, require
+from minisub.config import ConfigError, late, normalise, require
 from minisub.lm import owl
 from minisub.lm import regime as lm_regime
 from minisub.lm.regime import CE_PAIR, CE_SHARED, KL_DIFFERENT, KL_PAIR, KL_SHARED
@@ -74,6 +74,7 @@ class RegimeConfig:
     base: str = "paper"  # the lm-owl preset every setting starts from
     diagnostic: bool = True  # lm-owl's diagnostic, for every fine-tuned teacher
     detect: bool = True  # lm-owl's detection of teacher numbers
+    kernels: str = late("reference")  # the toy LM's kernels in every program: lm-owl's --kernels
 
     def __post_init__(self):
         normalise(self)
@@ -88,7 +89,8 @@ class RegimeConfig:
         """The lm-owl fields one setting sets, beyond its preset (its command's overrides)."""
         fields = {"seeds": self.seeds, **SETTINGS[name].fields}
         finetuned = fields.get("teacher", owl.PRESETS[self.base].teacher) == "finetuned"
-        return {**fields, "diagnostic": self.diagnostic and finetuned, "detect": self.detect}
+        return {**fields, "diagnostic": self.diagnostic and finetuned, "detect": self.detect,
+                **owl.kernel_fields(self.kernels)}
 
     def owl(self, name: str) -> owl.OwlConfig:
         """The lm-owl config of one setting."""

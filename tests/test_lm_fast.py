@@ -244,3 +244,22 @@ def test_bench_against_refuses_a_malformed_baseline_before_compute(capsys):
     assert "against must be FIELD=VALUE" in capsys.readouterr().err
     assert cli.main(["bench", "lm-owl", "--preset", "test", "--against", "kernels=fastest"]) == 2
     assert "kernels must be one of 'reference', 'fast'" in capsys.readouterr().err
+
+
+def test_every_experiment_built_on_lm_owl_passes_its_kernels_on():
+    from minisub_experiments import audit, lm_cross, lm_lineages, lm_prompted, lm_regime
+
+    for module in (lm_regime, lm_prompted, lm_lineages, lm_cross, audit):
+        assert "kernels" not in config_lib.to_dict(module.PRESETS["test"])  # stored run ids unchanged
+    regime = dataclasses.replace(lm_regime.PRESETS["test"], kernels="fast")
+    assert regime.owl("base").lm.kernels == "fast" and "--kernels fast" in regime.command("base")
+    assert "--kernels" not in lm_regime.PRESETS["test"].command("base")
+    prompted = dataclasses.replace(lm_prompted.PRESETS["test"], kernels="fast")
+    assert prompted.owl(prompted.settings[0]).lm.kernels == "fast" and prompted.design(prompted.designs[0]).kernels == "fast"
+    assert dataclasses.replace(lm_lineages.PRESETS["test"], kernels="fast").lm().kernels == "fast"
+    assert all(c.lm.kernels == "fast" for c in dataclasses.replace(lm_cross.PRESETS["test"], kernels="fast").owls)
+    assert config_lib.replace(audit.PRESETS["test"], lm_teachers=3, kernels="fast").lm().lm.kernels == "fast"
+    with pytest.raises(config_lib.ConfigError, match="kernels must be 'reference' unless lm_teachers > 0"):
+        config_lib.replace(audit.PRESETS["test"], kernels="fast")
+    with pytest.raises(config_lib.ConfigError, match="kernels"):
+        dataclasses.replace(lm_regime.PRESETS["test"], kernels="fastest")

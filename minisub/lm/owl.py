@@ -128,6 +128,12 @@ def command(preset: str, fields: dict) -> str:
         f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items())
 
 
+def kernel_fields(kernels: str) -> dict:
+    """``{'kernels': kernels}``, or nothing for the reference kernels: an experiment built on lm-owl passes
+    its ``kernels`` on this way, so its settings' configs, run ids and commands stay those of every stored run."""
+    return {} if kernels == "reference" else {"kernels": kernels}
+
+
 def owl_config(**flat) -> OwlConfig:
     """An ``OwlConfig`` from flat field values (``owl_config(seeds=24, s=0.0)``)."""
     return config_lib.replace(OwlConfig(), **flat)
