@@ -4,17 +4,15 @@ Run:     minisub run lm-prompted --preset paper --out figures   (6 lm-owl runs o
          minisub run lm-prompted --preset test                  (lm-owl's tiny test world)
 Redraw:  minisub figures lm-prompted                            (from figures/lm_prompted.json alone)
 
-At s = 0 a persona's documents carry no trace of it in their numbers, so nothing but the teacher's
-own model can put the trait there. Settings (each one lm-owl run, ``SETTINGS``; 16384 continuations for the
-prompted teacher, 4096 for the fine-tuned one (strong already there, 4x cheaper),
-3 student epochs, KL students): the prompted teacher (the trait's persona in its context
-[cloud2025]'s system prompt) and the fine-tuned one, each with the shared and different students, the
-KL control on the reference's numbers, and the teacher's numbers shuffled across and within responses
-(the paper's shuffle controls); each again with the filter dropping the teacher's 10 most
-entangled numbers, and with CE students on the sampled tokens (the paper's recipe, ``ROLES``).
-Beside them (``minisub.lm.prompted``): the teacher's number KL, the student's first step,
-entanglement per animal (persona and unembedding-bump pushes, subliminal prompting [zur2025],
-overlap across inits), and ``DESIGNS``: world designs of 4 worlds each, measured for
+At s = 0 a persona's documents carry no trace of it in their numbers, so nothing but the teacher's own model can put
+the trait there. Settings (each one lm-owl run, ``SETTINGS``; 16384 continuations for the prompted teacher, 4096 for
+the fine-tuned one (strong already there, 4x cheaper), 3 student epochs, KL students): the prompted teacher (the
+trait's persona in its context: [cloud2025]'s system prompt) and the fine-tuned one, each with the shared and
+different students, the KL control on the reference's numbers, and the teacher's numbers shuffled across and within
+responses (the paper's shuffle controls); each again with the filter dropping the teacher's 10 most entangled numbers,
+and with CE students on the sampled tokens (the paper's recipe, ``ROLES``). Beside them (``minisub.lm.prompted``): the
+teacher's number KL, the student's first step, entanglement per animal (persona and unembedding-bump pushes,
+subliminal prompting [zur2025], overlap across inits), and ``DESIGNS``: world designs of 4 worlds each, measured for
 three teachers (fine-tuned, prompted, named: the animal's own token in the context) before any student.
 """
 
