@@ -194,6 +194,8 @@ def cmd_sweep(args, extra) -> int:
     fixed, axes = cli_sweep.split_values(module.PRESETS[args.preset], overrides)
     base = build_config(module, args.preset, fixed)
     grid = cli_sweep.combinations(base, axes)  # every point's config validated before any compute
+    for _, point in grid:
+        _devices_for(point)
     if args.print_config:
         from minisub import config as config_lib
 
