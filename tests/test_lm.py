@@ -111,9 +111,11 @@ def test_stored_references_are_the_pretrained_ones_bitwise_and_shared_by_teacher
                                       tmp_path) != lm_pipeline.references_dir(TINY, tmp_path)
 
 
-def test_a_killed_pretraining_resumes_from_its_checkpoint_bitwise(tmp_path, monkeypatch):
-    ids, chunk, checkpoint = jnp.arange(TINY.seeds), TINY.pretrain_steps // 4, tmp_path / "checkpoint.npz"
-    whole, whole_loss = lm_pipeline.pretrain(TINY, ids, chunk=chunk)
+@pytest.mark.parametrize("kernels", ["reference", "fast"])  # fast: the worlds spread over two devices
+def test_a_killed_pretraining_resumes_from_its_checkpoint_bitwise(tmp_path, monkeypatch, kernels):
+    cfg = dataclasses.replace(TINY, kernels=kernels)
+    ids, chunk, checkpoint = jnp.arange(cfg.seeds), cfg.pretrain_steps // 4, tmp_path / "checkpoint.npz"
+    whole, whole_loss = lm_pipeline.pretrain(cfg, ids, chunk=chunk)
     real, starts = lm_pipeline.pretrain_chunk, []
 
     def dies_after_two_chunks(cfg, state, seed_ids, start, steps):
@@ -124,17 +126,17 @@ def test_a_killed_pretraining_resumes_from_its_checkpoint_bitwise(tmp_path, monk
 
     monkeypatch.setattr(lm_pipeline, "pretrain_chunk", dies_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
-        lm_pipeline.pretrain(TINY, ids, chunk=chunk, checkpoint=checkpoint)
+        lm_pipeline.pretrain(cfg, ids, chunk=chunk, checkpoint=checkpoint)
     assert checkpoint.exists() and starts == [0, chunk]
     starts.clear()
     monkeypatch.setattr(lm_pipeline, "pretrain_chunk", lambda *a: starts.append(a[3]) or real(*a))
-    resumed, resumed_loss = lm_pipeline.pretrain(TINY, ids, chunk=chunk, checkpoint=checkpoint)
+    resumed, resumed_loss = lm_pipeline.pretrain(cfg, ids, chunk=chunk, checkpoint=checkpoint)
     assert starts == [2 * chunk, 3 * chunk]  # only the chunks the killed run had not finished
     np.testing.assert_array_equal(resumed_loss, whole_loss)
     for name, v in flat(whole).items():
         np.testing.assert_array_equal(v, flat(resumed)[name], err_msg=name)
     starts.clear()  # a checkpoint of another chunk size is not resumed from
-    lm_pipeline.pretrain(TINY, ids, chunk=chunk * 2, checkpoint=checkpoint)
+    lm_pipeline.pretrain(cfg, ids, chunk=chunk * 2, checkpoint=checkpoint)
     assert starts == [0, 2 * chunk]
 
 
