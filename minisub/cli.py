@@ -300,13 +300,10 @@ def cmd_bench(args, extra) -> int:
     cfg = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra])
     baseline = None
     if args.against:  # the same config with these fields changed, every error before any compute
-        values = [("--" + f.split("=", 1)[0], f.split("=", 1)[1]) if "=" in f else (f, "") for f in
-                  args.against.split(",")]
-        bad = [f for f, v in values if not v]
-        if bad:
+        pairs = args.against.split(",")
+        if not all("=" in p for p in pairs):
             raise ConfigError(f"against={args.against!r} is not allowed: against must be FIELD=VALUE[,FIELD=VALUE]")
-        baseline = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra,
-                                                      *[x for pair in values for x in pair]])
+        baseline = build_config(module, args.preset, ["--seeds", str(args.seeds), *extra, *pairs])
         if not hasattr(cfg, "lm_config"):
             raise ConfigError(f"against={args.against!r} is not allowed: --against times toy-LM experiments only")
     _devices_for(cfg)

@@ -18,9 +18,9 @@ import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 
-def local_mesh():
-    """A one-dimensional ``seed`` mesh over this process's devices."""
-    devices = jax.local_devices()
+def local_mesh(count: int | None = None):
+    """A one-dimensional ``seed`` mesh over this process's devices (the first ``count`` of them)."""
+    devices = jax.local_devices()[:count]
     return jax.make_mesh((len(devices),), ("seed",), axis_types=(AxisType.Auto,), devices=devices)
 
 
@@ -29,8 +29,8 @@ def by_seed(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("seed"))
 
 
-def one_device_per_core() -> int:
-    """Give a CPU host one JAX device per core (unless the user set a count): the local device count.
+def one_device_per_core() -> None:
+    """Give a CPU host one JAX device per core (unless the user set a count).
 
     For programs that ``spread`` independent worlds over devices: on CPU each device then runs its
     share on one core, instead of one device splitting every small op over all cores. It has to
@@ -41,17 +41,12 @@ def one_device_per_core() -> int:
     chosen = os.environ.get("JAX_NUM_CPU_DEVICES") or "device_count" in os.environ.get("XLA_FLAGS", "")
     if not chosen and not xla_bridge.backends_are_initialized():
         jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
-    return jax.local_device_count()
 
 
 def dividing_sharding(n: int) -> NamedSharding | None:
     """A leading axis of length ``n`` split over the most local devices that divide it (None: one device)."""
-    devices = jax.local_devices()
-    count = max(k for k in range(1, len(devices) + 1) if n % k == 0)
-    if count == 1:
-        return None
-    mesh = jax.make_mesh((count,), ("seed",), axis_types=(AxisType.Auto,), devices=devices[:count])
-    return by_seed(mesh)
+    count = max(k for k in range(1, jax.local_device_count() + 1) if n % k == 0)
+    return None if count == 1 else by_seed(local_mesh(count))
 
 
 @functools.cache
