@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from minisub import stats
@@ -56,9 +54,7 @@ VARIANTS = (
 
 def worker(kernels: str, seeds: int, steps: int) -> dict:
     """One measurement in this process (its environment already set): step and compile seconds, loss digest."""
-    import jax.numpy as jnp
-    import numpy as np
-
+    # Imported here, not at the top: the parent process only launches workers and renders tables.
     from minisub.run import parallel
 
     if kernels == "fast":
@@ -66,19 +62,11 @@ def worker(kernels: str, seeds: int, steps: int) -> dict:
     import jax
 
     from minisub.lm import owl
-    from minisub.lm import pipeline as lm_pipeline
+    from minisub.run import bench
 
-    cfg = dataclasses.replace(owl.PRESETS["paper"].lm, seeds=seeds, kernels=kernels)
-    seed_ids = lm_pipeline.spread(cfg, jnp.arange(seeds))
-    state = lm_pipeline.spread(cfg, lm_pipeline.init_references(cfg, seed_ids))
-    times = []
-    for start in (0, steps):  # the first call compiles
-        t = time.perf_counter()
-        state, loss = lm_pipeline.pretrain_chunk(cfg, state, seed_ids, start, steps)
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t)
-    digest = hashlib.sha256(np.ascontiguousarray(np.asarray(loss)).tobytes()).hexdigest()[:16]
-    return {"step_s": times[1] / steps, "compile_s": times[0] - times[1], "loss_digest": digest,
+    m = bench.measure_lm(dataclasses.replace(owl.PRESETS["paper"].lm, seeds=seeds, kernels=kernels), steps)
+    first = m["wall_s"] - m["step_s"] * steps  # the first call: compile, then as many steps as the second
+    return {"step_s": m["step_s"], "compile_s": first - m["step_s"] * steps, "loss_digest": m["loss_digest"],
             "devices": jax.local_device_count()}
 
 
@@ -157,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=Path, help="print the README's block from a stored result")
     p.add_argument("--seeds", type=int, default=24)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="rounds, every variant once each, in turns")
     p.add_argument("--worker", nargs=3, metavar=("KERNELS", "SEEDS", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -166,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.out or args.table):
         p.error("give --out FILE (measure) or --table FILE (render)")
-    for name, ok, allowed in (("seeds", args.seeds >= 4 and args.seeds % 2 == 0, "an even integer >= 4 (the split "
-                                                                                   "gives each process half, >= 2)"),
-                              ("steps", args.steps >= 1, "an integer >= 1"), ("repeats", args.repeats >= 1, "an integer >= 1")):
+    checks = (("seeds", args.seeds >= 4 and args.seeds % 2 == 0, "an even integer >= 4 (the split gives each of "
+                                                                  "its two processes half, and a world needs 2)"),
+              ("steps", args.steps >= 1, "an integer >= 1"),
+              ("repeats", args.repeats >= 2, "an integer >= 2 (a paired interval needs two rounds)"))
+    for name, ok, allowed in checks:
         if not ok:
             p.error(f"--{name}={getattr(args, name)} is not allowed: {name} must be {allowed}")
     if args.out:

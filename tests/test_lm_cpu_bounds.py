@@ -52,7 +52,7 @@ def test_the_table_gives_medians_ratios_and_whether_the_bits_are_fast_s():
 
 
 @pytest.mark.parametrize("argv, field", [(["--seeds", "3"], "seeds"), (["--seeds", "2"], "seeds"),
-                                         (["--steps", "0"], "steps"), (["--repeats", "0"], "repeats")])
+                                         (["--steps", "0"], "steps"), (["--repeats", "1"], "repeats")])
 def test_bad_input_is_refused_before_anything_runs(argv, field, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bounds.main(["--out", str(tmp_path / "x.json"), *argv])
