@@ -1,6 +1,6 @@
 """What bounds the toy LM's pretraining step on a CPU: XLA settings and process layouts, timed in turns.
 
-    python experiments/lm_cpu_bounds.py --out figures/speed/cpu_bounds.json   # measures (~7 min on 2 cores)
+    python experiments/lm_cpu_bounds.py --out figures/speed/cpu_bounds.json   # measures (~8 min on 2 cores)
     python experiments/lm_cpu_bounds.py --table figures/speed/cpu_bounds.json  # the README's block
 
 Each variant times ``bench.measure_lm`` (lm-owl's paper preset: 24 references, ``--steps`` steps after
@@ -65,8 +65,8 @@ def worker(kernels: str, seeds: int, steps: int) -> dict:
     from minisub.run import bench
 
     m = bench.measure_lm(dataclasses.replace(owl.PRESETS["paper"].lm, seeds=seeds, kernels=kernels), steps)
-    first = m["wall_s"] - m["step_s"] * steps  # the first call: compile, then as many steps as the second
-    return {"step_s": m["step_s"], "compile_s": first - m["step_s"] * steps, "loss_digest": m["loss_digest"],
+    steady = m["step_s"] * steps  # wall_s = the first call (compile + as many steps) + the steady call
+    return {"step_s": m["step_s"], "compile_s": m["wall_s"] - 2 * steady, "loss_digest": m["loss_digest"],
             "devices": jax.local_device_count()}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -10,6 +12,13 @@ from minisub.mlp import pipeline
 from minisub.run import runner
 
 N_FAKE_TRAIN, N_FAKE_TEST = 1024, 512
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_block(name: str) -> str:
+    """The README's text between ``<!-- name -->`` and ``<!-- /name -->`` (a block a test renders)."""
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"<!-- {name} -->\n")[1].split(f"\n<!-- /{name} -->")[0]
 
 
 def tiny_config(**overrides) -> pipeline.AuxConfig:

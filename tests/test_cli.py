@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import readme_block
+
 from minisub import registry
 from minisub_experiments import mnist_aux
 from minisub import cli, config
@@ -269,8 +271,7 @@ def test_the_readmes_gpu_table_is_rendered_from_the_stored_checks():
     from minisub_experiments import accelerator_check
 
     root = Path(__file__).resolve().parent.parent
-    text = (root / "README.md").read_text()
-    block = text.split("<!-- accelerator-table -->\n")[1].split("\n<!-- /accelerator-table -->")[0]
+    block = readme_block("accelerator-table")
     order = [line.split("`")[1] for line in block.splitlines()[2:] if line.startswith("| `")]
     assert sorted(order) == sorted(p.name for p in (root / "figures" / "accelerator").glob("*.json"))
     assert block == accelerator_check.table([root / "figures" / "accelerator" / name for name in order])

@@ -7,22 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from helpers import readme_block
 from minisub_experiments import lm_cpu_bounds as bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "figures" / "speed" / "cpu_bounds.json"
 
 
-def _block(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(f"<!-- {name} -->\n")[1].split(f"\n<!-- /{name} -->")[0]
-
-
 def test_the_readme_block_is_the_rendering_of_the_committed_measurement():
     result = json.loads(COMMITTED.read_text())
     assert [v["name"] for v in result["variants"]] == [v.name for v in bounds.VARIANTS]
     assert all(len(v["runs"]) == result["repeats"] for v in result["variants"])
-    assert _block("lm-cpu-bounds") == bounds.table(result)
+    assert readme_block("lm-cpu-bounds") == bounds.table(result)
 
 
 def _result(steps_ms: dict[str, list[float]], digests: dict[str, list[str]]) -> dict:

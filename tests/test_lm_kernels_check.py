@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+from helpers import readme_block
 from minisub_experiments import lm_kernels_check as check
 from minisub_experiments import lm_owl
 
@@ -17,15 +18,10 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _block(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(f"<!-- {name} -->\n")[1].split(f"\n<!-- /{name} -->")[0]
-
-
 def test_the_readme_blocks_are_the_renderings_of_the_committed_runs():
-    assert _block("lm-kernels-table") == check.table(_load(REFERENCE), _load(FAST))
+    assert readme_block("lm-kernels-table") == check.table(_load(REFERENCE), _load(FAST))
     rerun = _load(ROOT / "figures" / "speed" / "rerun" / "lm_owl.json")
-    assert _block("lm-rerun-table") == check.table(_load(REFERENCE), rerun, ("committed", "rerun"))
+    assert readme_block("lm-rerun-table") == check.table(_load(REFERENCE), rerun, ("committed", "rerun"))
 
 
 def test_the_committed_fast_run_is_an_lm_owl_summary_of_the_fast_kernels():
